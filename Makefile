@@ -1,0 +1,32 @@
+# Two set-up commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# JAX on CPU with 8 simulated devices (must be set before JAX is imported).
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: demo test test-slow bench clean lock
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/sleepjax demo --config=configs/smoke.py --workdir=runs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
+
+# Refresh the pinned versions (constraints for every install) from a clean environment.
+lock:
+	rm -rf /tmp/sleepjax-lock && $(PYTHON) -m venv /tmp/sleepjax-lock
+	/tmp/sleepjax-lock/bin/pip install --quiet -e '.[test]'
+	/tmp/sleepjax-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+
+clean:
+	rm -rf runs/demo

@@ -1,0 +1,80 @@
+"""CPU smoke config: a small sleep2vec on a synthetic cohort, 8 simulated devices, data parallel.
+
+`--config=configs/smoke.py` is the demo's size; `--config=configs/smoke.py:tiny` is the size the
+end-to-end test uses (seconds, not minutes).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.synthetic = dict(n_subjects=12, n_sites=2, hours=1.5, seed=0)
+
+  c.prep = ml_collections.ConfigDict()
+  c.prep.raw_dir = ""  # default: <workdir>/raw
+  c.prep.modalities = ["eeg", "eog", "emg", "ecg", "spo2", "airflow", "resp_effort"]
+  c.prep.channel_map = "generic"
+  c.prep.segment_epochs = 10
+  c.prep.shard_records = 64
+  c.prep.split_fractions = dict(train=0.7, val=0.15, test=0.15)
+  c.prep.seed = 0
+  c.prep.workers = 2
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # default: <workdir>/data
+  c.data.window_epochs = 4
+  c.data.global_batch = 32
+  c.data.read_threads = 2
+  c.data.prefetch = 4
+
+  c.model = ml_collections.ConfigDict()
+  c.model.width = 64
+  c.model.depth = 2
+  c.model.heads = 4
+  c.model.mlp = 256
+  c.model.stem_features = 32
+  c.model.patch_seconds = 1
+  c.model.proj_dim = 64
+  c.model.dtype = "float32"  # bfloat16 on accelerators
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.temperature = 0.2
+  c.objective.pair_strategy = "all_pairs"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 2e-3
+  c.optim.warmup_steps = 30
+  c.optim.weight_decay = 0.05
+  c.optim.b2 = 0.98
+  c.optim.grad_clip = 1.0
+
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 300
+  c.train.log_every = 25
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.train_split = "train"
+  c.eval.test_split = "test"
+  c.eval.probe_steps = 300
+  c.eval.probe_lr = 0.05
+  c.eval.probe_l2 = 1e-3
+
+  if arg == "tiny":
+    c.synthetic = dict(n_subjects=6, n_sites=2, hours=1.0, seed=0)
+    c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
+    c.data.global_batch = 16
+    c.model.width, c.model.mlp, c.model.depth = 32, 64, 1
+    c.model.stem_features, c.model.proj_dim = 16, 32
+    c.train.steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3
+    c.optim.warmup_steps = 2
+    c.eval.probe_steps = 50
+  elif arg:
+    raise ValueError(f"configs/smoke.py: unknown arg {arg!r} (use '' or 'tiny')")
+  return c

@@ -1,0 +1,1 @@
+"""Offline pipeline: EDF/BDF + annotations + metadata -> canonical epochs -> ArrayRecord shards."""

@@ -1,0 +1,1 @@
+"""Online input pipeline: manifest -> Grain over ArrayRecord -> global jax.Arrays."""

@@ -1,0 +1,1 @@
+"""Evaluation: restore a checkpoint on any topology, embed, probe, report."""

@@ -1,0 +1,1 @@
+"""Flax NNX models: modality tokenizers, signal encoder, sleep2vec."""

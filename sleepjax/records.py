@@ -1,0 +1,56 @@
+"""Record encoding: one ArrayRecord record = one segment of E consecutive 30-s epochs.
+
+Layout (little endian): b"SJR" + version byte, uint32 header length, a JSON header, then each array's
+raw bytes at a 64-byte aligned offset. `decode` returns numpy views into the record bytes (zero copy).
+The header holds scalar metadata and, per array, (dtype, shape, offset).
+"""
+
+import json
+import struct
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+_MAGIC = b"SJR"
+_ALIGN = 64
+
+
+def _aligned(n: int) -> int:
+  return -(-n // _ALIGN) * _ALIGN
+
+
+def encode(arrays: dict[str, np.ndarray], meta: dict) -> bytes:
+  """Serialises named arrays plus JSON-able metadata into one record."""
+  index, offset = {}, 0
+  for name, a in arrays.items():
+    a = np.ascontiguousarray(a)
+    index[name] = (a.dtype.str, list(a.shape), offset)
+    offset = _aligned(offset + a.nbytes)
+  header = json.dumps({"meta": meta, "arrays": index}, separators=(",", ":")).encode()
+  start = _aligned(len(_MAGIC) + 1 + 4 + len(header))
+  buf = bytearray(start + offset)
+  buf[:4] = _MAGIC + bytes([SCHEMA_VERSION])
+  buf[4:8] = struct.pack("<I", len(header))
+  buf[8:8 + len(header)] = header
+  for name, a in arrays.items():
+    _, _, off = index[name]
+    raw = np.ascontiguousarray(a).tobytes()
+    buf[start + off:start + off + len(raw)] = raw
+  return bytes(buf)
+
+
+def decode(record: bytes) -> tuple[dict[str, np.ndarray], dict]:
+  """Inverse of `encode`; arrays are read-only views into `record`."""
+  if record[:3] != _MAGIC:
+    raise ValueError("not a sleepjax record (bad magic bytes)")
+  if record[3] != SCHEMA_VERSION:
+    raise ValueError(f"record schema version {record[3]}, this sleepjax reads {SCHEMA_VERSION}")
+  (n,) = struct.unpack_from("<I", record, 4)
+  header = json.loads(record[8:8 + n])
+  start = _aligned(8 + n)
+  arrays = {}
+  for name, (dtype, shape, off) in header["arrays"].items():
+    dt = np.dtype(dtype)
+    count = int(np.prod(shape))
+    arrays[name] = np.frombuffer(record, dt, count, start + off).reshape(shape)
+  return arrays, header["meta"]

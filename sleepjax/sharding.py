@@ -1,0 +1,82 @@
+"""One mesh and one logical-axis rule table.
+
+Parameters and activations are annotated with logical axis names; `RULES` maps them onto the mesh axes
+`data`, `fsdp` and `tensor`. The batch is split over (`data`, `fsdp`); weights over `fsdp` (ZeRO-3
+style) and `tensor` (Megatron style).
+"""
+
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")
+
+# Weight axes (embed, mlp, heads, ...) and activation axes (activation_*) are named apart: fsdp
+# shards a weight's embed dimension while the activations' batch dimension already uses it.
+RULES = (
+    ("activation_batch", BATCH),
+    ("activation_time", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("qkv", None),
+    ("patch", None),
+    ("features", None),
+    ("channels", None),
+    ("modality", None),
+    ("time", None),
+    ("proj", None),
+)
+
+
+def mesh_shape(config, n_devices: int) -> tuple[int, ...]:
+  """Mesh sizes from config (`data`, `fsdp`, `tensor`); one of them may be -1 (fills the rest)."""
+  sizes = [int(config[a]) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if n_devices % known:
+      raise ValueError(f"mesh: {n_devices} devices not divisible by {known}")
+    sizes[sizes.index(-1)] = n_devices // known
+  if math.prod(sizes) != n_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                     f"have {n_devices}")
+  return tuple(sizes)
+
+
+def make_mesh(config) -> Mesh:
+  devices = jax.devices()
+  shape = mesh_shape(config, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def logical_to_mesh(tree, mesh: Mesh):
+  """NamedShardings for a tree of nnx Variables annotated with logical axis names."""
+  with nnx.logical_axis_rules(RULES):
+    specs = nnx.get_partition_spec(tree)
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
+  """Logical sharding constraint on an activation; a no-op outside a mesh context."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  rules = dict(RULES)
+  return jax.lax.with_sharding_constraint(x, P(*(rules.get(a) if a else None for a in logical_axes)))

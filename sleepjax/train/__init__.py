@@ -1,0 +1,1 @@
+"""Sharded training: state, step, optimizer, checkpoints, metrics."""

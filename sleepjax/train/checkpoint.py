@@ -1,0 +1,38 @@
+"""Orbax checkpoints holding the train state, the Grain iterator state and the config."""
+
+import os
+
+import grain
+import orbax.checkpoint as ocp
+
+
+def make_manager(directory: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.train.keep_checkpoints,
+      save_interval_steps=config.train.checkpoint_every,
+      enable_async_checkpointing=True, create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config, *, force=False) -> bool:
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(data_iter),
+      config=ocp.args.JsonSave(config.to_dict())), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter=None):
+  """Restores onto the shardings carried by `abstract_state` (any topology); the iterator in place."""
+  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+
+def restore_params(directory: str, abstract_state, step: int | None = None):
+  """Params of the latest (or given) checkpoint under `directory`, for evaluation."""
+  with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{directory}: no checkpoint found")
+    return restore(manager, step, abstract_state).params, step

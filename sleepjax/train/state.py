@@ -1,0 +1,55 @@
+"""Explicit train state and its sharded creation: abstract init -> shardings -> jitted init."""
+
+import functools
+
+import flax
+import jax
+import optax
+from flax import nnx
+
+from sleepjax import sharding
+from sleepjax.models.sleep2vec import Sleep2Vec
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array  # raw uint32 key data, so checkpoints hold a plain array
+
+
+def model_modalities(manifest: dict, names: list[str]) -> dict[str, tuple[int, int]]:
+  return {m: (manifest["modalities"][m]["rate"], len(manifest["modalities"][m]["channels"]))
+          for m in names}
+
+
+def build_model(config, modalities: dict[str, tuple[int, int]], seed: int) -> Sleep2Vec:
+  # Placement comes from jit's out_shardings (see `create`), not from NNX's eager sharding, so the
+  # same code builds the model inside or outside a mesh context.
+  with nnx.use_eager_sharding(False):
+    return Sleep2Vec(modalities, config.model, rngs=nnx.Rngs(seed))
+
+
+def _init(config, modalities, tx, seed: int) -> TrainState:
+  _, params = nnx.split(build_model(config, modalities, seed))
+  return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                    opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed + 1)))
+
+
+def create(config, modalities, tx, mesh, seed: int):
+  """Returns (graphdef, state, state_shardings): parameters are born sharded, never replicated."""
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, modalities, seed)))
+  init = functools.partial(_init, config, modalities, tx, seed)
+  abstract = jax.eval_shape(init)
+  shardings = sharding.logical_to_mesh(abstract, mesh)
+  state = jax.jit(init, out_shardings=shardings)()
+  return graphdef, state, shardings
+
+
+def abstract_state(config, modalities, tx, mesh, seed: int):
+  """Shape/dtype/sharding target for restoring a checkpoint onto the current mesh."""
+  abstract = jax.eval_shape(functools.partial(_init, config, modalities, tx, seed))
+  shardings = sharding.logical_to_mesh(abstract, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings), shardings
