@@ -140,7 +140,7 @@ EEG_TABLE = np.array([
     # pink sdelta fdelta theta alpha sigma beta
     [5.0, 6.0, 3.5, 3.5, 12.0, 1.5, 3.0],  # W
     [5.0, 8.0, 5.0, 8.0, 3.0, 1.5, 2.0],  # N1
-    [5.0, 20.0, 9.0, 5.0, 2.0, 2.0, 1.5],  # N2
+    [5.0, 10.0, 7.0, 5.0, 2.0, 2.5, 1.5],  # N2
     [5.0, 48.0, 15.0, 5.0, 2.0, 2.0, 1.2],  # N3
     [4.5, 7.0, 5.0, 7.0, 4.0, 1.0, 2.0],  # REM
 ])
@@ -192,14 +192,14 @@ def simulate_latent(hyp, age, male, bmi, ahi, rng, emg_disconnect_prob=0.0) -> L
 
     # ---- EEG band amplitudes per epoch
     tab = EEG_TABLE[hyp].copy()
-    delta_f = float(np.clip(1.35 - 0.01 * (age - 20), 0.6, 1.4)) * (1.0 if male else 1.1)
-    homeo = np.clip(1.15 - 0.3 * t_ep / (8 * 3600), 0.75, 1.2)
+    delta_f = float(np.clip(1.25 - 0.008 * (age - 20), 0.7, 1.25)) * (1.0 if male else 1.08)
+    homeo = np.clip(1.1 - 0.25 * t_ep / (8 * 3600), 0.75, 1.1)
     is3 = (hyp == N3).astype(int)
     run = np.zeros(n_ep)
     for i in range(1, n_ep):  # epochs into an N3 block (cheap: per epoch, not per sample)
         run[i] = run[i - 1] + 1 if is3[i] and is3[i - 1] else 0
     deep = np.where(hyp == N3, 0.85 + 0.25 * np.minimum(run, 4) / 4, 1.0)
-    near3 = np.convolve(is3, [0.1, 0.2, 0.3, 0, 0.3, 0.2, 0.1], mode="same")
+    near3 = np.convolve(is3, [0.05, 0.1, 0.15, 0, 0.15, 0.1, 0.05], mode="same")
     deep = np.where(hyp == N2, 1.0 + near3, deep)
     for b in (1, 2):
         tab[:, b] *= np.where(hyp > 0, delta_f * homeo * deep, 1.0)
@@ -296,7 +296,7 @@ def simulate_latent(hyp, age, male, bmi, ahi, rng, emg_disconnect_prob=0.0) -> L
     kc_rate = np.select([st == N2, st == N3], [1.3, 0.3], 0.0) / 60
     points = {}
     sp_t = _poisson_times(rng, sp_rate * (1 - aro))
-    points["spindle"] = (sp_t, rng.uniform(12, 30, len(sp_t)) * sub_amp, rng.choice([0.6, 1.0, 1.6], len(sp_t)))
+    points["spindle"] = (sp_t, rng.uniform(15, 40, len(sp_t)) * sub_amp, rng.choice([0.6, 1.0, 1.6], len(sp_t)))
     kc_t = _poisson_times(rng, kc_rate)
     points["kcomplex"] = (kc_t, rng.uniform(60, 130, len(kc_t)) * delta_f * sub_amp)
     # REM bursts: clusters of saccades
@@ -399,14 +399,25 @@ def simulate_latent(hyp, age, male, bmi, ahi, rng, emg_disconnect_prob=0.0) -> L
 
 
 # --------------------------------------------------------------------------- rendering
-def _spectral_noise(rng, n, fs, gain_fn):
-    """Gaussian noise with amplitude spectrum gain_fn(f), unit variance."""
-    f = np.fft.rfftfreq(n, 1 / fs)
-    g = gain_fn(f)
-    spec = (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))) * g
-    x = np.fft.irfft(spec, n)
-    s = x.std()
-    return x / s if s > 0 else x
+def _spectral_noise(rng, n, fs, gain):
+    """Gaussian noise of unit variance whose amplitude spectrum is ``gain``.
+
+    ``gain`` is ``(fn, f_lo, f_hi)``: only the bins inside the support are drawn
+    and evaluated, so narrow-band components are cheap.  The variance is
+    normalised exactly from the spectrum (Parseval), no pass over the signal.
+    """
+    fn, f_lo, f_hi = gain
+    nf = n // 2 + 1
+    i0 = max(1, int(np.ceil(f_lo * n / fs)))
+    i1 = min(nf - 1, int(np.floor(f_hi * n / fs)) + 1)  # exclude DC and Nyquist bins
+    spec = np.zeros(nf, complex)
+    if i1 > i0:
+        g = fn(np.arange(i0, i1) * fs / n)
+        spec[i0:i1] = (rng.standard_normal(i1 - i0) + 1j * rng.standard_normal(i1 - i0)) * g
+    var = 2.0 * np.sum(spec.real ** 2 + spec.imag ** 2) / (n * n)
+    if var > 0:
+        spec /= np.sqrt(var)
+    return np.fft.irfft(spec, n)
 
 
 def _band(lo0, lo1, hi0, hi1):
@@ -415,27 +426,33 @@ def _band(lo0, lo1, hi0, hi1):
         up = np.clip((f - lo0) / (lo1 - lo0), 0, 1)
         dn = np.clip((hi1 - f) / (hi1 - hi0), 0, 1)
         return np.sin(np.pi / 2 * up) ** 2 * np.sin(np.pi / 2 * dn) ** 2
-    return g
+    return g, lo0, hi1
 
 
 def _gauss(mu, sd):
-    return lambda f: np.exp(-0.5 * ((f - mu) / sd) ** 2)
+    return (lambda f: np.exp(-0.5 * ((f - mu) / sd) ** 2)), max(0.0, mu - 4 * sd), mu + 4 * sd
 
 
 def _pink(lo, hi, expo=0.5):
-    return lambda f: _band(lo * 0.6, lo, hi, hi * 1.1)(f) / np.maximum(f, lo) ** expo
+    band = _band(lo * 0.6, lo, hi, hi * 1.1)[0]
+    return (lambda f: band(f) / np.maximum(f, lo) ** expo), lo * 0.6, hi * 1.1
 
 
-def _impulses(n, fs, times, amps):
-    x = np.zeros(n)
-    idx = np.round(np.asarray(times) * fs).astype(int)
+def _render(n, fs, times, amps, kernel, offset=0):
+    """Sum of ``amps[i] * kernel`` placed at ``times[i]`` (s); kernel sample ``offset`` sits at the time."""
+    times, amps = np.asarray(times, float), np.asarray(amps, float)
+    if len(times) == 0:
+        return np.zeros(n)
+    k = np.arange(len(kernel))
+    idx = (np.round(times * fs).astype(np.int64) - offset)[:, None] + k
+    w = amps[:, None] * kernel[None, :]
     ok = (idx >= 0) & (idx < n)
-    np.add.at(x, idx[ok], np.asarray(amps)[ok])
-    return x
+    return np.bincount(idx[ok], weights=w[ok], minlength=n)
 
 
-def _conv(x, kernel):
-    return sps.oaconvolve(x, kernel, mode="full")[: len(x)]
+def _sawtooth(phase, width):
+    frac = np.mod(phase / (2 * np.pi), 1.0)
+    return np.where(frac < width, -1 + 2 * frac / width, 1 - 2 * (frac - width) / (1 - width))
 
 
 class Renderer:
@@ -480,27 +497,27 @@ class Renderer:
             "beta": _pink(17, min(30, 0.9 * nyq), 0.3),
         }
         parts = {b: self._env(b, n, fs) * self._noise("eeg_" + b, gains[b]) for b in BANDS}
-        t = np.arange(n) / fs
+        rng_saw = self._rng("sawtooth", fs)
         # spindles: narrow-band 12-15 Hz carrier under Hann envelopes of 0.6/1.0/1.6 s
         st, sa, sd = lat.points["spindle"]
         spenv = np.zeros(n)
         for d in (0.6, 1.0, 1.6):
             m = sd == d
-            spenv += _conv(_impulses(n, fs, st[m], sa[m]), np.hanning(int(d * fs)))
+            spenv += _render(n, fs, st[m], sa[m], np.hanning(int(d * fs)))
         carrier = self._noise("spindle", _gauss(13.0, 0.6)) * np.sqrt(2)
         spind = spenv * carrier
         # K-complexes: sharp negative wave followed by a slower positive one
         kt = np.arange(int(1.5 * fs)) / fs
         kern = -np.exp(-0.5 * ((kt - 0.35) / 0.1) ** 2) + 0.55 * np.exp(-0.5 * ((kt - 0.8) / 0.2) ** 2)
-        kc = np.roll(_conv(_impulses(n, fs, *lat.points["kcomplex"]), kern), -int(0.35 * fs))
+        kc = _render(n, fs, *lat.points["kcomplex"], kern, offset=int(0.35 * fs))
         # sawtooth-wave trains in REM (2-3 Hz)
         sw_t, sw_a, sw_d = lat.points["sawtooth"]
-        swenv = np.zeros(n)
+        saw = np.zeros(n)
         for t0, a, d in zip(sw_t, sw_a, sw_d):
             i0, i1 = int(t0 * fs), min(n, int((t0 + d) * fs))
-            swenv[i0:i1] = a * np.hanning(max(i1 - i0, 1))[: i1 - i0]
-        sf = 2.6 + 0.3 * np.sin(2 * np.pi * t / 97.0)
-        saw = swenv * sps.sawtooth(2 * np.pi * np.cumsum(sf) / fs, 0.15)
+            tt = np.arange(i1 - i0) / fs
+            f0 = rng_saw.uniform(2.2, 3.2)
+            saw[i0:i1] = a * np.hanning(i1 - i0) * _sawtooth(2 * np.pi * f0 * tt + rng_saw.uniform(0, 6.3), 0.15)
         shared = sum(parts.values())
         self._cache["cortex"] = (shared, spind, kc, saw, parts)
         return self._cache["cortex"]
@@ -518,9 +535,9 @@ class Renderer:
         if "eye" not in self._cache:
             sem = self._env("sem", n, fs) * self._noise("sem", _band(0.05, 0.15, 0.5, 0.8))
             kt = np.arange(int(3 * fs)) / fs
-            sac = _conv(_impulses(n, fs, *lat.points["saccade"]), (1 - np.exp(-kt / 0.03)) * np.exp(-kt / 0.8))
+            sac = _render(n, fs, *lat.points["saccade"], (1 - np.exp(-kt / 0.03)) * np.exp(-kt / 0.8))
             bt = np.arange(int(0.6 * fs)) / fs
-            blink = _conv(_impulses(n, fs, *lat.points["blink"]), np.exp(-0.5 * ((bt - 0.18) / 0.07) ** 2))
+            blink = _render(n, fs, *lat.points["blink"], np.exp(-0.5 * ((bt - 0.18) / 0.07) ** 2))
             self._cache["eye"] = sem + sac + blink
         sign = 1.0 if side == "L" else -1.0
         own = 3.0 * self._noise("eog_own_" + side, _pink(0.3, min(40, 0.45 * fs)))
@@ -530,9 +547,9 @@ class Renderer:
         fs, n, lat = self.fs, self.n, self.lat
         env = self._env("emg", n, fs)
         bt = np.arange(int(0.3 * fs)) / fs
-        tw = _conv(_impulses(n, fs, *lat.points["twitch"]), np.hanning(len(bt)))
+        tw = _render(n, fs, *lat.points["twitch"], np.hanning(len(bt)))
         mt = np.arange(int(2.0 * fs)) / fs
-        mv = _conv(_impulses(n, fs, *lat.points["movement"]), np.hanning(len(mt)))
+        mv = _render(n, fs, *lat.points["movement"], np.hanning(len(mt)))
         noise = self._noise("emg", _band(8, 12, 0.42 * fs, 0.5 * fs))
         x = (env + tw + mv) * noise + 0.3 * self._noise("emg_amp", _pink(1, 0.45 * fs))
         if lat.emg_dead is not None:
@@ -556,15 +573,14 @@ class Renderer:
         r = np.r_[r[0] - 1.0, r, r[-1] + 1.0]
         rr = np.diff(r, append=r[-1] + 1.0)
         t = np.arange(n) / fs
-        i = np.clip(np.searchsorted(r, t), 1, len(r) - 1)
-        comps = [(-0.17, 0.022, 0.12), (-0.028, 0.008, -0.12), (0.0, 0.010, 1.0), (0.03, 0.010, -0.25)]
+        kt = np.arange(-int(0.3 * fs), int(0.1 * fs) + 1) / fs
+        pqrs = sum(a * np.exp(-0.5 * ((kt - mu) / sd) ** 2)
+                   for mu, sd, a in [(-0.17, 0.022, 0.12), (-0.028, 0.008, -0.12), (0.0, 0.010, 1.0), (0.03, 0.010, -0.25)])
+        tk = np.arange(-int(0.2 * fs), int(0.2 * fs) + 1) / fs
         amp = rng.uniform(0.8, 1.4)
-        x = np.zeros(n)
-        for j in (i - 1, i):
-            dt = t - r[j]
-            for mu, sd, a in comps:
-                x += a * np.exp(-0.5 * ((dt - mu) / sd) ** 2)
-            x += 0.28 * np.exp(-0.5 * ((dt - 0.3 * np.sqrt(rr[j])) / 0.045) ** 2)
+        x = _render(n, fs, r, np.ones(len(r)), pqrs, offset=int(0.3 * fs))
+        x += _render(n, fs, r + 0.3 * np.sqrt(np.clip(rr, 0.3, 2.0)), np.full(len(r), 0.28),
+                     np.exp(-0.5 * (tk / 0.045) ** 2), offset=int(0.2 * fs))
         ph = self._phase(t)
         x = amp * x * (1 + 0.08 * np.sin(ph)) + 0.05 * np.sin(ph + 1.0)
         return x + 0.01 * self._noise("ecg_noise", _pink(0.5, 0.45 * fs), n, fs)

@@ -1,0 +1,55 @@
+"""prep -> train -> resume -> restore in a separate `sleepjax eval` process, at tiny size."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import REPO
+
+
+def _cli(*args, workdir):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, "-m", "sleepjax.cli", *args, f"--config={REPO}/configs/smoke.py:tiny",
+       f"--workdir={workdir}"], env=env, capture_output=True, text=True, cwd=REPO, check=False)
+
+
+def test_train_resume_eval(prepared, tiny_config, tmp_path):
+  from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path
+  os.symlink(prepared / "data", workdir / "data")
+  config = tiny_config.copy_and_resolve_references()
+  config.train.steps = 4
+  first = trainer.train(config, str(workdir))
+  assert first["loss"] > 0
+  assert sorted(os.listdir(workdir / "train" / "checkpoints"))[-1] == "4"
+  # Same workdir, a longer schedule: resumes from step 4 rather than starting over.
+  config.train.steps = 6
+  trainer.train(config, str(workdir))
+  events = EventAccumulator(str(workdir / "train" / "tb"))
+  events.Reload()
+  steps = [e.step for e in events.Scalars("loss")]
+  assert steps == sorted(set(steps)) and steps[-1] == 6 and 4 in steps  # no step logged twice
+
+  result = _cli("eval", workdir=workdir)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "pretrained" in result.stdout and "random_init" in result.stdout
+  report = json.loads((workdir / "eval" / "report.json").read_text())
+  assert report["checkpoint_step"] == 6
+  for name in ("pretrained", "random_init"):
+    assert 0.0 <= report[name]["macro_f1"] <= 1.0 and report[name]["test_epochs"] > 0
+
+
+def test_cli_errors_are_one_line(tmp_path):
+  for args in (["train", "--config.train.nope=1"], ["train", "--config.train.steps=abc"]):
+    result = subprocess.run([sys.executable, "-m", "sleepjax.cli", *args, f"--workdir={tmp_path}"],
+                            capture_output=True, text=True, cwd=REPO, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in result.stderr, lines
+  missing = _cli("train", workdir=tmp_path / "empty")
+  assert missing.returncode == 1 and "run `sleepjax prep` first" in missing.stderr
+  assert "Traceback" not in missing.stderr

@@ -1,0 +1,55 @@
+import numpy as np
+
+from sleepjax.data import pipeline
+from sleepjax.data.manifest import read_manifest
+
+MODS = ["eeg", "spo2"]
+
+
+def _records(ds):
+  return [(r, e) for batch in ds for r, e in zip(batch["site"], batch["stage"][:, 0])]
+
+
+def test_ordered_pass_covers_split_and_processes_are_disjoint(prepared):
+  manifest = read_manifest(prepared / "data")
+  n = manifest["splits"]["train"]["records"]
+  def first_epochs(index, count):
+    ds = pipeline.make_dataset(manifest, "train", MODS, window=None, local_batch=4, seed=0,
+                               train=False, process_index=index, process_count=count)
+    batches = list(ds)
+    return np.concatenate([b["signals/eeg"][:, 0, 0, :8].astype(np.float32) for b in batches])
+  whole = first_epochs(0, 1)
+  assert len(whole) == n
+  parts = [first_epochs(i, 3) for i in range(3)]
+  assert sum(len(p) for p in parts) == n
+  keys = lambda a: {row.tobytes() for row in a}
+  assert set.union(*map(keys, parts)) == keys(whole)
+  assert not keys(parts[0]) & keys(parts[1]) and not keys(parts[1]) & keys(parts[2])
+
+
+def test_training_batches_are_windows_with_masks_and_metadata(prepared, tiny_config):
+  manifest = read_manifest(prepared / "data")
+  ds = pipeline.make_dataset(manifest, "train", MODS, window=4, local_batch=5, seed=0, train=True)
+  batch = next(iter(ds))
+  assert batch["signals/eeg"].shape == (5, 4, 2, 128 * 30)
+  assert batch["signals/spo2"].shape == (5, 4, 1, 4 * 30)
+  assert batch["masks/eeg"].shape == (5, 4, 2) and batch["masks/eeg"].dtype == bool
+  assert batch["stage"].shape == (5, 4) and batch["events"].shape == (5, 4, 30)
+  assert batch["age"].shape == (5,) and set(batch["site"]) <= {0, 1}
+  nested = pipeline.nest(batch)
+  assert set(nested["signals"]) == set(MODS) and nested["stage"] is batch["stage"]
+
+
+def test_iterator_state_resumes_exactly(prepared):
+  manifest = read_manifest(prepared / "data")
+  make = lambda: iter(pipeline.make_dataset(manifest, "train", MODS, window=4, local_batch=3,
+                                            seed=1, train=True))
+  it = make()
+  for _ in range(2):
+    next(it)
+  state = it.get_state()
+  expected = [next(it)["signals/eeg"] for _ in range(3)]
+  resumed = make()
+  resumed.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)["signals/eeg"], want)
