@@ -304,11 +304,12 @@ def _simulate_and_write(args):
 
 
 def write_cohort(out_dir: str | os.PathLike, n_subjects: int = 8, n_sites: int = 2, hours: float = 1.5,
-                 seed: int = 0, workers: int | None = None) -> pathlib.Path:
+                 seed: int = 0, workers: int = 1) -> pathlib.Path:
     """Write out_dir/edf/<rid>.edf, out_dir/annotations/<rid>.xml and out_dir/metadata.csv.
 
-    Returns the metadata.csv path.  ``workers`` (default: up to 2 processes) only
-    changes speed, never the output.
+    Returns the metadata.csv path.  ``workers > 1`` simulates subjects in that
+    many spawned processes (the caller then needs an ``if __name__ == "__main__"``
+    guard); it changes speed only, never the output.
     """
     out = pathlib.Path(out_dir)
     edf_dir, xml_dir = out / "edf", out / "annotations"
@@ -317,8 +318,7 @@ def write_cohort(out_dir: str | os.PathLike, n_subjects: int = 8, n_sites: int =
     sites, subjects = _cohort_plan(n_subjects, n_sites, seed)
     jobs = [(s, sites[(i - 1) % n_sites], hours, seed, i, str(edf_dir), str(xml_dir))
             for i, s in enumerate(subjects, start=1)]
-    workers = min(2, os.cpu_count() or 1, len(jobs)) if workers is None else workers
-    if workers > 1:
+    if workers > 1 and len(jobs) > 1:
         import concurrent.futures as cf
         import multiprocessing as mp
         with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:

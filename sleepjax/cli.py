@@ -18,6 +18,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sleepjax import distributed
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: raw/, data/, train/, eval/ live here.")
 
@@ -87,6 +89,7 @@ def _run(command: str, config_flag, argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   _quiet_libraries()
   try:
+    distributed.initialize()
     COMMANDS[command](config_flag.value, _workdir())
   except (ValueError, KeyError, FileNotFoundError) as e:
     print(f"sleepjax {command}: error: {e}", file=sys.stderr)
