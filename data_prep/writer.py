@@ -1,13 +1,23 @@
-"""ArrayRecord shard writing and the manifest."""
+"""ArrayRecord writing: per-recording staging files, deterministic shards, the manifest.
+
+A run writes each converted recording to `<out>/.staging/<id>.array_record` and then a `<id>.json`
+summary; the summary's existence marks the recording done, so a killed run resumes where it
+stopped. Shards are assembled from the staging files in sorted recording order, so a resumed run
+produces the same bytes (and SHA-256) as an uninterrupted one. Every file is written under a
+temporary name and renamed into place once complete: nothing partial ever looks finished.
+"""
 
 import hashlib
 import json
 import os
 import pathlib
 
-from array_record.python.array_record_module import ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from sleepjax.data.manifest import MANIFEST
+
+STAGING = ".staging"
+_OPTIONS = "group_size:1"  # every record individually addressable for random access
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -18,29 +28,68 @@ def sha256(path: str | os.PathLike) -> str:
   return h.hexdigest()
 
 
-def write_shards(out_dir: pathlib.Path, split: str, records: list[bytes],
+def write_json(path: pathlib.Path, obj) -> pathlib.Path:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+  os.replace(tmp, path)
+  return path
+
+
+def write_records(path: pathlib.Path, records) -> int:
+  """Writes an iterable of bytes to `path` atomically; returns the count."""
+  tmp = path.with_name(path.name + ".tmp")
+  writer = ArrayRecordWriter(os.fspath(tmp), _OPTIONS)
+  n = 0
+  for r in records:
+    writer.write(r)
+    n += 1
+  writer.close()
+  os.replace(tmp, path)
+  return n
+
+
+def read_records(path: pathlib.Path):
+  reader = ArrayRecordReader(os.fspath(path))
+  try:
+    for i in range(reader.num_records()):
+      yield reader.read([i])[0]
+  finally:
+    reader.close()
+
+
+def staging_dir(out_dir: pathlib.Path) -> pathlib.Path:
+  path = out_dir / STAGING
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+def finished(out_dir: pathlib.Path) -> dict[str, dict]:
+  """Summaries of recordings a previous run completed (by recording id)."""
+  return {p.stem: json.loads(p.read_text()) for p in sorted(staging_dir(out_dir).glob("*.json"))}
+
+
+def write_shards(out_dir: pathlib.Path, split: str, recording_ids: list[str],
                  records_per_shard: int) -> list[dict]:
-  """Writes `records` into numbered shards; returns [{path, records, sha256}] (paths relative)."""
-  n_shards = max(1, -(-len(records) // records_per_shard))
+  """Concatenates staged recordings (in the given order) into numbered shards."""
+  staged = staging_dir(out_dir)
+  counts = [ArrayRecordReader(os.fspath(staged / f"{r}.array_record")).num_records()
+            for r in recording_ids]
+  total = sum(counts)
+  n_shards = max(1, -(-total // records_per_shard))
+  stream = (rec for r in recording_ids for rec in read_records(staged / f"{r}.array_record"))
   shards = []
   for i in range(n_shards):
     name = f"{split}-{i:05d}-of-{n_shards:05d}.array_record"
-    chunk = records[i * records_per_shard:(i + 1) * records_per_shard]
-    tmp = out_dir / (name + ".tmp")
-    # group_size:1 keeps every record individually addressable for random access.
-    writer = ArrayRecordWriter(os.fspath(tmp), "group_size:1")
-    for r in chunk:
-      writer.write(r)
-    writer.close()
-    os.replace(tmp, out_dir / name)  # a shard only gets its final name once complete
-    shards.append({"path": name, "records": len(chunk), "sha256": sha256(out_dir / name)})
+    size = min(records_per_shard, total - i * records_per_shard)
+    n = write_records(out_dir / name, (next(stream) for _ in range(size)))
+    shards.append({"path": name, "records": n, "sha256": sha256(out_dir / name)})
+  # Shards of an earlier run with another layout must not linger beside the new ones.
+  keep = {s["path"] for s in shards}
+  for old in out_dir.glob(f"{split}-*-of-*.array_record"):
+    if old.name not in keep:
+      old.unlink()
   return shards
 
 
 def write_manifest(out_dir: pathlib.Path, manifest: dict) -> pathlib.Path:
-  path = out_dir / MANIFEST
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-  os.replace(tmp, path)
-  return path
-
+  return write_json(out_dir / MANIFEST, manifest)
