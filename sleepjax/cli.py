@@ -6,6 +6,7 @@ Commands:
   train   train (or resume) in <workdir>/train: Orbax checkpoints and TensorBoard logs
   eval    restore the latest checkpoint; linear-probe staging report in <workdir>/eval
   demo    synth -> prep -> train -> eval (in a separate process) on the smoke config
+  bench   `sleepjax bench prep|read`: measurements as JSON in <workdir>/bench
 """
 
 import importlib.util
@@ -80,17 +81,24 @@ def cmd_demo(config, workdir: str):
         f"  report          eval/report.json")
 
 
-COMMANDS = {"synth": cmd_synth, "prep": cmd_prep, "train": cmd_train, "eval": cmd_eval,
+def cmd_bench(config, workdir: str, what: str):
+  from sleepjax import bench  # pylint: disable=g-import-not-at-top
+  bench.run(what, config, workdir)
+
+
+COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep, "train": cmd_train, "eval": cmd_eval,
             "demo": cmd_demo}
 
 
 def _run(command: str, config_flag, argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  positional = argv[1:]
+  if len(positional) != (command == "bench"):  # only `bench` takes one positional: what to measure
+    raise app.UsageError(f"unexpected arguments: {' '.join(positional)}" if positional else
+                         f"`sleepjax {command}` needs what to measure")
   _quiet_libraries()
   try:
     distributed.initialize()
-    COMMANDS[command](config_flag.value, _workdir())
+    COMMANDS[command](config_flag.value, _workdir(), *positional)
   except (ValueError, KeyError, FileNotFoundError) as e:
     print(f"sleepjax {command}: error: {e}", file=sys.stderr)
     sys.exit(1)
