@@ -27,6 +27,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.dir = ""  # default: <workdir>/data
   c.data.window_epochs = 4
   c.data.global_batch = 32
+  c.data.modality_sampling = "all"  # all | all_present | pair_first | dropout
+  c.data.pair_weights = {}  # pair_first: {"eeg+ecg": 2.0, ...}; empty = uniform over usable pairs
+  c.data.modality_dropout = 0.25
+  c.data.min_modalities = 2
   c.data.read_threads = 2
   c.data.prefetch = 4
 

@@ -45,6 +45,8 @@ def train(config, workdir: str) -> dict:
   it = iter(pipeline.make_dataset(
       manifest, "train", list(modalities), window=config.data.window_epochs,
       local_batch=local_batch, seed=config.seed, train=True,
+      sampling=config.data.modality_sampling, pair_weights=dict(config.data.pair_weights) or None,
+      modality_dropout=config.data.modality_dropout, min_modalities=config.data.min_modalities,
       process_index=jax.process_index(), process_count=jax.process_count(),
       read_threads=config.data.read_threads, prefetch=config.data.prefetch))
 

@@ -1,0 +1,90 @@
+"""Which records a step sees: modality-aware sampling for contrastive pretraining.
+
+Strategies (`data.modality_sampling`):
+  all          every record, masks as recorded
+  all_present  only records whose recording has every requested modality
+  pair_first   sleep2vec: each global batch picks a modality pair (uniform or `data.pair_weights`),
+               then draws records that have both; the other modalities are masked out
+  dropout      every record; each present modality is masked with prob `data.modality_dropout`,
+               keeping at least `data.min_modalities`
+Recording-level presence comes from the manifest, so choosing records reads no data.
+"""
+
+import dataclasses
+import itertools
+
+import grain
+import numpy as np
+
+
+def record_presence(manifest: dict, split: str, modalities: list[str]) -> np.ndarray:
+  """bool [records, M]: does record i's recording have any channel of modality m."""
+  rows = []
+  for rid in manifest["splits"][split]["recordings"]:
+    rec = manifest["recordings"][rid]
+    rows += [[any(rec["present"][m]) for m in modalities]] * rec["segments"]
+  return np.asarray(rows, bool).reshape(-1, len(modalities))
+
+
+def pair_table(presence_RxM: np.ndarray, modalities: list[str], weights: dict[str, float] | None):
+  """Usable pairs, their probabilities and the records that have both modalities of each."""
+  pairs, probs, members = [], [], []
+  for a, b in itertools.combinations(range(len(modalities)), 2):
+    idx = np.flatnonzero(presence_RxM[:, a] & presence_RxM[:, b])
+    w = 1.0 if weights is None else float(weights.get(f"{modalities[a]}+{modalities[b]}",
+                                                      weights.get(f"{modalities[b]}+{modalities[a]}", 0.0)))
+    if len(idx) and w > 0:
+      pairs.append((a, b)), probs.append(w), members.append(idx)
+  if not pairs:
+    raise ValueError("pair_first sampling: no modality pair is present in any record "
+                     f"(modalities {modalities}, weights {weights})")
+  probs = np.asarray(probs) / np.sum(probs)
+  return pairs, probs, members
+
+
+@dataclasses.dataclass(frozen=True)
+class PairFirstIndex(grain.transforms.MapWithIndex):
+  """Global example index -> (record index, pair). One pair per global batch, same on every host."""
+  pairs: tuple
+  probs: np.ndarray
+  members: tuple
+  global_batch: int
+  local_batch: int
+  seed: int
+  process_index: int
+
+  def map_with_index(self, index: int, _) -> tuple[int, int]:
+    step, offset = divmod(index, self.local_batch)
+    pair = np.random.default_rng([self.seed, step]).choice(len(self.pairs), p=self.probs)
+    rng = np.random.default_rng([self.seed, step, self.process_index, offset])
+    candidates = self.members[pair]
+    return int(candidates[rng.integers(len(candidates))]), int(pair)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepPair(grain.transforms.Map):
+  """Masks every modality outside the chosen pair."""
+  modalities: tuple[str, ...]
+  pairs: tuple
+
+  def map(self, item: tuple[dict, int]) -> dict:
+    x, pair = item
+    keep = {self.modalities[i] for i in self.pairs[pair]}
+    return {k: (np.zeros_like(v) if k.startswith("masks/") and k[6:] not in keep else v)
+            for k, v in x.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalityDropout(grain.transforms.RandomMap):
+  modalities: tuple[str, ...]
+  rate: float
+  min_modalities: int
+
+  def random_map(self, x: dict, rng: np.random.Generator) -> dict:
+    present = [m for m in self.modalities if x[f"masks/{m}"].any()]
+    drop = [m for m in present if rng.random() < self.rate]
+    excess = len(present) - len(drop) - self.min_modalities
+    if excess < 0:  # give back some dropped modalities to keep the minimum
+      drop = list(rng.permutation(drop))[:max(len(drop) + excess, 0)]
+    return {k: (np.zeros_like(v) if k.startswith("masks/") and k[6:] in drop else v)
+            for k, v in x.items()}
