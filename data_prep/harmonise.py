@@ -1,30 +1,230 @@
-"""Channel harmonisation: EDF labels -> canonical modality channels, canonical units and rates."""
+"""Harmonisation: canonical channels -> QC, filtered, resampled, normalised arrays on 30-s epochs.
+
+Input is a dict {(modality, channel): Signal} of signals already in canonical units (what
+`data_prep.channels.resolve_channels` returns), or that tool's result itself. Per recording:
+
+1. the mains frequency (50/60 Hz) is detected on the ExG channels (`signal.detect_line_frequency`);
+2. each channel is checked on its raw samples (`qc.check_raw`: rate, NaN/Inf, flat, clipping,
+   disconnection, implausible range, missing data), flagged epochs are blanked, then it is
+   resampled to the canonical rate (anti-aliased), band-passed + notched (zero-phase), and checked
+   for sustained implausible amplitude (`qc.check_amplitude`);
+3. `heart_rate`, when requested and not recorded directly (or recorded but unusable), is derived
+   from ECG R peaks (`signal.detect_r_peaks`, `signal.heart_rate_from_beats`);
+4. each usable channel is normalised per recording: robust median/IQR over its usable epochs, or
+   fixed constants for modalities whose absolute level matters (SpO2, heart rate); values are
+   clipped to +-CLIP; masked epochs and masked channels are zeros with mask False.
+
+`harmonise(rec, n_epochs, modalities, channel_map)` with an `edf.Recording` and a label map from
+`load_channel_map` is the older entry point, kept until every caller uses resolved channels.
+"""
+
+from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 
 import numpy as np
-from scipy import signal as sps
 
-from data_prep.edf import Recording
+from data_prep import qc as qc_lib
+from data_prep import signal as sig_lib
 from sleepjax.modalities import CANONICAL, EPOCH_SECONDS
 
 MAPS_DIR = pathlib.Path(__file__).parent / "channel_maps"
-# Physical-unit conversions into each modality's canonical unit.
-_UNIT_SCALE = {("uv", "uV"): 1.0, ("mv", "uV"): 1e3, ("v", "uV"): 1e6,
-               ("mv", "mV"): 1.0, ("uv", "mV"): 1e-3, ("v", "mV"): 1e3}
 # Modalities whose absolute level carries meaning are scaled by fixed constants, not per recording.
 FIXED_SCALING = {"spo2": (95.0, 5.0), "heart_rate": (65.0, 15.0)}
 CLIP = 20.0  # normalised values beyond +-CLIP are clipped (also keeps float16 finite)
+ECG_KEY = ("ecg", "ecg")
+HR_KEY = ("heart_rate", "hr")
+
+
+@dataclasses.dataclass
+class Harmonised:
+  signals: dict[str, np.ndarray]  # modality -> float32 [C, n_epochs * rate * 30], normalised
+  epoch_mask: dict[str, np.ndarray]  # modality -> bool [n_epochs, C]: channel usable in epoch
+  present: dict[str, np.ndarray]  # modality -> bool [C]: channel usable at all
+  stats: dict[str, dict]  # modality -> {"center": [C], "scale": [C], "method": [C]}
+  qc: list[qc_lib.ChannelQC]  # one per canonical channel of the requested modalities
+  unmatched: list[str] = dataclasses.field(default_factory=list)  # labels that mapped nowhere
+  line_freq: float | None = None  # detected mains frequency (Hz), None if none stood out
+
+
+@dataclasses.dataclass
+class _Channel:
+  y: np.ndarray | None  # filtered, canonical rate, canonical units, [n] (None if masked)
+  usable: np.ndarray  # bool [n_epochs]
+  qc: qc_lib.ChannelQC
+
+
+# ------------------------------------------------------------------------------- one channel
+def _blank(x: np.ndarray, codes: np.ndarray, rate: float, fill: float) -> np.ndarray:
+  """`x` with non-finite samples and samples of flagged epochs set to `fill`."""
+  bad = codes != 0
+  finite = np.isfinite(x)
+  if not bad.any() and finite.all():
+    return x
+  x = np.where(finite, x, fill)
+  if bad.any():
+    bounds = qc_lib.epoch_bounds(rate, len(codes))
+    bounds = np.minimum(bounds, len(x))
+    sample_bad = np.repeat(bad, np.diff(bounds))
+    x[:len(sample_bad)][sample_bad] = fill
+  return x
+
+
+def _process(sig, modality: str, channel: str, n_epochs: int, line_freq: float | None,
+             cfg: qc_lib.QCConfig) -> _Channel:
+  spec = CANONICAL[modality]
+  n = n_epochs * spec.samples_per_epoch
+  rate = getattr(sig, "rate", None)
+  q = qc_lib.ChannelQC(modality, channel, source=str(getattr(sig, "label", "")),
+                       rate=float(rate) if isinstance(rate, (int, float, np.number)) else 0.0)
+  x = np.asarray(getattr(sig, "data", ()), dtype=np.float64).ravel()
+  problem = qc_lib.check_rate(rate, modality)
+  if problem is None and len(x) == 0:
+    problem = "empty signal"
+  if problem is not None:
+    q.status = "masked"
+    q.reasons.append(problem)
+    usable = qc_lib.channel_verdict(q, np.full(n_epochs, qc_lib.BIT["missing"]), cfg)
+    return _Channel(None, usable, q)
+  rate = float(rate)
+  rails = getattr(sig, "physical_range", None)
+  codes = qc_lib.check_raw(x, rate, modality, n_epochs, cfg, rails)
+  level = modality in sig_lib.LEVEL_MODALITIES
+  if level:
+    fill = FIXED_SCALING[modality][0]
+  else:
+    good = np.isfinite(x)
+    fill = float(x[good][::16].mean()) if good.any() else 0.0
+  x = _blank(x - (0.0 if level else fill), codes, rate, 0.0 if not level else fill)
+  y = sig_lib.resample(x, rate, spec.rate, level=level)
+  y = sig_lib.apply_filter(y, modality, spec.rate, line_freq)
+  if len(y) < n:
+    y = np.pad(y, (0, n - len(y)), mode="edge" if len(y) else "constant")
+  y = y[:n]
+  codes = codes | qc_lib.check_amplitude(y, spec.rate, modality, n_epochs, cfg)
+  usable = qc_lib.channel_verdict(q, codes, cfg)
+  return _Channel(y if q.status == "ok" else None, usable, q)
+
+
+def _derive_heart_rate(ecg: _Channel, n_epochs: int, cfg: qc_lib.QCConfig) -> _Channel:
+  """heart_rate from R peaks of the (filtered, canonical-rate) ECG."""
+  spec = CANONICAL["heart_rate"]
+  q = qc_lib.ChannelQC("heart_rate", "hr", source=f"derived:ecg({ecg.qc.source})",
+                       rate=float(CANONICAL["ecg"].rate))
+  if ecg.y is None or n_epochs == 0:
+    q.status = "masked"
+    q.reasons.append("ecg unusable: " + ("; ".join(ecg.qc.reasons) or "no epochs"))
+    return _Channel(None, qc_lib.channel_verdict(q, np.full(n_epochs, qc_lib.BIT["hr_gap"]),
+                                                 cfg), q)
+  ecg_rate = CANONICAL["ecg"].rate
+  beats = sig_lib.detect_r_peaks(ecg.y, ecg_rate, prefiltered=True)
+  epoch = np.minimum((beats // EPOCH_SECONDS).astype(np.int64), n_epochs - 1)
+  beats = beats[ecg.usable[epoch]] if len(beats) else beats
+  n = n_epochs * spec.samples_per_epoch
+  hr, valid = sig_lib.heart_rate_from_beats(beats, n, spec.rate)
+  frac = valid.reshape(n_epochs, spec.samples_per_epoch).mean(axis=1)
+  codes = np.where(frac >= cfg.hr_min_valid, 0, qc_lib.BIT["hr_gap"]).astype(np.uint16)
+  codes[~ecg.usable] |= qc_lib.BIT["hr_gap"]
+  usable = qc_lib.channel_verdict(q, codes, cfg)
+  q.reasons.append(f"{len(beats)} beats")
+  return _Channel(hr.astype(np.float64) if q.status == "ok" else None, usable, q)
+
+
+# ------------------------------------------------------------------------------- the recording
+def harmonise(signals, n_epochs: int, modalities: list[str], channel_map=None, *,
+              config: qc_lib.QCConfig | None = None, line_freq="auto") -> Harmonised:
+  """QC, filters, resamples and normalises canonical channels onto `n_epochs` 30-s epochs.
+
+  `signals`: {(modality, channel): Signal} in canonical units (`Signal` has label, rate, unit,
+  data and optionally physical_range in canonical units), or an object with such a `.signals`
+  dict (and optionally `.unmatched`), e.g. `channels.resolve_channels(rec)`. For compatibility an
+  `edf.Recording` plus `channel_map` (from `load_channel_map`) is also accepted.
+  `line_freq`: "auto" (detect), a frequency in Hz, or None (no notch).
+  """
+  cfg = config or qc_lib.QCConfig()
+  unmatched: list[str] = []
+  if isinstance(getattr(signals, "signals", None), list):  # edf.Recording (legacy entry point)
+    signals, unmatched = _from_recording(signals, modalities,
+                                         channel_map or load_channel_map())
+  elif hasattr(signals, "signals"):  # channels.Resolved
+    unmatched = list(getattr(signals, "unmatched", []))
+    signals = signals.signals
+  n_epochs = max(int(n_epochs), 0)
+  wanted = [(m, c) for m in modalities for c in CANONICAL[m].channels]
+  need_ecg = "heart_rate" in modalities and ECG_KEY in signals
+  if line_freq == "auto":
+    exg = [(np.asarray(s.data), float(s.rate)) for k, s in signals.items()
+           if k[0] in sig_lib.NOTCH_MODALITIES and (k in wanted or (need_ecg and k == ECG_KEY))
+           and qc_lib.check_rate(s.rate, k[0]) is None]
+    line_freq = sig_lib.detect_line_frequency(exg)
+  processed: dict[tuple[str, str], _Channel] = {}
+  for key in wanted:
+    if key == HR_KEY:
+      continue
+    if key in signals:
+      processed[key] = _process(signals[key], *key, n_epochs, line_freq, cfg)
+  if "heart_rate" in modalities:
+    direct = None
+    if HR_KEY in signals:
+      direct = _process(signals[HR_KEY], *HR_KEY, n_epochs, line_freq, cfg)
+      processed[HR_KEY] = direct
+    if (direct is None or direct.qc.status != "ok") and ECG_KEY in signals:
+      ecg = processed.get(ECG_KEY) or _process(signals[ECG_KEY], *ECG_KEY, n_epochs, line_freq,
+                                               cfg)
+      derived = _derive_heart_rate(ecg, n_epochs, cfg)
+      if direct is not None:
+        derived.qc.reasons.insert(0, f"direct channel {direct.qc.source} masked ("
+                                  + "; ".join(direct.qc.reasons) + ")")
+      processed[HR_KEY] = derived
+
+  out_signals, epoch_mask, present, stats, qcs = {}, {}, {}, {}, []
+  for m in modalities:
+    spec = CANONICAL[m]
+    spe = spec.samples_per_epoch
+    n_ch = len(spec.channels)
+    out = np.zeros((n_ch, n_epochs * spe), np.float32)
+    mask = np.zeros((n_epochs, n_ch), bool)
+    center, scale, method = [0.0] * n_ch, [1.0] * n_ch, ["none"] * n_ch
+    for c, channel in enumerate(spec.channels):
+      ch = processed.get((m, channel))
+      if ch is None:
+        qcs.append(qc_lib.ChannelQC(m, channel, status="absent", n_epochs=n_epochs,
+                                    epochs_masked=n_epochs))
+        continue
+      qcs.append(ch.qc)
+      if ch.y is None:
+        continue
+      usable = ch.usable
+      if m in FIXED_SCALING:
+        center[c], scale[c] = FIXED_SCALING[m]
+        method[c] = "fixed"
+      else:
+        center[c], scale[c] = sig_lib.robust_stats(ch.y, np.repeat(usable, spe)
+                                                   if not usable.all() else None)
+        method[c] = "robust"
+      z = np.clip((ch.y - center[c]) / scale[c], -CLIP, CLIP).astype(np.float32)
+      z.reshape(n_epochs, spe)[~usable] = 0.0
+      out[c] = z
+      mask[:, c] = usable
+    out_signals[m], epoch_mask[m], present[m] = out, mask, mask.any(axis=0)
+    stats[m] = {"center": center, "scale": scale, "method": method}
+  return Harmonised(out_signals, epoch_mask, present, stats, qcs, unmatched,
+                    None if line_freq is None else float(line_freq))
+
+
+# ------------------------------------------------------------------ legacy label mapping (interim)
+# Physical-unit conversions into each modality's canonical unit.
+_UNIT_SCALE = {("uv", "uV"): 1.0, ("mv", "uV"): 1e3, ("v", "uV"): 1e6,
+               ("mv", "mV"): 1.0, ("uv", "mV"): 1e-3, ("v", "mV"): 1e3}
 
 
 def _norm_label(label: str) -> str:
   return "".join(label.lower().split())
 
 
-def load_channel_map(name: str = "generic") -> dict[str, dict[str, str]]:
+def load_channel_map(name: str = "generic") -> dict[str, tuple[str, str]]:
   """Returns {normalised EDF label: (modality, channel)} from channel_maps/<name>.json."""
   table = json.loads((MAPS_DIR / f"{name}.json").read_text())
   return {_norm_label(label): (modality, channel)
@@ -32,62 +232,16 @@ def load_channel_map(name: str = "generic") -> dict[str, dict[str, str]]:
           for channel, labels in channels.items() for label in labels}
 
 
-@dataclasses.dataclass
-class Harmonised:
-  signals: dict[str, np.ndarray]  # modality -> float32 [C, n_epochs * rate * 30], normalised
-  present: dict[str, np.ndarray]  # modality -> bool [C]
-  stats: dict[str, dict[str, list[float]]]  # modality -> {"center": [C], "scale": [C]}
-  unmatched: list[str]  # EDF labels that mapped to nothing
-
-
-def _resample(x: np.ndarray, rate_in: float, rate_out: int) -> np.ndarray:
-  if rate_in == rate_out:
-    return x
-  if rate_in > rate_out and float(rate_in).is_integer():
-    g = math.gcd(int(rate_in), rate_out)
-    # Anti-aliased polyphase decimation; line padding avoids ringing at the record's edges.
-    return sps.resample_poly(x, rate_out // g, int(rate_in) // g, padtype="line")
-  # Upsampling (or a non-integer rate): nothing to alias, and linear interpolation keeps slow
-  # signals such as 1-Hz SpO2 exact at their samples, with no filter ripple.
-  t_out = np.arange(int(round(len(x) * rate_out / rate_in))) / rate_out
-  return np.interp(t_out, np.arange(len(x)) / rate_in, x)
-
-
-def _robust_stats(x: np.ndarray) -> tuple[float, float]:
-  q25, q50, q75 = np.percentile(x, [25, 50, 75])
-  scale = (q75 - q25) / 1.349  # IQR of a unit normal
-  return float(q50), float(scale) if scale > 1e-6 else 1.0
-
-
-def harmonise(rec: Recording, n_epochs: int, modalities: list[str],
-              channel_map: dict[str, tuple[str, str]]) -> Harmonised:
-  """Maps, converts, resamples and normalises `rec`'s signals onto `n_epochs` 30-s epochs."""
-  found = {}
-  unmatched = []
-  for sig in rec.signals:
-    key = channel_map.get(_norm_label(sig.label))
-    if key is None or key[0] not in modalities:
-      unmatched.append(sig.label)
-    elif key not in found:  # first matching label wins
-      found[key] = sig
-  signals, present, stats = {}, {}, {}
-  for name in modalities:
-    spec = CANONICAL[name]
-    n = n_epochs * spec.rate * EPOCH_SECONDS
-    out = np.zeros((len(spec.channels), n), np.float32)
-    mask = np.zeros(len(spec.channels), bool)
-    center, scale = [0.0] * len(spec.channels), [1.0] * len(spec.channels)
-    for c, channel in enumerate(spec.channels):
-      sig = found.get((name, channel))
-      if sig is None:
-        continue
-      x = sig.data * _UNIT_SCALE.get((sig.unit.lower(), spec.unit), 1.0)
-      x = _resample(x, sig.rate, spec.rate)[:n]
-      if len(x) < n:  # short signal: zero-fill the tail (masking per epoch comes with QC)
-        x = np.pad(x, (0, n - len(x)))
-      center[c], scale[c] = FIXED_SCALING.get(name) or _robust_stats(x)
-      out[c] = np.clip((x - center[c]) / scale[c], -CLIP, CLIP)
-      mask[c] = True
-    signals[name], present[name] = out, mask
-    stats[name] = {"center": center, "scale": scale}
-  return Harmonised(signals, present, stats, unmatched)
+def _from_recording(rec, modalities, channel_map):
+  """Legacy mapping: first matching label wins; unit conversion into canonical units."""
+  found, unmatched = {}, []
+  for s in rec.signals:
+    key = channel_map.get(_norm_label(s.label))
+    if key is None or key[0] not in modalities and not (
+        key == ECG_KEY and "heart_rate" in modalities):
+      unmatched.append(s.label)
+    elif key not in found:
+      unit = CANONICAL[key[0]].unit
+      factor = _UNIT_SCALE.get((s.unit.lower(), unit), 1.0)
+      found[key] = dataclasses.replace(s, unit=unit, data=s.data * factor)
+  return found, unmatched
