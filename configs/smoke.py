@@ -31,6 +31,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.pair_weights = {}  # pair_first: {"eeg+ecg": 2.0, ...}; empty = uniform over usable pairs
   c.data.modality_dropout = 0.25
   c.data.min_modalities = 2
+  c.data.verify_shards = "stamp"  # full | stamp (hash once, then on size/mtime change) | size
   c.data.read_threads = 2
   c.data.prefetch = 4
 

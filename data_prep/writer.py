@@ -82,7 +82,8 @@ def write_shards(out_dir: pathlib.Path, split: str, recording_ids: list[str],
     name = f"{split}-{i:05d}-of-{n_shards:05d}.array_record"
     size = min(records_per_shard, total - i * records_per_shard)
     n = write_records(out_dir / name, (next(stream) for _ in range(size)))
-    shards.append({"path": name, "records": n, "sha256": sha256(out_dir / name)})
+    shards.append({"path": name, "records": n, "bytes": (out_dir / name).stat().st_size,
+                   "sha256": sha256(out_dir / name)})
   # Shards of an earlier run with another layout must not linger beside the new ones.
   keep = {s["path"] for s in shards}
   for old in out_dir.glob(f"{split}-*-of-*.array_record"):

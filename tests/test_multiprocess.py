@@ -18,3 +18,11 @@ def test_two_processes_train_and_checkpoint(prepared, tmp_path, monkeypatch):
   assert sorted(p.name for p in (step / "data").glob("*.json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
   assert (step / "state").is_dir() and (step / "commit_success.txt").exists()
+
+  # Resuming those two iterator positions from one process must fail clearly, not silently.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, "-m", "sleepjax.cli", "train", f"--config={REPO}/configs/smoke.py:tiny",
+       "--config.train.steps=5", f"--workdir={tmp_path}"], capture_output=True, text=True,
+      cwd=REPO, check=False)
+  assert result.returncode == 1 and "saved by 2 processes, this run has 1" in result.stderr

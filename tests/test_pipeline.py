@@ -53,3 +53,23 @@ def test_iterator_state_resumes_exactly(prepared):
   resumed.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(next(resumed)["signals/eeg"], want)
+
+
+def test_corrupt_or_truncated_shard_is_named(prepared, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from sleepjax.data.manifest import verify_shards  # pylint: disable=g-import-not-at-top
+  data = tmp_path / "data"
+  shutil.copytree(prepared / "data", data)
+  manifest = read_manifest(data)
+  verify_shards(manifest, "train", "full")
+  shard = data / manifest["splits"]["train"]["shards"][0]["path"]
+  blob = bytearray(shard.read_bytes())
+  blob[len(blob) // 2] ^= 0xFF  # one flipped byte, same size: only the hash can tell
+  shard.write_bytes(bytes(blob))
+  verify_shards(manifest, "train", "size")  # size-only cannot see it ...
+  with pytest.raises(ValueError, match=f"{shard.name}: SHA-256"):  # ... the stamp is stale
+    pipeline.make_dataset(manifest, "train", MODS, local_batch=2, seed=0, train=True)
+  shard.write_bytes(bytes(blob[:-10]))
+  with pytest.raises(ValueError, match=f"{shard.name}: .* bytes, the manifest says"):
+    verify_shards(manifest, "train", "size")

@@ -1,5 +1,6 @@
 """The manifest that `data_prep` writes beside the shards, and what the pipeline reads from it."""
 
+import hashlib
 import json
 import os
 import pathlib
@@ -20,3 +21,50 @@ def shard_paths(manifest: dict, split: str) -> list[str]:
   if split not in manifest["splits"]:
     raise KeyError(f"split {split!r} not in manifest (has {sorted(manifest['splits'])})")
   return [os.path.join(manifest["dir"], s["path"]) for s in manifest["splits"][split]["shards"]]
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def verify_shards(manifest: dict, split: str, mode: str = "stamp", process_index: int = 0,
+                  process_count: int = 1):
+  """Checks the split's shards against the manifest before training reads them.
+
+  Every shard's size is always checked (a stat, free). `full` hashes every shard; `stamp` hashes a
+  shard only when its size or mtime differ from the stamp left by the last successful check
+  (`<data>/.verified/<shard>.json`), so terabytes are hashed once, not at every start; `size` stops
+  at the size check. With several processes, process i hashes shards i, i+n, ... Raises ValueError
+  naming the shard that does not match.
+  """
+  if mode not in ("full", "stamp", "size"):
+    raise ValueError(f"unknown shard verification mode {mode!r} (full, stamp, size)")
+  stamps = pathlib.Path(manifest["dir"]) / ".verified"
+  for i, shard in enumerate(manifest["splits"][split]["shards"]):
+    path = os.path.join(manifest["dir"], shard["path"])
+    if not os.path.exists(path):
+      raise ValueError(f"{path}: shard listed in the manifest is missing")
+    stat = os.stat(path)
+    if "bytes" in shard and stat.st_size != shard["bytes"]:
+      raise ValueError(f"{path}: {stat.st_size} bytes, the manifest says {shard['bytes']} "
+                       "(truncated or replaced; re-run `sleepjax prep`)")
+    if mode == "size" or i % process_count != process_index:
+      continue
+    stamp_path = stamps / f"{shard['path']}.json"
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": shard["sha256"]}
+    if mode == "stamp" and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+      continue
+    if (actual := _sha256(path)) != shard["sha256"]:
+      raise ValueError(f"{path}: SHA-256 {actual[:16]}... does not match the manifest "
+                       f"({shard['sha256'][:16]}...); the shard is corrupt or from another prep run")
+    try:
+      stamps.mkdir(exist_ok=True)
+      tmp = stamp_path.with_name(stamp_path.name + ".tmp")
+      tmp.write_text(json.dumps(stamp))
+      os.replace(tmp, stamp_path)
+    except OSError:  # read-only data: verification still happened, just not remembered
+      pass

@@ -12,7 +12,7 @@ import numpy as np
 
 from sleepjax import records
 from sleepjax.data import sampling as sampling_lib
-from sleepjax.data.manifest import shard_paths
+from sleepjax.data.manifest import shard_paths, verify_shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +64,15 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  train: bool, window: int | None = None, sampling: str = "all",
                  pair_weights: dict | None = None, modality_dropout: float = 0.0,
                  min_modalities: int = 1, process_index: int = 0, process_count: int = 1,
-                 read_threads: int = 2, prefetch: int = 4) -> grain.IterDataset:
+                 read_threads: int = 2, prefetch: int = 4, verify: str = "stamp") -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
   train: seeded shuffle of this process's slice (or pair-first draws), repeated forever, random
   windows of `window` epochs, the last partial batch dropped. Otherwise one ordered pass over
-  whole segments keeping the last partial batch. `sampling`: see `sleepjax.data.sampling`.
+  whole segments keeping the last partial batch. `sampling`: see `sleepjax.data.sampling`;
+  `verify`: see `manifest.verify_shards`.
   """
+  verify_shards(manifest, split, verify, process_index, process_count)
   source = grain.sources.ArrayRecordDataSource(shard_paths(manifest, split))
   read = Read(source, Decode(tuple(modalities), {s: i for i, s in enumerate(manifest["sites"])},
                              {r: i for i, r in enumerate(sorted(manifest["recordings"]))}))

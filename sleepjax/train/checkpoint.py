@@ -3,6 +3,7 @@
 import os
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -21,10 +22,23 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config, *,
       config=ocp.args.JsonSave(config.to_dict())), force=force)
 
 
+def check_process_count(manager: ocp.CheckpointManager, step: int):
+  """Each process saved its own iterator position; another process count cannot resume them."""
+  saved = sorted((manager.directory / str(step) / "data").glob("process_*-of-*.json"))
+  counts = {int(p.stem.rsplit("-of-", 1)[1]) for p in saved}
+  if counts and counts != {jax.process_count()}:
+    raise ValueError(
+        f"{manager.directory / str(step)}: the data iterators were saved by {counts.pop()} "
+        f"processes, this run has {jax.process_count()}; resuming a data position on another "
+        "process count (elastic resume) is not supported yet. Resume with the same number of "
+        "processes, or restore parameters only (`sleepjax eval`).")
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter=None):
   """Restores onto the shardings carried by `abstract_state` (any topology); the iterator in place."""
   args = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
+    check_process_count(manager, step)
     args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   return manager.restore(step, args=ocp.args.Composite(**args))["state"]
 

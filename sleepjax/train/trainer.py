@@ -48,7 +48,8 @@ def train(config, workdir: str) -> dict:
       sampling=config.data.modality_sampling, pair_weights=dict(config.data.pair_weights) or None,
       modality_dropout=config.data.modality_dropout, min_modalities=config.data.min_modalities,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      read_threads=config.data.read_threads, prefetch=config.data.prefetch))
+      read_threads=config.data.read_threads, prefetch=config.data.prefetch,
+      verify=config.data.verify_shards))
 
   manager = checkpoint.make_manager(os.path.join(train_dir(workdir), "checkpoints"), config)
   if (latest := manager.latest_step()) is not None:
