@@ -224,7 +224,11 @@ def _onset_seconds(path, text: str, recording_start, line: int) -> float:
     raise ValueError(f"{path}: {where} is neither seconds, HH:MM:SS nor ISO 8601") from None
   if recording_start is None:
     raise ValueError(f"{path}: {where} is a date-time; pass recording_start")
-  return (t - recording_start).total_seconds()
+  try:
+    return (t - recording_start).total_seconds()
+  except TypeError:  # one of the two carries a time zone, the other not
+    raise ValueError(f"{path}: {where} and recording_start {recording_start} cannot be "
+                     "compared (time zone on one side only)") from None
 
 
 def read_csv_annotations(path: str | os.PathLike, n_epochs: int, *,

@@ -316,10 +316,16 @@ def read_edf(path: str | os.PathLike, *, labels: Collection[str] | None = None,
   onsets, annotations = _timekeeping(hdr, records)
   rel = onsets - onsets[0] if len(onsets) else onsets
   expected = np.arange(len(rel)) * hdr.record_duration
-  contiguous = bool(np.allclose(rel, expected, atol=1e-6))
-  if not contiguous and not hdr.file_type.endswith("+D"):
-    warnings.append(f"{path}: declared {hdr.file_type} but its records are not contiguous; "
-                    "placing them at their onsets")
+  contiguous = hdr.record_duration == 0 or bool(np.allclose(rel, expected, atol=1e-6))
+  if not contiguous:
+    step = np.diff(rel)
+    if np.any(step < hdr.record_duration - 1e-6):
+      bad = int(np.argmax(step < hdr.record_duration - 1e-6)) + 1
+      raise ValueError(f"{path}: data record {bad} starts at {rel[bad]:.6g} s, before the end "
+                       f"of record {bad - 1} ({rel[bad - 1] + hdr.record_duration:.6g} s)")
+    if not hdr.file_type.endswith("+D"):
+      warnings.append(f"{path}: declared {hdr.file_type} but its records are not contiguous; "
+                      "placing them at their onsets")
   indices = [i for i, s in enumerate(hdr.signals)
              if not s.is_annotation and (labels is None or s.label in labels)]
   data = None
@@ -335,10 +341,6 @@ def read_edf(path: str | os.PathLike, *, labels: Collection[str] | None = None,
   gaps = []
   duration = hdr.n_records * hdr.record_duration
   if not contiguous:
-    if np.any(np.diff(rel) < hdr.record_duration - 1e-6):
-      bad = int(np.argmax(np.diff(rel) < hdr.record_duration - 1e-6)) + 1
-      raise ValueError(f"{path}: data record {bad} starts at {rel[bad]:.6g} s, before the end "
-                       f"of record {bad - 1} ({rel[bad - 1] + hdr.record_duration:.6g} s)")
     duration = float(rel[-1] + hdr.record_duration)
     ends = rel + hdr.record_duration
     gaps = [(float(ends[r]), float(rel[r + 1])) for r in range(len(rel) - 1)
@@ -360,7 +362,8 @@ def _place(x: np.ndarray, sig: SignalHeader, hdr: Header, rel: np.ndarray,
   rate = sig.samples_per_record / hdr.record_duration
   n = sig.samples_per_record
   out = np.full(int(round(duration * rate)), np.nan)
-  for r, onset in enumerate(rel):
-    lo = int(round(onset * rate))
-    out[lo:lo + n] = x[r * n:(r + 1) * n]
+  first = np.round(rel * rate).astype(np.int64)
+  index = (first[:, None] + np.arange(n)).reshape(-1)
+  keep = index < len(out)  # rounding can push a record's last sample one past the end
+  out[index[keep]] = x[:len(index)][keep]
   return out

@@ -204,8 +204,10 @@ def test_sleep_edf_hypnogram_stages(tmp_path):
   assert events == []
   # The hypnogram starts 60 s after the PSG it scores: onsets move by +60 s.
   later = _hypnogram(tmp_path / "late.edf", start=START + datetime.timedelta(seconds=60))
-  stages, _ = annotations.read_annotations(later, 10, recording_start=START)
+  issues = []
+  stages, _ = annotations.read_annotations(later, 10, recording_start=START, issues=issues)
   np.testing.assert_array_equal(stages, [-1, -1, 0, 0, 1, 2, 3, 3, 4, -1])
+  assert len(issues) == 1 and "'Sleep stage ?' at 300-330 s lies outside" in issues[0]
   mne = pytest.importorskip("mne")  # an independent TAL parser agrees on onsets and texts
   ours = edf.read_edf(path, labels=()).annotations
   theirs = mne.read_annotations(path)
@@ -229,8 +231,11 @@ def test_edf_plus_events_and_clipping_report(tmp_path):
   assert "'SpO2 desaturation' at 200-210 s lies outside" in issues[1] and "dropped" in issues[1]
   raster = annotations.event_raster(events, 3).reshape(-1)
   assert raster[89] & (1 << EVENTS.index("hypopnea"))
-  with pytest.warns(annotations.AnnotationWarning, match="overruns"):
+  with warnings.catch_warnings(record=True) as caught:  # without `issues`: warnings
+    warnings.simplefilter("always")
     annotations.read_annotations(path, 3)
+  assert [(w.category, str(w.message)) for w in caught] == [
+      (annotations.AnnotationWarning, m) for m in issues]
 
 
 CSV_CASES = {
