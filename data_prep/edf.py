@@ -311,7 +311,7 @@ def read_edf(path: str | os.PathLike, *, labels: Collection[str] | None = None,
     an empty collection reads none (annotations and header only).
   truncated: "raise" (default) or "salvage" to keep the complete data records of a short file.
   decoder: "pyedflib" (default; numpy where pyedflib cannot read the file) or "numpy" (the same
-    samples, checked against pyedflib and mne in the tests, about 5x faster on long nights).
+    samples, checked against pyedflib and mne in the tests, about 3x faster on long nights).
   """
   if decoder not in ("pyedflib", "numpy"):
     raise ValueError(f"decoder must be 'pyedflib' or 'numpy', not {decoder!r}")
