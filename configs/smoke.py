@@ -19,6 +19,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.prep.channel_map = "generic"
   c.prep.segment_epochs = 10
   c.prep.shard_records = 64
+  c.prep.compression = "uncompressed"  # or snappy, zstd:1, ... (see BENCHMARKS.md)
   c.prep.split_fractions = dict(train=0.7, val=0.15, test=0.15)
   c.prep.seed = 0
   c.prep.workers = 2
@@ -34,6 +35,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.verify_shards = "stamp"  # full | stamp (hash once, then on size/mtime change) | size
   c.data.read_threads = 2
   c.data.prefetch = 4
+  c.data.workers = 0  # grain worker processes (mp_prefetch); 0 = threads in the trainer process
 
   c.model = ml_collections.ConfigDict()
   c.model.width = 64

@@ -185,7 +185,8 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
   }
   for split in dict(config.split_fractions):
     ids = sorted(rid for rid, s in ok.items() if split_of[s["subject"]] == split)
-    shards = writer.write_shards(out, split, ids, config.shard_records) if ids else []
+    shards = (writer.write_shards(out, split, ids, config.shard_records, config.compression)
+              if ids else [])
     manifest["splits"][split] = {
         "subjects": sorted({ok[rid]["subject"] for rid in ids}), "recordings": ids,
         "records": sum(s["records"] for s in shards), "shards": shards}

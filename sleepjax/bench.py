@@ -2,6 +2,8 @@
 
   prep   hours of PSG converted per core-minute, one 9-modality synthetic night, one process
   read   records/s of the two read paths over the same shards: native records vs TFDS
+  data   the full training input pipeline vs a numpy memmap of the same bytes, cold/warm cache,
+         reader threads and worker processes
 """
 
 import json
@@ -85,7 +87,112 @@ def bench_read(config, workdir: str, passes: int = 3) -> dict:
   return result
 
 
-BENCHMARKS = {"prep": bench_prep, "read": bench_read}
+def _drop_page_cache(paths):
+  """Evicts the files' clean pages (posix_fadvise DONTNEED): the next read comes from disk."""
+  for p in paths:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+      os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+      os.close(fd)
+
+
+def _ensure_data(config, workdir: str) -> str:
+  """The prepared data to measure on; a 9-modality synthetic cohort if there is none yet."""
+  from data_prep import prep, synthetic  # pylint: disable=g-import-not-at-top
+  data = config.data.dir or os.path.join(workdir, "data")
+  if not os.path.exists(os.path.join(data, "manifest.json")):
+    raw = os.path.join(workdir, "raw")
+    if not os.path.exists(os.path.join(raw, "metadata.csv")):
+      synthetic.write_cohort(raw, n_subjects=4, n_sites=2, hours=2.0, seed=0)
+    prep_config = config.prep.copy_and_resolve_references()
+    prep_config.modalities = list(CANONICAL)
+    prep.prepare(raw, data, prep_config)
+  return data
+
+
+def _time_pipeline(manifest, modalities, config, *, seconds: float, threads: int, workers: int,
+                   cold: bool) -> dict:
+  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from sleepjax.data.manifest import shard_paths  # pylint: disable=g-import-not-at-top
+  if cold:
+    _drop_page_cache(shard_paths(manifest, "train"))
+  ds = pipeline.make_dataset(manifest, "train", modalities, local_batch=config.data.global_batch,
+                             seed=0, train=True, read_threads=threads,
+                             prefetch=max(threads, config.data.prefetch), workers=workers,
+                             verify="size")
+  it = iter(ds)
+  batch = next(it)  # start-up (worker spawn, first reads) is not throughput
+  nbytes = sum(v.nbytes for v in batch.values())
+  epochs = len(batch["stage"]) * batch["stage"].shape[1]
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    next(it)
+    n += 1
+  dt = time.perf_counter() - t0
+  del it
+  return {"epochs_per_s": n * epochs / dt, "mb_per_s": n * nbytes / dt / 1e6}
+
+
+def _time_memmap(path: str, record_bytes: int, n_records: int, batch: int, *, seconds: float,
+                 cold: bool, epochs_per_record: int) -> dict:
+  """The same bytes read as rows of a numpy memmap, in random order, copied into batches."""
+  if cold:
+    _drop_page_cache([path])
+  mm = np.memmap(path, np.uint8, "r", shape=(n_records, record_bytes))
+  rng = np.random.default_rng(0)
+  out = np.empty((batch, record_bytes), np.uint8)
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    for j, i in enumerate(rng.integers(0, n_records, batch)):
+      out[j] = mm[i]
+    n += 1
+  dt = time.perf_counter() - t0
+  return {"epochs_per_s": n * batch * epochs_per_record / dt,
+          "mb_per_s": n * batch * record_bytes / dt / 1e6}
+
+
+def bench_data(config, workdir: str, seconds: float = 4.0) -> dict:
+  """Full training pipeline (read, decode, mask, batch) vs numpy memmap; cold/warm; threads/workers."""
+  from data_prep.writer import read_records  # pylint: disable=g-import-not-at-top
+  from sleepjax import records  # pylint: disable=g-import-not-at-top
+  from sleepjax.data.manifest import read_manifest, shard_paths  # pylint: disable=g-import-not-at-top
+  manifest = read_manifest(_ensure_data(config, workdir))
+  modalities = list(manifest["modalities"])
+  # The memmap baseline holds exactly the arrays a decoded record carries.
+  blobs = [b for p in shard_paths(manifest, "train") for b in read_records(p)]
+  arrays = [records.decode(b)[0] for b in blobs]
+  record_bytes = sum(a.nbytes for a in arrays[0].values())
+  mm_path = os.path.join(workdir, "bench", "memmap.bin")
+  os.makedirs(os.path.dirname(mm_path), exist_ok=True)
+  with open(mm_path, "wb") as f:
+    for a in arrays:
+      f.write(b"".join(np.ascontiguousarray(v).tobytes() for v in a.values()))
+  e = manifest["segment_epochs"]
+  rows = []
+  for cold in (False, True):
+    base = _time_memmap(mm_path, record_bytes, len(arrays), config.data.global_batch,
+                        seconds=seconds, cold=cold, epochs_per_record=e)
+    rows.append({"reader": "memmap", "cache": "cold" if cold else "warm", **base})
+    for threads, workers in ((1, 0), (2, 0), (4, 0), (2, 2)):
+      r = _time_pipeline(manifest, modalities, config, seconds=seconds, threads=threads,
+                         workers=workers, cold=cold)
+      rows.append({"reader": "pipeline", "cache": "cold" if cold else "warm", "threads": threads,
+                   "workers": workers, **r, "vs_memmap": r["mb_per_s"] / base["mb_per_s"]})
+  os.remove(mm_path)
+  for r in rows:
+    print(f"bench data: {r['reader']:<8} {r['cache']:<4} threads={r.get('threads', '-')} "
+          f"workers={r.get('workers', '-')}: {r['epochs_per_s']:>8.0f} epochs/s "
+          f"{r['mb_per_s']:>7.0f} MB/s" + (f"  {r['vs_memmap']:.0%} of memmap"
+                                              if "vs_memmap" in r else ""))
+  return {"what": "data", "modalities": modalities, "segment_epochs": e,
+          "record_bytes": record_bytes, "records": len(arrays),
+          "global_batch": config.data.global_batch, "seconds_per_row": seconds, "rows": rows,
+          "targets": {"epochs_per_s": 5000, "vs_memmap_warm": 0.5}}
+
+
+BENCHMARKS = {"prep": bench_prep, "read": bench_read, "data": bench_data}
 
 
 def run(what: str, config, workdir: str) -> pathlib.Path:

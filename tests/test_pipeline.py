@@ -73,3 +73,20 @@ def test_corrupt_or_truncated_shard_is_named(prepared, tmp_path):
   shard.write_bytes(bytes(blob[:-10]))
   with pytest.raises(ValueError, match=f"{shard.name}: .* bytes, the manifest says"):
     verify_shards(manifest, "train", "size")
+
+
+def test_training_epochs_are_per_process_permutations(prepared):
+  manifest = read_manifest(prepared / "data")
+  n = manifest["splits"]["train"]["records"]
+  key = lambda b: b["signals/eeg"][0, 0, 0, :16].tobytes()
+  for index in range(2):
+    ordered = pipeline.make_dataset(manifest, "train", MODS, local_batch=1, seed=0, train=False,
+                                    process_index=index, process_count=2)
+    mine = [key(b) for b in ordered]
+    assert len(mine) in (n // 2, n - n // 2)
+    it = iter(pipeline.make_dataset(manifest, "train", MODS, local_batch=1, seed=0, train=True,
+                                    process_index=index, process_count=2))
+    epoch1 = [key(next(it)) for _ in mine]
+    epoch2 = [key(next(it)) for _ in mine]
+    assert sorted(epoch1) == sorted(mine) == sorted(epoch2)  # each epoch: all of it, once
+    assert epoch1 != mine and epoch1 != epoch2  # shuffled, differently every epoch

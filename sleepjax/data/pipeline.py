@@ -5,6 +5,7 @@ record indices (per-process slice + seeded shuffle + repeat, or pair-first draws
 """
 
 import dataclasses
+import functools
 
 import grain
 import jax
@@ -48,6 +49,26 @@ class CropWindow(grain.transforms.RandomMap):
     return {k: v[start:start + self.window] if np.ndim(v) else v for k, v in x.items()}
 
 
+@functools.lru_cache(maxsize=2)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochShuffle(grain.transforms.MapWithIndex):
+  """Global example index -> record index: a fresh seeded permutation of `index` every epoch.
+
+  Grain's index_shuffle costs ~0.4 ms per element on small datasets (a few hundred records per
+  process); one cached numpy permutation per epoch costs nothing per element at any size.
+  """
+  index: np.ndarray
+  seed: int
+
+  def map_with_index(self, i: int, _) -> int:
+    epoch, j = divmod(i, len(self.index))
+    return int(self.index[_permutation(self.seed, epoch, len(self.index))[j]])
+
+
 @dataclasses.dataclass(frozen=True)
 class Read(grain.transforms.Map):
   """Record index -> decoded record; (index, tag) pairs keep their tag."""
@@ -64,13 +85,15 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  train: bool, window: int | None = None, sampling: str = "all",
                  pair_weights: dict | None = None, modality_dropout: float = 0.0,
                  min_modalities: int = 1, process_index: int = 0, process_count: int = 1,
-                 read_threads: int = 2, prefetch: int = 4, verify: str = "stamp") -> grain.IterDataset:
+                 read_threads: int = 2, prefetch: int = 4, workers: int = 0,
+                 verify: str = "stamp") -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
   train: seeded shuffle of this process's slice (or pair-first draws), repeated forever, random
   windows of `window` epochs, the last partial batch dropped. Otherwise one ordered pass over
   whole segments keeping the last partial batch. `sampling`: see `sleepjax.data.sampling`;
-  `verify`: see `manifest.verify_shards`.
+  `verify`: see `manifest.verify_shards`. `workers` > 0 moves reading and decoding into that many
+  worker processes (grain mp_prefetch); threads and workers: see BENCHMARKS.md.
   """
   verify_shards(manifest, split, verify, process_index, process_count)
   source = grain.sources.ArrayRecordDataSource(shard_paths(manifest, split))
@@ -94,10 +117,13 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
       index = index[presence_RxM.all(1)]
       if not len(index):
         raise ValueError(f"all_present sampling: no {split} record has all of {modalities}")
-    ds = grain.MapDataset.source(index)[process_index::process_count]
+    index = index[process_index::process_count]
     if train:
-      # Different seeds per process: disjoint slices, independent orders.
-      ds = ds.shuffle(seed=seed + 7919 * process_index).repeat()
+      # Disjoint slices per process, each in its own seeded order, a new order every epoch.
+      ds = grain.MapDataset.range(len(index)).repeat().map_with_index(
+          EpochShuffle(index, seed + 7919 * process_index))
+    else:
+      ds = grain.MapDataset.source(index)
     ds = ds.map(read)
     if train and sampling == "dropout":
       ds = ds.random_map(sampling_lib.ModalityDropout(tuple(modalities), modality_dropout,
@@ -105,8 +131,10 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   if train and window is not None:
     ds = ds.random_map(CropWindow(window), seed=seed + process_index)
   ds = ds.batch(local_batch, drop_remainder=train)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                              prefetch_buffer_size=prefetch))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
+  if workers:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return ds
 
 
 def nest(flat: dict) -> dict:

@@ -49,7 +49,7 @@ def train(config, workdir: str) -> dict:
       modality_dropout=config.data.modality_dropout, min_modalities=config.data.min_modalities,
       process_index=jax.process_index(), process_count=jax.process_count(),
       read_threads=config.data.read_threads, prefetch=config.data.prefetch,
-      verify=config.data.verify_shards))
+      workers=config.data.workers, verify=config.data.verify_shards))
 
   manager = checkpoint.make_manager(os.path.join(train_dir(workdir), "checkpoints"), config)
   if (latest := manager.latest_step()) is not None:
