@@ -95,9 +95,12 @@ def _process(sig, modality: str, channel: str, n_epochs: int, line_freq: float |
   if level:
     fill = FIXED_SCALING[modality][0]
   else:
-    good = np.isfinite(x)
-    fill = float(x[good][::16].mean()) if good.any() else 0.0
+    sub = x[::16]
+    sub = sub[np.isfinite(sub)]
+    fill = float(sub.mean()) if sub.size else 0.0
   x = _blank(x - (0.0 if level else fill), codes, rate, 0.0 if not level else fill)
+  if sig_lib.notch_before_resampling(modality, line_freq, rate, spec.rate):
+    x = sig_lib.notch(x, rate, line_freq)
   y = sig_lib.resample(x, rate, spec.rate, level=level)
   y = sig_lib.apply_filter(y, modality, spec.rate, line_freq)
   if len(y) < n:

@@ -148,7 +148,10 @@ def filter_sos(modality: str, rate: float, line_freq: float | None = None) -> np
   filtering). The notch is added for ExG modalities when `line_freq` lies below Nyquist and inside
   or near the pass band (within twice the low-pass edge; beyond that the low-pass alone removes it
   by > 40 dB). Mains harmonics above the canonical Nyquist are removed by the resampler's anti-alias
-  filter, so at canonical rates the notch is applied after decimation, folded into this one filter.
+  filter, so at canonical rates (50 and 60 Hz < 64 Hz) the notch is applied after decimation,
+  folded into this one filter: half the samples, one filter pass. Where the mains frequency cannot
+  be notched at the output rate (a configured rate below ~2x mains), `notch_before_resampling`
+  says so and the caller notches at the native rate first.
   """
   lo, hi = BANDS.get(modality, (None, None))
   nyq = rate / 2
@@ -171,6 +174,15 @@ def apply_filter(x: np.ndarray, modality: str, rate: float,
   if sos is None or len(x) <= 3 * (2 * len(sos) + 1):
     return x
   return sps.sosfiltfilt(sos, x)
+
+
+def notch_before_resampling(modality: str, line_freq: float | None, rate_in: float,
+                            rate_out: float) -> bool:
+  """Whether mains must be notched at the native rate: it cannot be notched at `rate_out` (too
+  close to or above its Nyquist) yet lies in the anti-alias filter's transition band, where
+  decimation would only halve it and fold it back. Never the case at the canonical 128 Hz."""
+  return bool(line_freq and modality in NOTCH_MODALITIES and line_freq + 1.0 >= rate_out / 2
+              and line_freq < 0.7 * rate_out and line_freq + 1.0 < rate_in / 2)
 
 
 def notch(x: np.ndarray, rate: float, line_freq: float, q: float = NOTCH_Q) -> np.ndarray:

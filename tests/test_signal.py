@@ -64,6 +64,10 @@ def test_line_frequency_detected_and_notched(line):
     assert _amplitude(y, 128, line) < 0.3, modality  # 30 -> < 0.3: > 40 dB down
     if modality != "emg":  # EMG's 10 Hz high-pass edge halves 10 Hz by design
       assert _amplitude(y, 128, 10) == pytest.approx(20, rel=0.05), modality
+  # Canonical 128 Hz: notched after decimation; a 100-Hz output cannot hold a 60-Hz notch.
+  assert not sp.notch_before_resampling("eeg", line, rate, 128)
+  assert sp.notch_before_resampling("eeg", line, rate, 100)
+  assert not sp.notch_before_resampling("spo2", line, rate, 100)
   # Without the notch EMG (10 Hz high-pass only) keeps the mains: the notch does the work.
   y = sp.apply_filter(sp.resample(eeg, rate, 128), "emg", 128, None)[1280:-1280]
   assert _amplitude(y, 128, line) > 20
