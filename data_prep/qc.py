@@ -142,9 +142,10 @@ def check_raw(x: np.ndarray, rate: float, modality: str, n_epochs: int,
   """Per-epoch flag codes (uint16 [n_epochs]) of a raw channel at its native `rate`.
 
   `rails` is the channel's physical (min, max) in canonical units when known; otherwise the
-  channel's extreme values count as rails when each is hit by at least 1e-4 of the samples and at
-  least one second's worth (a natural signal reaches its extreme once or a few times; a clipped one
-  sits there). Non-finite samples are flagged and take part in no other check.
+  channel's extreme values count as rails when at least 1e-4 of the samples, and at least one
+  second's worth, sit on them in runs of two or more equal samples (a natural signal reaches its
+  extreme once or a few times, a sampled sine at isolated samples; a clipped one sits there).
+  Non-finite samples are flagged and take part in no other check.
   """
   cfg = config or QCConfig()
   codes = np.zeros(n_epochs, np.uint16)
@@ -194,7 +195,12 @@ def check_raw(x: np.ndarray, rate: float, modality: str, n_epochs: int,
     if hi > lo:
       at_rail = np.zeros(len(seg), bool)
       need = max(rate, 1e-4 * len(seg))
+      if rails is None:  # clipped samples sit on the rail in runs: a sampled peak does not
+        flat_top = eq.copy()
+        flat_top[1:] |= eq[:-1]
       for side in (seg >= hi, seg <= lo):
+        if rails is None:
+          side &= flat_top
         if rails is not None or side.sum() >= need:
           at_rail |= side & finite
       if at_rail.any():
@@ -297,14 +303,21 @@ def recording_verdict(channel_qc: list[ChannelQC], *, duration_s: float | None =
 # ---------------------------------------------------------------------------------- the report
 def report_row(recording_id: str, channel_qc: list[ChannelQC], verdict: str,
                reasons: list[str], n_epochs: int = 0, notes: list[str] = (),
-               **extra) -> dict:
-  """One recording's row of the QC report (JSON-serialisable)."""
+               epoch_mask: dict[str, np.ndarray] | None = None, **extra) -> dict:
+  """One recording's row of the QC report (JSON-serialisable).
+
+  `masked_fraction[modality]` is the fraction of epochs in which no channel of the modality is
+  usable, from `epoch_mask` (modality -> bool [n_epochs, C], `Harmonised.epoch_mask`) when given,
+  else the smallest per-channel fraction. Per-channel fractions are under `channels`.
+  """
   channels, masked = {}, {}
   for q in channel_qc:
     channels.setdefault(q.modality, {})[q.channel] = q.to_dict()
   for m, chans in channels.items():
-    fr = [c["masked_fraction"] for c in chans.values()]
-    masked[m] = round(float(np.mean(fr)), 4) if fr else 1.0
+    if epoch_mask is not None and m in epoch_mask and len(epoch_mask[m]):
+      masked[m] = round(1.0 - float(np.asarray(epoch_mask[m]).any(axis=1).mean()), 4)
+    else:
+      masked[m] = min((c["masked_fraction"] for c in chans.values()), default=1.0)
   return {"recording_id": recording_id, "verdict": verdict, "reasons": list(reasons),
           "notes": list(notes), "n_epochs": int(n_epochs), "channels": channels,
           "masked_fraction": masked, **extra}

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import pyedflib
 
 from data_prep import edf, harmonise
@@ -55,3 +56,49 @@ def test_unreadable_file_names_the_path(tmp_path):
     assert "bad.edf" in str(e)
   else:
     raise AssertionError("expected ValueError")
+
+
+def test_resolved_channels_entry_point():
+  """The new entry point: channels.resolve_channels(rec) (or its .signals dict) -> harmonise."""
+  channels = pytest.importorskip("data_prep.channels")
+  t = np.arange(0, 120, 1 / 200)
+  rec = _recording([("C4-M1", 200.0, "uV", 30 * np.sin(2 * np.pi * 10 * t)),
+                    ("SpO2", 1.0, "%", np.full(120, 96.0)),
+                    ("LIGHT", 1.0, "", np.zeros(120))], duration=120.0)
+  resolved = channels.resolve_channels(rec)
+  h = harmonise.harmonise(resolved, 4, ["eeg", "spo2"])
+  assert "LIGHT" in h.unmatched
+  np.testing.assert_array_equal(h.present["eeg"], [True, False])
+  assert h.epoch_mask["eeg"].shape == (4, 2) and h.epoch_mask["eeg"][:, 0].all()
+  assert h.stats["eeg"]["method"] == ["robust", "none"]
+  np.testing.assert_allclose(h.signals["spo2"][0], 0.2, atol=1e-5)
+  h2 = harmonise.harmonise(resolved.signals, 4, ["eeg", "spo2"])
+  np.testing.assert_array_equal(h2.signals["eeg"], h.signals["eeg"])
+
+
+@pytest.mark.slow
+def test_harmonise_speed_8h_nine_modalities():
+  """An 8-hour night, 9 modalities at 256/32/1 Hz, heart rate derived from the ECG: < 5 s CPU."""
+  import time  # pylint: disable=g-import-not-at-top
+  from tests.test_signal import synthetic_ecg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  secs = 8 * 3600
+  ecg, _ = synthetic_ecg(duration_s=secs, rate=256.0)
+  sig = lambda label, rate, unit, x: edf.Signal(label, rate, unit, x)  # noqa: E731
+  exg = lambda: 20 * rng.standard_normal(secs * 256)  # noqa: E731
+  resp = lambda: np.sin(2 * np.pi * 0.25 * np.arange(secs * 32) / 32) + 0.1 * rng.standard_normal(secs * 32)  # noqa: E731,E501
+  signals = {("eeg", "c4_m1"): sig("C4", 256.0, "uV", exg()),
+             ("eeg", "c3_m2"): sig("C3", 256.0, "uV", exg()),
+             ("eog", "e1"): sig("E1", 256.0, "uV", exg()), ("eog", "e2"): sig("E2", 256.0, "uV", exg()),
+             ("emg", "chin"): sig("Chin", 256.0, "uV", exg()),
+             ("ecg", "ecg"): sig("ECG", 256.0, "mV", ecg),
+             ("spo2", "spo2"): sig("SpO2", 1.0, "%", np.round(96 + rng.standard_normal(secs))),
+             ("airflow", "thermistor"): sig("Flow", 32.0, "", resp()),
+             ("nasal_pressure", "pressure"): sig("Pres", 32.0, "", resp()),
+             ("resp_effort", "thorax"): sig("Thor", 32.0, "", resp()),
+             ("resp_effort", "abdomen"): sig("Abdo", 32.0, "", resp())}
+  start = time.process_time()
+  h = harmonise.harmonise(signals, secs // 30, list(CANONICAL))
+  cpu = time.process_time() - start
+  assert all(q.status == "ok" for q in h.qc), [(q.modality, q.reasons) for q in h.qc]
+  assert cpu < 5.0, cpu

@@ -35,6 +35,7 @@ def _flags(codes, name):
 
 def test_clean_signals_pass():
   for modality, x, rate in [("eeg", _eeg(), 256.0), ("eeg", _eeg(rate=200.0), 200.0),
+                            ("eeg", 30 * np.sin(2 * np.pi * 10 * np.arange(E * 6000) / 200), 200.0),
                             ("resp_effort", np.sin(np.arange(E * 30 * 10) / 10 * 1.5), 10.0),
                             ("spo2", np.round(96 + np.random.default_rng(1).normal(0, 0.7, E * 30)), 1.0)]:
     codes = qc.check_raw(x, rate, modality, E)
@@ -194,7 +195,8 @@ def test_write_qc_report(tmp_path):
   x[_epoch(x, rate, 0)] = 0.0
   h = harmonise.harmonise({("eeg", "c4_m1"): _sig("C4-M1", rate, x)}, E, ["eeg", "spo2"])
   verdict, reasons = qc.recording_verdict(h.qc, duration_s=E * 30)
-  rows = [qc.report_row("rec-2", h.qc, verdict, reasons, E, notes=["unmatched: LIGHT"]),
+  rows = [qc.report_row("rec-2", h.qc, verdict, reasons, E, notes=["unmatched: LIGHT"],
+                        epoch_mask=h.epoch_mask),
           qc.error_row("rec-1", "cannot read as EDF/BDF")]
   csv_path, json_path = qc.write_qc_report(rows, tmp_path / "out")
   data = json.loads(json_path.read_text())
@@ -204,11 +206,12 @@ def test_write_qc_report(tmp_path):
   assert rec["reasons"] == ["too short: 0.17 h < 1.00 h"]
   assert rec["channels"]["eeg"]["c4_m1"]["epoch_flags"] == {"flat": 1}
   assert rec["channels"]["eeg"]["c3_m2"]["status"] == "absent"
-  assert rec["masked_fraction"] == {"eeg": pytest.approx(0.525), "spo2": 1.0}
+  assert rec["masked_fraction"] == {"eeg": 0.05, "spo2": 1.0}  # epochs without any usable eeg
+  assert rec["channels"]["eeg"]["c4_m1"]["masked_fraction"] == 0.05
   with open(csv_path, newline="") as f:
     table = list(csv.DictReader(f))
   assert [r["recording_id"] for r in table] == ["rec-1", "rec-2"]
   assert table[0]["reasons"] == "cannot read as EDF/BDF"
   assert table[1]["eeg_channels"] == "c4_m1:ok c3_m2:absent"
-  assert float(table[1]["eeg_masked_fraction"]) == pytest.approx(0.525)
+  assert float(table[1]["eeg_masked_fraction"]) == 0.05
   assert table[1]["notes"] == "unmatched: LIGHT"
