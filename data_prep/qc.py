@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -334,17 +335,23 @@ def _modality_order(rows: list[dict]) -> list[str]:
 
 
 def write_qc_report(rows: list[dict], out_dir) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `qc.json` (full rows + a summary) and `qc.csv` (one flat row per recording)."""
+  """Writes `qc.json` (full rows + a summary) and `qc.csv` (one flat row per recording).
+
+  Each file is written under a temporary name and renamed, so a killed run never leaves a
+  half-written report.
+  """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   rows = sorted(rows, key=lambda r: r["recording_id"])
   modalities = _modality_order(rows)
   summary = {"recordings": len(rows), "ok": sum(r["verdict"] == "ok" for r in rows),
              "skipped": sum(r["verdict"] != "ok" for r in rows)}
-  json_path = out / "qc.json"
-  json_path.write_text(json.dumps({"summary": summary, "recordings": rows}, indent=1))
-  csv_path = out / "qc.csv"
-  with open(csv_path, "w", newline="", encoding="utf-8") as f:
+  json_path, csv_path = out / "qc.json", out / "qc.csv"
+  tmp = out / "qc.json.tmp"
+  tmp.write_text(json.dumps({"summary": summary, "recordings": rows}, indent=1))
+  os.replace(tmp, json_path)
+  tmp = out / "qc.csv.tmp"
+  with open(tmp, "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f, lineterminator="\n")
     w.writerow(["recording_id", "verdict", "reasons", "notes", "n_epochs"]
                + [f"{m}_{k}" for m in modalities for k in ("channels", "masked_fraction")])
@@ -358,4 +365,5 @@ def write_qc_report(rows: list[dict], out_dir) -> tuple[pathlib.Path, pathlib.Pa
             for c, v in chans.items()))
         cells.append(r.get("masked_fraction", {}).get(m, ""))
       w.writerow(cells)
+  os.replace(tmp, csv_path)
   return csv_path, json_path
