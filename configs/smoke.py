@@ -18,6 +18,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.prep.modalities = ["eeg", "eog", "emg", "ecg", "spo2", "airflow", "resp_effort"]
   c.prep.channel_map = "generic"
   c.prep.segment_epochs = 10
+  c.prep.min_duration_s = 1800  # shorter recordings are skipped (QC); real cohorts: 3600 or more
   c.prep.shard_records = 64
   c.prep.compression = "uncompressed"  # or snappy, zstd:1, ... (see BENCHMARKS.md)
   c.prep.split_fractions = dict(train=0.7, val=0.15, test=0.15)

@@ -1,7 +1,11 @@
 """`sleepjax prep`: a cohort directory (EDF + annotations + metadata.csv) -> ArrayRecord shards.
 
-Cohort layout: <raw>/edf/<recording_id>.edf|.bdf, <raw>/annotations/<recording_id>.xml, <raw>/metadata.csv
-with columns recording_id, subject_id, site and optional age, sex, bmi, ahi.
+Cohort layout: <raw>/edf/<recording_id>.edf|.bdf, <raw>/annotations/<recording_id>.xml|.csv|.edf
+(NSRR XML, CSV, EDF+ annotations or a Sleep-EDF hypnogram), <raw>/metadata.csv with columns
+recording_id, subject_id, site and optional age, sex, bmi, ahi.
+
+Per recording: read -> map channels (cohort channel map) -> QC, filter, resample, normalise ->
+per-epoch features and captions -> segments of E epochs.
 
 Recordings convert in parallel into staging files (see `writer`); a recording that fails is skipped
 with its reason in the QC report and never stops the run. Re-running resumes: recordings whose
@@ -13,12 +17,13 @@ import csv
 import hashlib
 import os
 import pathlib
+import zlib
 
 import numpy as np
 import tqdm
 from absl import logging
 
-from data_prep import annotations, edf, harmonise, splits, writer
+from data_prep import annotations, captions, channels, edf, features, harmonise, qc, splits, writer
 from sleepjax import records
 from sleepjax.modalities import CANONICAL, EPOCH_SECONDS
 
@@ -38,12 +43,12 @@ def read_metadata(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
     for line, row in enumerate(csv.DictReader(f), start=2):
       rid, sid = (row.get("recording_id") or "").strip(), (row.get("subject_id") or "").strip()
       if not rid or not sid:
-        rejected.append({"recording_id": rid or f"{path.name}:{line}", "verdict": "skip",
-                         "reasons": [f"{path.name} line {line}: missing recording_id or subject_id"]})
+        rejected.append(qc.error_row(rid or f"{path.name}:{line}",
+                                     f"{path.name} line {line}: missing recording_id or subject_id"))
         continue
       if rid in seen:
-        rejected.append({"recording_id": f"{rid}@line{line}", "verdict": "skip",
-                         "reasons": [f"{path.name} line {line}: recording_id {rid} listed twice"]})
+        rejected.append(qc.error_row(f"{rid}@line{line}",
+                                     f"{path.name} line {line}: recording_id {rid} listed twice"))
         continue
       seen.add(rid)
       sex = (row.get("sex") or "").strip().upper()[:1]
@@ -54,69 +59,113 @@ def read_metadata(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
   return rows, rejected
 
 
-def _find_signal_file(raw: pathlib.Path, recording_id: str) -> pathlib.Path:
-  for ext in (".edf", ".EDF", ".bdf", ".BDF"):
-    if (p := raw / "edf" / f"{recording_id}{ext}").exists():
-      return p
-  raise FileNotFoundError(f"{raw / 'edf'}: no EDF/BDF file for recording {recording_id}")
+def _find(folder: pathlib.Path, recording_id: str, extensions: tuple[str, ...]) -> pathlib.Path:
+  for ext in extensions:
+    for variant in (ext, ext.upper()):
+      if (p := folder / f"{recording_id}{variant}").exists():
+        return p
+  raise FileNotFoundError(f"{folder}: no {'/'.join(extensions)} file for recording {recording_id}")
+
+
+SIGNAL_EXTENSIONS = (".edf", ".bdf", ".rec")
+ANNOTATION_EXTENSIONS = (".xml", ".csv", ".tsv", ".txt", ".edf")
+POSITION_LABELS = ("position", "pos", "bodyposition", "body")  # SHHS coding 0..3, 1 Hz or more
 
 
 def _source_stamp(raw: pathlib.Path, recording_id: str) -> list[list]:
   """Name, size and mtime of a recording's input files: if they change, it is converted again."""
-  paths = [raw / "edf" / f"{recording_id}{ext}" for ext in (".edf", ".EDF", ".bdf", ".BDF")]
-  paths.append(raw / "annotations" / f"{recording_id}.xml")
+  paths = [raw / folder / f"{recording_id}{v}" for folder, exts in (
+      ("edf", SIGNAL_EXTENSIONS), ("annotations", ANNOTATION_EXTENSIONS))
+           for e in exts for v in (e, e.upper())]
   return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.exists()]
 
 
-def convert_recording(edf_path: pathlib.Path, annotation_path: pathlib.Path, meta: dict,
-                      modalities: list[str], segment_epochs: int,
-                      channel_map_name: str) -> tuple[list[bytes], dict]:
-  """One recording -> encoded segment records (a trailing partial segment is dropped) + summary."""
-  rec = edf.read_edf(edf_path)
-  n_epochs = int(rec.duration_s // EPOCH_SECONDS)
-  if n_epochs < segment_epochs:
-    raise ValueError(f"{edf_path.name}: {rec.duration_s:.0f} s is shorter than one segment "
-                     f"({segment_epochs} epochs)")
-  stages, events = annotations.read_nsrr_xml(annotation_path, n_epochs)
+def _position(rec: edf.Recording, n_epochs: int) -> np.ndarray | None:
+  """The body-position channel as integer codes at 1 Hz, if the recording has one."""
+  for sig in rec.signals:
+    if "".join(sig.label.lower().split()) in POSITION_LABELS and sig.rate >= 1:
+      codes = np.round(sig.data[::int(round(sig.rate))][:n_epochs * EPOCH_SECONDS])
+      return codes if np.isfinite(codes).all() else None
+  return None
+
+
+def convert_recording(raw: pathlib.Path, meta: dict, config) -> tuple[list[bytes], dict]:
+  """One recording -> (encoded segment records, summary with its QC row).
+
+  A trailing partial segment is dropped. A `skip` verdict yields no records.
+  """
+  rid = meta["recording_id"]
+  qc_config = qc.QCConfig(min_duration_s=config.min_duration_s)
+  modalities = list(config.modalities)
+  rec = edf.read_edf(_find(raw / "edf", rid, SIGNAL_EXTENSIONS), decoder="numpy")
+  n_signal = int(rec.duration_s // EPOCH_SECONDS)
+  issues = []
+  stages, events = annotations.read_annotations(
+      _find(raw / "annotations", rid, ANNOTATION_EXTENSIONS), n_signal,
+      recording_start=rec.start, issues=issues)
+  scored = np.flatnonzero(stages >= 0)
+  lengths = qc.check_lengths(n_signal, int(scored[-1]) + 1 if len(scored) else n_signal, qc_config)
+  n_epochs = lengths.n_epochs
+  stages = stages[:n_epochs]
+  resolved = channels.resolve_channels(rec, config.channel_map)
+  h = harmonise.harmonise(resolved, n_epochs, modalities, config=qc_config)
+  verdict, reasons = qc.recording_verdict(h.qc, duration_s=rec.duration_s, stages=stages,
+                                          lengths=lengths, config=qc_config)
+  if verdict == "ok" and n_epochs < config.segment_epochs:
+    verdict, reasons = "skip", [f"{n_epochs} epochs: shorter than one segment "
+                                f"({config.segment_epochs})"]
+  notes = resolved.notes + issues + ([lengths.note] if lengths.note else [])
+  row = qc.report_row(rid, h.qc, verdict, reasons, n_epochs, notes=notes,
+                      epoch_mask=h.epoch_mask, line_freq=h.line_freq, unmatched=h.unmatched)
+  summary = {"verdict": verdict, "reasons": reasons, "qc": row, "subject": meta["subject_id"],
+             "site": meta["site"], "epochs": n_epochs, "scored_epochs": int((stages >= 0).sum()),
+             "present": {m: h.present[m].tolist() for m in modalities},
+             "normalisation": h.stats, "unmatched_labels": h.unmatched,
+             "signal_sha": hashlib.sha256(b"".join(
+                 s.data[:4096].tobytes() for s in rec.signals)).hexdigest()}
+  if verdict != "ok":
+    return [], summary
+
+  # Features come from physical units: undo the normalisation (masked samples are zero and their
+  # epochs masked, so they never reach a feature).
+  physical = {m: h.signals[m] * np.asarray(h.stats[m]["scale"], np.float32)[:, None]
+              + np.asarray(h.stats[m]["center"], np.float32)[:, None] for m in modalities}
+  feats_ExF = features.epoch_features(physical, h.epoch_mask, stages, events,
+                                      position=_position(rec, n_epochs))
+  seed = zlib.crc32(rid.encode()) ^ config.seed  # wording varies across nights, fixed per night
+  epoch_caps = captions.epoch_captions(feats_ExF, seed)
+  night = features.night_summary(feats_ExF, stages, events)
+  summary.update(night_summary=night, night_caption=captions.night_caption(night, seed))
   raster = annotations.event_raster(events, n_epochs)
-  h = harmonise.harmonise(rec, n_epochs, modalities, harmonise.load_channel_map(channel_map_name))
+  e = config.segment_epochs
   out = []
-  for first in range(0, n_epochs - segment_epochs + 1, segment_epochs):
-    sl = slice(first, first + segment_epochs)
-    arrays = {"stage": stages[sl], "events": raster[sl]}
+  for first in range(0, n_epochs - e + 1, e):
+    sl = slice(first, first + e)
+    arrays = {"stage": stages[sl], "events": raster[sl], "features": feats_ExF[sl]}
     for name in modalities:
       spe = CANONICAL[name].samples_per_epoch
-      x = h.signals[name][:, first * spe:(first + segment_epochs) * spe]
-      arrays[f"sig/{name}"] = x.reshape(len(x), segment_epochs, spe).transpose(1, 0, 2).astype(np.float16)
-      arrays[f"mask/{name}"] = np.broadcast_to(h.present[name], (segment_epochs, len(h.present[name])))
-    out.append(records.encode(arrays, {**meta, "first_epoch": first}))
-  signal_sha = hashlib.sha256(b"".join(s.data[:4096].tobytes() for s in rec.signals)).hexdigest()
-  summary = {
-      "subject": meta["subject_id"], "site": meta["site"], "epochs": n_epochs, "segments": len(out),
-      "scored_epochs": int((stages >= 0).sum()), "signal_sha": signal_sha,
-      "present": {m: h.present[m].tolist() for m in modalities},
-      "normalisation": h.stats, "unmatched_labels": h.unmatched,
-  }
+      x = h.signals[name][:, first * spe:(first + e) * spe]
+      arrays[f"sig/{name}"] = x.reshape(len(x), e, spe).transpose(1, 0, 2).astype(np.float16)
+      arrays[f"mask/{name}"] = h.epoch_mask[name][sl]
+    caps = {g: [epoch_caps[i][g] for i in range(first, first + e)] for g in captions.GROUPS}
+    out.append(records.encode(arrays, {**meta, "first_epoch": first, "captions": caps}))
+  summary["segments"] = len(out)
   return out, summary
 
 
 def _stage_recording(raw: pathlib.Path, out: pathlib.Path, meta: dict, config) -> dict:
   """Converts one recording into staging files; any failure becomes a `skip` verdict."""
   rid = meta["recording_id"]
-  staged = writer.staging_dir(out)
-  annotation_path = raw / "annotations" / f"{rid}.xml"
   summary = {"recording_id": rid, "meta": meta, "source": _source_stamp(raw, rid)}
   try:
-    edf_path = _find_signal_file(raw, rid)
-    recs, info = convert_recording(edf_path, annotation_path, meta, list(config.modalities),
-                                   config.segment_epochs, config.channel_map)
-    if not any(any(p) for p in info["present"].values()):
-      raise ValueError(f"{edf_path.name}: no channel maps onto {list(config.modalities)}")
-    writer.write_records(staged / f"{rid}.array_record", recs)
-    summary.update(info, verdict="ok", reasons=[])
+    recs, info = convert_recording(raw, meta, config)
+    if recs:
+      writer.write_records(writer.staging_dir(out) / f"{rid}.array_record", recs)
+    summary.update(info)
   except (ValueError, OSError) as e:  # unreadable or unusable input: report, never crash the run
-    summary.update(verdict="skip", reasons=[str(e)])
-  writer.write_json(staged / f"{rid}.json", summary)  # last: marks the recording as done
+    summary.update(verdict="skip", reasons=[str(e)], qc=qc.error_row(rid, str(e)),
+                   subject=meta["subject_id"])
+  writer.write_json(writer.staging_dir(out) / f"{rid}.json", summary)  # last: marks it done
   return summary
 
 
@@ -128,25 +177,10 @@ def _mark_duplicates(summaries: dict[str, dict], order: list[str]):
     if s["verdict"] != "ok":
       continue
     if (orig := first_of.setdefault(s["signal_sha"], rid)) != rid:
-      s["verdict"] = "skip"
-      s["reasons"] = [f"duplicate of {orig} (identical signals; subject "
-                      f"{summaries[orig]['subject']} vs {s['subject']})"]
-
-
-def write_qc_report(out: pathlib.Path, summaries: dict[str, dict], rejected: list[dict]):
-  rows = [{"recording_id": rid, "verdict": s["verdict"], "reasons": s["reasons"],
-           "subject": s.get("subject", s.get("meta", {}).get("subject_id")),
-           "epochs": s.get("epochs"), "unmatched_labels": s.get("unmatched_labels", []),
-           "present": s.get("present", {})} for rid, s in sorted(summaries.items())] + rejected
-  writer.write_json(out / "qc.json", rows)
-  tmp = out / "qc.csv.tmp"
-  with open(tmp, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["recording_id", "subject", "verdict", "epochs", "reasons", "unmatched_labels"])
-    for r in rows:
-      w.writerow([r["recording_id"], r.get("subject"), r["verdict"], r.get("epochs"),
-                  "; ".join(r["reasons"]), " ".join(r.get("unmatched_labels", []))])
-  os.replace(tmp, out / "qc.csv")
+      reason = (f"duplicate of {orig} (identical signals; subject "
+                f"{summaries[orig]['subject']} vs {s['subject']})")
+      s["verdict"], s["reasons"] = "skip", [reason]
+      s["qc"] = {**s["qc"], "verdict": "skip", "reasons": [reason]}
 
 
 def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> pathlib.Path:
@@ -168,7 +202,7 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
       s = fut.result()
       summaries[s["recording_id"]] = s
   _mark_duplicates(summaries, [m["recording_id"] for m in metas])
-  write_qc_report(out, summaries, rejected)
+  qc.write_qc_report([s["qc"] for s in summaries.values()] + rejected, out)
 
   ok = {rid: s for rid, s in summaries.items() if s["verdict"] == "ok"}
   split_of = splits.assign_splits([s["subject"] for s in ok.values()],
@@ -180,6 +214,9 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
       "modalities": {m: {"rate": CANONICAL[m].rate, "channels": list(CANONICAL[m].channels),
                          "unit": CANONICAL[m].unit} for m in modalities},
       "sites": sorted({s["site"] for s in ok.values()}),
+      "features": {"names": list(features.FEATURE_NAMES),
+                   "units": [features.UNITS.get(n, "") for n in features.FEATURE_NAMES]},
+      "caption_groups": list(captions.GROUPS),
       "recordings": {}, "splits": {},
       "skipped": {rid: s["reasons"] for rid, s in summaries.items() if s["verdict"] != "ok"},
   }
@@ -195,7 +232,8 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
       manifest["recordings"][rid] = {
           "split": split, **{k: s[k] for k in ("subject", "site", "epochs", "segments",
                                                "scored_epochs", "present", "normalisation",
-                                               "unmatched_labels")}}
+                                               "unmatched_labels", "night_summary",
+                                               "night_caption")}}
   manifest["availability"] = {
       m: float(np.mean([any(r["present"][m]) for r in manifest["recordings"].values()] or [0.0]))
       for m in modalities}

@@ -32,19 +32,19 @@ def _write(workdir: str, name: str, result: dict) -> pathlib.Path:
 
 
 def bench_prep(config, workdir: str, hours: float = 8.0, repeats: int = 2) -> dict:
-  """Converts one synthetic night with every canonical modality; CPU time of one process."""
+  """Converts one synthetic night with every canonical modality (read, channel mapping, QC,
+  filtering, resampling, R-peaks, features, captions, encoding); CPU time of one process."""
   from data_prep import prep, synthetic  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     raw = pathlib.Path(tmp)
     synthetic.write_cohort(raw, n_subjects=1, n_sites=1, hours=hours, seed=0)
     rows, _ = prep.read_metadata(raw / "metadata.csv")
-    rid = rows[0]["recording_id"]
+    prep_config = config.prep.copy_and_resolve_references()
+    prep_config.modalities = list(CANONICAL)
     cpu = []
     for _ in range(repeats):
       t0 = time.process_time()
-      recs, summary = prep.convert_recording(
-          prep._find_signal_file(raw, rid), raw / "annotations" / f"{rid}.xml", rows[0],  # pylint: disable=protected-access
-          list(CANONICAL), config.prep.segment_epochs, config.prep.channel_map)
+      recs, summary = prep.convert_recording(raw, rows[0], prep_config)
       cpu.append(time.process_time() - t0)
   best = min(cpu)
   result = {"what": "prep", "hours": hours, "modalities": list(CANONICAL),

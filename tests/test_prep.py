@@ -65,7 +65,9 @@ def test_bad_input_corpus_is_reported_and_good_recordings_convert(prepared, tiny
   _write_rows(raw, rows)
 
   manifest = json.loads(prep.prepare(raw, tmp_path / "data", tiny_config.prep).read_text())
-  qc = {r["recording_id"]: r for r in json.loads((tmp_path / "data" / "qc.json").read_text())}
+  report = json.loads((tmp_path / "data" / "qc.json").read_text())
+  qc = {r["recording_id"]: r for r in report["recordings"]}
+  assert report["summary"] == {"recordings": len(qc), "ok": len(good), "skipped": len(qc) - len(good)}
   assert set(manifest["recordings"]) == set(good)  # every good recording, and only those
   for rid in ("bad-trunc", "bad-header", "bad-noann", "bad-unmapped", "bad-noedf", "dup-0001"):
     assert qc[rid]["verdict"] == "skip" and qc[rid]["reasons"], rid

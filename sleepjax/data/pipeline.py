@@ -30,7 +30,7 @@ class Decode(grain.transforms.Map):
       raise ValueError(f"record {meta['recording_id']}@{meta['first_epoch']} lacks {missing}")
     out = {f"signals/{m}": arrays[f"sig/{m}"] for m in self.modalities}
     out.update({f"masks/{m}": arrays[f"mask/{m}"] for m in self.modalities})
-    out["stage"], out["events"] = arrays["stage"], arrays["events"]
+    out["stage"], out["events"], out["features"] = arrays["stage"], arrays["events"], arrays["features"]
     out["age"] = np.float32(np.nan if meta["age"] is None else meta["age"])
     out["sex"] = np.int32(-1 if meta["sex"] is None else meta["sex"])
     out["site"] = np.int32(self.site_index[meta["site"]])
