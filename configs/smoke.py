@@ -34,9 +34,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.modality_dropout = 0.25
   c.data.min_modalities = 2
   c.data.verify_shards = "stamp"  # full | stamp (hash once, then on size/mtime change) | size
+  c.data.caption_len = 0  # > 0: tokenised captions [W, groups, caption_len] travel with batches
   c.data.read_threads = 2
   c.data.prefetch = 4
   c.data.workers = 0  # grain worker processes (mp_prefetch); 0 = threads in the trainer process
+
+  c.text = ml_collections.ConfigDict()
+  c.text.vocab_size = 512  # caption tokenizer (SentencePiece); digits are split one by one
 
   c.model = ml_collections.ConfigDict()
   c.model.width = 64

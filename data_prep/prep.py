@@ -15,6 +15,7 @@ staging summary exists (and whose source files did not change) are not redone.
 import concurrent.futures as cf
 import csv
 import hashlib
+import json
 import os
 import pathlib
 import zlib
@@ -240,4 +241,27 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
   path = writer.write_manifest(out, manifest)
   print(f"prep: {len(ok)} recordings converted, {len(summaries) - len(ok) + len(rejected)} skipped "
         f"(QC report: {out / 'qc.csv'})")
+  return path
+
+
+def train_caption_tokenizer(data_dir: str | os.PathLike, vocab_size: int) -> pathlib.Path:
+  """Trains the SentencePiece caption tokenizer on the training split's epoch and night captions,
+  stores it beside the shards and names it (with its SHA-256) in the manifest."""
+  from sleepjax import tokenizer  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(data_dir)
+  manifest = json.loads((out / writer.MANIFEST).read_text())
+  train = manifest["splits"]["train"]
+
+  def texts():
+    for shard in train["shards"]:
+      for blob in writer.read_records(out / shard["path"]):
+        for group_captions in records.decode(blob)[1]["captions"].values():
+          yield from group_captions
+    for rid in train["recordings"]:
+      yield manifest["recordings"][rid]["night_caption"]
+
+  path = pathlib.Path(tokenizer.train_tokenizer(texts(), out / "tokenizer", vocab_size))
+  manifest["tokenizer"] = {"path": path.name, "sha256": writer.sha256(path),
+                           "vocab_size": tokenizer.Tokenizer(path).vocab_size}
+  writer.write_manifest(out, manifest)
   return path

@@ -14,7 +14,7 @@ import pathlib
 
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
-from sleepjax.data.manifest import MANIFEST
+from sleepjax.data.manifest import MANIFEST  # pylint: disable=unused-import (re-exported)
 
 STAGING = ".staging"
 # group_size:1 keeps every record individually addressable for random access. Compression buys

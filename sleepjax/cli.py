@@ -1,12 +1,14 @@
 """`sleepjax <command> --config=configs/<file>.py[:arg] --config.<key>=<value> --workdir=<dir>`.
 
 Commands:
-  synth   write a synthetic PSG cohort (EDF+ / NSRR XML / metadata CSV) to <workdir>/raw
-  prep    convert a cohort (config.prep.raw_dir, default <workdir>/raw) into shards in <workdir>/data
-  train   train (or resume) in <workdir>/train: Orbax checkpoints and TensorBoard logs
-  eval    restore the latest checkpoint; linear-probe staging report in <workdir>/eval
-  demo    synth -> prep -> train -> eval (in a separate process) on the smoke config
-  bench   `sleepjax bench prep|read`: measurements as JSON in <workdir>/bench
+  synth      write a synthetic PSG cohort (EDF+ / NSRR XML / metadata CSV) to <workdir>/raw
+  prep       convert a cohort (config.prep.raw_dir, default <workdir>/raw) into shards in
+             <workdir>/data, with a QC report (qc.csv, qc.json); resumable
+  tokenizer  train the SentencePiece caption tokenizer on the training split, beside the shards
+  train      train (or resume) in <workdir>/train: Orbax checkpoints and TensorBoard logs
+  eval       restore the latest checkpoint; linear-probe staging report in <workdir>/eval
+  demo       synth -> prep -> tokenizer -> train -> eval (in a separate process), smoke config
+  bench      `sleepjax bench prep|read|data`: measurements as JSON in <workdir>/bench
 """
 
 import importlib.util
@@ -54,6 +56,13 @@ def cmd_prep(config, workdir: str):
   print(f"shards + manifest: {manifest}")
 
 
+def cmd_tokenizer(config, workdir: str):
+  from data_prep import prep  # pylint: disable=g-import-not-at-top
+  path = prep.train_caption_tokenizer(config.data.dir or os.path.join(workdir, "data"),
+                                      config.text.vocab_size)
+  print(f"caption tokenizer: {path}")
+
+
 def cmd_train(config, workdir: str):
   from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
   last = trainer.train(config, workdir)
@@ -65,9 +74,26 @@ def cmd_eval(config, workdir: str):
   print(run.format_report(run.evaluate(config, workdir)))
 
 
+def _show_captions(data_dir: str, n_epochs: int = 2):
+  """Prints the captions of a few epochs of the first test record, one line per group."""
+  from data_prep import writer  # pylint: disable=g-import-not-at-top
+  from sleepjax import records  # pylint: disable=g-import-not-at-top
+  from sleepjax.data.manifest import read_manifest, shard_paths  # pylint: disable=g-import-not-at-top
+  manifest = read_manifest(data_dir)
+  _, meta = records.decode(next(writer.read_records(shard_paths(manifest, "test")[0])))
+  for e in range(n_epochs):
+    print(f"captions, {meta['recording_id']} epoch {meta['first_epoch'] + e}:")
+    for group, texts in meta["captions"].items():
+      if texts[e]:
+        print(f"  {group:<12} {texts[e]}")
+  print(f"night: {manifest['recordings'][meta['recording_id']]['night_caption']}")
+
+
 def cmd_demo(config, workdir: str):
   cmd_synth(config, workdir)
   cmd_prep(config, workdir)
+  cmd_tokenizer(config, workdir)
+  _show_captions(config.data.dir or os.path.join(workdir, "data"))
   cmd_train(config, workdir)
   # Evaluation restores the checkpoint in a fresh process, as a researcher would.
   passthrough = [a for a in _CONFIG_ARGS if a.startswith("--config")]
@@ -86,7 +112,8 @@ def cmd_bench(config, workdir: str, what: str):
   bench.run(what, config, workdir)
 
 
-COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep, "train": cmd_train, "eval": cmd_eval,
+COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep, "tokenizer": cmd_tokenizer,
+            "train": cmd_train, "eval": cmd_eval,
             "demo": cmd_demo}
 
 

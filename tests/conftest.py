@@ -25,4 +25,5 @@ def prepared(tmp_path_factory, tiny_config):
   workdir = tmp_path_factory.mktemp("run")
   synthetic.write_cohort(workdir / "raw", **tiny_config.synthetic)
   prep.prepare(workdir / "raw", workdir / "data", tiny_config.prep)
+  prep.train_caption_tokenizer(workdir / "data", tiny_config.text.vocab_size)
   return workdir

@@ -90,3 +90,33 @@ def test_training_epochs_are_per_process_permutations(prepared):
     epoch2 = [key(next(it)) for _ in mine]
     assert sorted(epoch1) == sorted(mine) == sorted(epoch2)  # each epoch: all of it, once
     assert epoch1 != mine and epoch1 != epoch2  # shuffled, differently every epoch
+
+
+def test_captions_are_tokenised_in_step_with_the_window(prepared):
+  from data_prep.writer import read_records  # pylint: disable=g-import-not-at-top
+  from sleepjax import records  # pylint: disable=g-import-not-at-top
+  from sleepjax.data.manifest import shard_paths  # pylint: disable=g-import-not-at-top
+  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  manifest = read_manifest(prepared / "data")
+  recordings = sorted(manifest["recordings"])
+  groups = manifest["caption_groups"]
+  truth = {}
+  for path in shard_paths(manifest, "train"):
+    for blob in read_records(path):
+      meta = records.decode(blob)[1]
+      for g, texts in meta["captions"].items():
+        for e, text in enumerate(texts):
+          truth[(meta["recording_id"], meta["first_epoch"] + e, g)] = text
+  tok = Tokenizer(prepared / "data" / manifest["tokenizer"]["path"])
+  ds = pipeline.make_dataset(manifest, "train", MODS, window=3, local_batch=4, seed=2, train=True,
+                             caption_len=200)
+  b = next(iter(ds))
+  assert b["captions"].shape == (4, 3, len(groups), 200) and b["caption_mask"].dtype == bool
+  checked = 0
+  for i in range(4):
+    for w in range(3):
+      for j, g in enumerate(groups):
+        text = truth[(recordings[b["recording"][i]], int(b["epoch_index"][i, w]), g)]
+        assert tok.decode(b["captions"][i, w, j]) == text  # round trip, aligned with the crop
+        checked += bool(text)
+  assert checked > 20

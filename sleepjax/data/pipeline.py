@@ -6,6 +6,7 @@ record indices (per-process slice + seeded shuffle + repeat, or pair-first draws
 
 import dataclasses
 import functools
+import os
 
 import grain
 import jax
@@ -22,6 +23,7 @@ class Decode(grain.transforms.Map):
   modalities: tuple[str, ...]
   site_index: dict[str, int]
   recording_index: dict[str, int]
+  caption_groups: tuple[str, ...] = ()  # keep these captions (object array [E, G]) for tokenising
 
   def map(self, record: bytes) -> dict:
     arrays, meta = records.decode(record)
@@ -35,7 +37,31 @@ class Decode(grain.transforms.Map):
     out["sex"] = np.int32(-1 if meta["sex"] is None else meta["sex"])
     out["site"] = np.int32(self.site_index[meta["site"]])
     out["recording"] = np.int32(self.recording_index[meta["recording_id"]])
+    out["epoch_index"] = meta["first_epoch"] + np.arange(len(arrays["stage"]), dtype=np.int32)
+    if self.caption_groups:
+      out["captions"] = np.array([meta["captions"][g] for g in self.caption_groups], object).T
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(path: str):
+  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  return Tokenizer(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeCaptions(grain.transforms.Map):
+  """Captions [W, G] strings -> `captions` int32 [W, G, L] token ids (0 = pad, BOS/EOS added,
+  truncated to L) and `caption_mask` bool [W, G, L]. The tokenizer loads once per worker."""
+  tokenizer_path: str
+  max_len: int
+
+  def map(self, x: dict) -> dict:
+    texts_WxG = x.pop("captions")
+    ids, mask = _load_tokenizer(self.tokenizer_path).encode(list(texts_WxG.reshape(-1)), self.max_len)
+    x["captions"] = ids.reshape(*texts_WxG.shape, self.max_len)
+    x["caption_mask"] = mask.reshape(*texts_WxG.shape, self.max_len)
+    return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,20 +111,27 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  train: bool, window: int | None = None, sampling: str = "all",
                  pair_weights: dict | None = None, modality_dropout: float = 0.0,
                  min_modalities: int = 1, process_index: int = 0, process_count: int = 1,
-                 read_threads: int = 2, prefetch: int = 4, workers: int = 0,
-                 verify: str = "stamp") -> grain.IterDataset:
+                 caption_len: int = 0, read_threads: int = 2, prefetch: int = 4,
+                 workers: int = 0, verify: str = "stamp") -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
   train: seeded shuffle of this process's slice (or pair-first draws), repeated forever, random
   windows of `window` epochs, the last partial batch dropped. Otherwise one ordered pass over
   whole segments keeping the last partial batch. `sampling`: see `sleepjax.data.sampling`;
-  `verify`: see `manifest.verify_shards`. `workers` > 0 moves reading and decoding into that many
+  `verify`: see `manifest.verify_shards`. `caption_len` > 0 adds the epochs' captions of every
+  group, tokenised with the manifest's tokenizer (`sleepjax tokenizer`). `workers` > 0 moves reading and decoding into that many
   worker processes (grain mp_prefetch); threads and workers: see BENCHMARKS.md.
   """
   verify_shards(manifest, split, verify, process_index, process_count)
   source = grain.sources.ArrayRecordDataSource(shard_paths(manifest, split))
+  groups = ()
+  if caption_len:
+    if "tokenizer" not in manifest:
+      raise ValueError(f"{manifest['dir']}: captions requested but the manifest names no "
+                       "tokenizer; run `sleepjax tokenizer` first")
+    groups = tuple(manifest["caption_groups"])
   read = Read(source, Decode(tuple(modalities), {s: i for i, s in enumerate(manifest["sites"])},
-                             {r: i for i, r in enumerate(sorted(manifest["recordings"]))}))
+                             {r: i for i, r in enumerate(sorted(manifest["recordings"]))}, groups))
   presence_RxM = sampling_lib.record_presence(manifest, split, modalities)
   if len(presence_RxM) != len(source):
     raise ValueError(f"{manifest['dir']}: manifest lists {len(presence_RxM)} {split} records, "
@@ -130,6 +163,9 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                                                       min_modalities), seed=seed + process_index)
   if train and window is not None:
     ds = ds.random_map(CropWindow(window), seed=seed + process_index)
+  if caption_len:
+    ds = ds.map(TokenizeCaptions(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]),
+                                 caption_len))
   ds = ds.batch(local_batch, drop_remainder=train)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
   if workers:

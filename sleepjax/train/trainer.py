@@ -47,6 +47,7 @@ def train(config, workdir: str) -> dict:
       local_batch=local_batch, seed=config.seed, train=True,
       sampling=config.data.modality_sampling, pair_weights=dict(config.data.pair_weights) or None,
       modality_dropout=config.data.modality_dropout, min_modalities=config.data.min_modalities,
+      caption_len=config.data.caption_len,
       process_index=jax.process_index(), process_count=jax.process_count(),
       read_threads=config.data.read_threads, prefetch=config.data.prefetch,
       workers=config.data.workers, verify=config.data.verify_shards))
