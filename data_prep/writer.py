@@ -7,28 +7,19 @@ produces the same bytes (and SHA-256) as an uninterrupted one. Every file is wri
 temporary name and renamed into place once complete: nothing partial ever looks finished.
 """
 
-import hashlib
 import json
 import os
 import pathlib
 
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
-from sleepjax.data.manifest import MANIFEST  # pylint: disable=unused-import (re-exported)
+from sleepjax.data.manifest import MANIFEST, sha256  # pylint: disable=unused-import (re-exported)
 
 STAGING = ".staging"
 # group_size:1 keeps every record individually addressable for random access. Compression buys
 # ~8 % on float16 signals and costs ~4x in read speed (`sleepjax bench data`), so it is off by
 # default; `prep.compression` may pick snappy or zstd:<level> instead.
 COMPRESSIONS = ("uncompressed", "snappy", "zstd:1", "zstd:3", "brotli:1")
-
-
-def sha256(path: str | os.PathLike) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def write_json(path: pathlib.Path, obj) -> pathlib.Path:

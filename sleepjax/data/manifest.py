@@ -23,7 +23,7 @@ def shard_paths(manifest: dict, split: str) -> list[str]:
   return [os.path.join(manifest["dir"], s["path"]) for s in manifest["splits"][split]["shards"]]
 
 
-def _sha256(path: str) -> str:
+def sha256(path: str | os.PathLike) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -58,7 +58,7 @@ def verify_shards(manifest: dict, split: str, mode: str = "stamp", process_index
     stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": shard["sha256"]}
     if mode == "stamp" and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
       continue
-    if (actual := _sha256(path)) != shard["sha256"]:
+    if (actual := sha256(path)) != shard["sha256"]:
       raise ValueError(f"{path}: SHA-256 {actual[:16]}... does not match the manifest "
                        f"({shard['sha256'][:16]}...); the shard is corrupt or from another prep run")
     try:

@@ -12,13 +12,11 @@ from flax import nnx
 
 from sleepjax import sharding
 from sleepjax.data import pipeline
-from sleepjax.data.manifest import read_manifest
 from sleepjax.evaluate import metrics
 from sleepjax.evaluate.probe import fit_linear_probe
 from sleepjax.modalities import STAGES
 from sleepjax.train import checkpoint, state as state_lib
-from sleepjax.train.optim import make_optimizer
-from sleepjax.train.trainer import check_batch, data_dir, train_dir
+from sleepjax.train.trainer import check_batch, setup, train_dir
 
 
 def _pad(local: dict, size: int) -> tuple[dict, int]:
@@ -63,10 +61,7 @@ def probe_report(graphdef, params, manifest, modalities, config, mesh) -> dict:
 
 def evaluate(config, workdir: str) -> dict:
   """Probe on the latest checkpoint vs. on the same architecture at initialisation."""
-  mesh = sharding.make_mesh(config.mesh)
-  manifest = read_manifest(data_dir(config, workdir))
-  modalities = state_lib.model_modalities(manifest, list(config.prep.modalities))
-  tx, _ = make_optimizer(config.optim, config.train.steps)
+  mesh, manifest, modalities, tx, _ = setup(config, workdir)
   graphdef, init_state, _ = state_lib.create(config, modalities, tx, mesh, config.seed)
   abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
   params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract)

@@ -31,12 +31,18 @@ def check_batch(global_batch: int, mesh) -> int:
   return global_batch // jax.process_count()
 
 
-def train(config, workdir: str) -> dict:
-  """Trains for config.train.steps steps; returns the last logged metrics."""
+def setup(config, workdir: str):
+  """What training and evaluation share: mesh, manifest, model modalities, optimizer."""
   mesh = sharding.make_mesh(config.mesh)
   manifest = read_manifest(data_dir(config, workdir))
   modalities = state_lib.model_modalities(manifest, list(config.prep.modalities))
   tx, schedule = make_optimizer(config.optim, config.train.steps)
+  return mesh, manifest, modalities, tx, schedule
+
+
+def train(config, workdir: str) -> dict:
+  """Trains for config.train.steps steps; returns the last logged metrics."""
+  mesh, manifest, modalities, tx, schedule = setup(config, workdir)
   graphdef, state, state_sh = state_lib.create(config, modalities, tx, mesh, config.seed)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("model: %.2fM parameters, mesh %s", n_params / 1e6, dict(mesh.shape))
