@@ -14,6 +14,7 @@ beyond the second reuse the two montages with other mains frequencies/gains.
 The signal models live in :mod:`data_prep.physiology`.  Output is fully
 deterministic: the same arguments give byte-identical files.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,65 +31,77 @@ from . import physiology as phys
 from .physiology import EPOCH_S, Event  # noqa: F401  (re-exported)
 
 __all__ = [
-    "ChannelSpec", "SubjectSpec", "SiteSpec", "Night", "Event",
-    "SITE_A_MONTAGE", "SITE_B_MONTAGE", "make_site", "make_subject",
-    "simulate_night", "write_edf", "write_xml", "write_cohort", "STAGE_CONCEPTS",
+    "ChannelSpec",
+    "SubjectSpec",
+    "SiteSpec",
+    "Night",
+    "Event",
+    "SITE_A_MONTAGE",
+    "SITE_B_MONTAGE",
+    "make_site",
+    "make_subject",
+    "simulate_night",
+    "write_edf",
+    "write_xml",
+    "write_cohort",
+    "STAGE_CONCEPTS",
 ]
 
 START = _dt.datetime(2000, 1, 1, 22, 0, 0)
 
 
 class ChannelSpec(NamedTuple):
-    kind: str  # eeg_c4 eeg_c3 eog_l eog_r emg_chin ecg spo2 resp_thor resp_abdo airflow nasal_pressure position
-    fs: int  # native sampling rate (Hz)
-    unit: str
-    phys_range: tuple[float, float]
+  # eeg_c4 eeg_c3 eog_l eog_r emg_chin ecg spo2 resp_thor resp_abdo airflow nasal_pressure position
+  kind: str
+  fs: int  # native sampling rate (Hz)
+  unit: str
+  phys_range: tuple[float, float]
 
 
 @dataclasses.dataclass(frozen=True)
 class SubjectSpec:
-    subject_id: str
-    recording_id: str
-    site: str
-    age: int
-    sex: str  # 'M' | 'F'
-    bmi: float
-    ahi: float  # target apnea-hypopnea index (events / h of sleep)
-    missing_channels: tuple[str, ...] | None = None  # None: drawn from the site's missing_prob
+  subject_id: str
+  recording_id: str
+  site: str
+  age: int
+  sex: str  # 'M' | 'F'
+  bmi: float
+  ahi: float  # target apnea-hypopnea index (events / h of sleep)
+  missing_channels: tuple[str, ...] | None = None  # None: drawn from the site's missing_prob
 
 
 @dataclasses.dataclass(frozen=True)
 class SiteSpec:
-    name: str
-    montage: Mapping[str, ChannelSpec] = dataclasses.field(hash=False)
-    line_noise_hz: float
-    gain: float  # amplifier gain applied to EEG/EOG/EMG
-    missing_prob: float = 0.0  # probability each optional channel is absent from a recording
-    optional_channels: tuple[str, ...] = ()
-    emg_disconnect_prob: float = 0.0
+  name: str
+  montage: Mapping[str, ChannelSpec] = dataclasses.field(hash=False)
+  line_noise_hz: float
+  gain: float  # amplifier gain applied to EEG/EOG/EMG
+  missing_prob: float = 0.0  # probability each optional channel is absent from a recording
+  optional_channels: tuple[str, ...] = ()
+  emg_disconnect_prob: float = 0.0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Night:
-    subject: SubjectSpec
-    site: SiteSpec
-    signals: dict  # label -> float array (physical units) at the channel's native rate
-    hypnogram: np.ndarray  # int8 per 30-s epoch: 0=W 1=N1 2=N2 3=N3 4=REM
-    events: tuple  # of Event(kind, onset_s, duration_s[, spo2_nadir, spo2_baseline])
-    duration_s: int
+  subject: SubjectSpec
+  site: SiteSpec
+  signals: dict  # label -> float array (physical units) at the channel's native rate
+  hypnogram: np.ndarray  # int8 per 30-s epoch: 0=W 1=N1 2=N2 3=N3 4=REM
+  events: tuple  # of Event(kind, onset_s, duration_s[, spo2_nadir, spo2_baseline])
+  duration_s: int
 
-    @property
-    def rates(self) -> dict:
-        return {lab: self.site.montage[lab].fs for lab in self.signals}
+  @property
+  def rates(self) -> dict:
+    return {lab: self.site.montage[lab].fs for lab in self.signals}
 
-    @property
-    def sleep_hours(self) -> float:
-        return float(np.sum(self.hypnogram > 0)) * EPOCH_S / 3600
+  @property
+  def sleep_hours(self) -> float:
+    return float(np.sum(self.hypnogram > 0)) * EPOCH_S / 3600
 
-    @property
-    def realised_ahi(self) -> float:
-        n = sum(e.kind in ("obstructive_apnea", "hypopnea") for e in self.events)
-        return n / self.sleep_hours if self.sleep_hours > 0 else 0.0
+  @property
+  def realised_ahi(self) -> float:
+    n = sum(e.kind in ("obstructive_apnea", "hypopnea") for e in self.events)
+    return n / self.sleep_hours if self.sleep_hours > 0 else 0.0
 
 
 _UV = "uV"
@@ -120,109 +133,177 @@ SITE_B_MONTAGE = {  # MESA-like
     "Pres": ChannelSpec("nasal_pressure", 32, "", (-1.0, 1.0)),
     "Pos": ChannelSpec("position", 1, "", (0.0, 3.0)),
 }
-_PREFILTER = {"eeg_c4": "HP:0.3Hz LP:35Hz", "eeg_c3": "HP:0.3Hz LP:35Hz", "eog_l": "HP:0.3Hz LP:35Hz",
-              "eog_r": "HP:0.3Hz LP:35Hz", "emg_chin": "HP:10Hz", "ecg": "HP:0.3Hz"}
+_PREFILTER = {
+    "eeg_c4": "HP:0.3Hz LP:35Hz",
+    "eeg_c3": "HP:0.3Hz LP:35Hz",
+    "eog_l": "HP:0.3Hz LP:35Hz",
+    "eog_r": "HP:0.3Hz LP:35Hz",
+    "emg_chin": "HP:10Hz",
+    "ecg": "HP:0.3Hz",
+}
 _EXTRA_GAINS = (1.15, 0.9, 1.05, 0.75, 1.25)
 
 
 def _site_name(j: int) -> str:
-    return "site-" + (chr(ord("a") + j) if j < 26 else f"{chr(ord('a') + j % 26)}{j // 26}")
+  return "site-" + (chr(ord("a") + j) if j < 26 else f"{chr(ord('a') + j % 26)}{j // 26}")
 
 
 def make_site(j: int) -> SiteSpec:
-    """Site j (0-based): 0 = SHHS-like, 1 = MESA-like, later ones reuse them with other mains/gain."""
-    b = j % 2 == 1
-    line = (50.0 if b else 60.0) if j < 2 else (60.0 if b else 50.0)
-    gain = (0.8 if b else 1.0) if j < 2 else _EXTRA_GAINS[(j - 2) % len(_EXTRA_GAINS)]
-    if b:
-        return SiteSpec(_site_name(j), SITE_B_MONTAGE, line, gain, missing_prob=0.25,
-                        optional_channels=("Pres",), emg_disconnect_prob=0.15)
-    return SiteSpec(_site_name(j), SITE_A_MONTAGE, line, gain)
+  """Site j (0-based): 0 = SHHS-like, 1 = MESA-like, later ones reuse them with other mains/gain."""
+  b = j % 2 == 1
+  line = (50.0 if b else 60.0) if j < 2 else (60.0 if b else 50.0)
+  gain = (0.8 if b else 1.0) if j < 2 else _EXTRA_GAINS[(j - 2) % len(_EXTRA_GAINS)]
+  if b:
+    return SiteSpec(
+        _site_name(j),
+        SITE_B_MONTAGE,
+        line,
+        gain,
+        missing_prob=0.25,
+        optional_channels=("Pres",),
+        emg_disconnect_prob=0.15,
+    )
+  return SiteSpec(_site_name(j), SITE_A_MONTAGE, line, gain)
 
 
-def make_subject(index: int, site: SiteSpec, rng: np.random.Generator,
-                 missing_channels: tuple[str, ...] | None = None) -> SubjectSpec:
-    """Demographics (age 20-85, sex, BMI 18-40) and a target AHI rising with age, BMI and male sex."""
-    age = int(rng.integers(20, 86))
-    sex = "M" if rng.random() < 0.5 else "F"
-    bmi = round(float(np.clip(rng.normal(27 + 0.04 * (age - 50), 4.5), 18, 40)), 1)
-    mu = np.log(2.5) + 0.03 * (age - 45) + 0.08 * (bmi - 26) + (0.35 if sex == "M" else 0.0)
-    ahi = round(float(np.clip(np.exp(mu + 0.6 * rng.standard_normal()), 0.5, 70)), 1)
-    return SubjectSpec(f"sub-{index:04d}", f"{site.name}-{index:04d}", site.name, age, sex, bmi, ahi,
-                       missing_channels)
+def make_subject(
+    index: int,
+    site: SiteSpec,
+    rng: np.random.Generator,
+    missing_channels: tuple[str, ...] | None = None,
+) -> SubjectSpec:
+  """Demographics (age 20-85, sex, BMI 18-40) and a target AHI rising with age, BMI and male sex."""
+  age = int(rng.integers(20, 86))
+  sex = "M" if rng.random() < 0.5 else "F"
+  bmi = round(float(np.clip(rng.normal(27 + 0.04 * (age - 50), 4.5), 18, 40)), 1)
+  mu = np.log(4.0) + 0.03 * (age - 45) + 0.08 * (bmi - 26) + (0.35 if sex == "M" else 0.0)
+  ahi = round(float(np.clip(np.exp(mu + 0.6 * rng.standard_normal()), 0.5, 70)), 1)
+  return SubjectSpec(
+      f"sub-{index:04d}",
+      f"{site.name}-{index:04d}",
+      site.name,
+      age,
+      sex,
+      bmi,
+      ahi,
+      missing_channels,
+  )
 
 
-def simulate_night(subject: SubjectSpec, site: SiteSpec, hours: float, rng: np.random.Generator) -> Night:
-    """Simulate one night in memory (signals at native rates, hypnogram, scored events)."""
-    n_epochs = int(round(hours * 3600 / EPOCH_S))
-    hyp = phys.simulate_hypnogram(n_epochs, subject.age, rng)
-    lat = phys.simulate_latent(hyp, subject.age, subject.sex == "M", subject.bmi, subject.ahi, rng,
-                               emg_disconnect_prob=site.emg_disconnect_prob)
-    if subject.missing_channels is None:
-        missing = tuple(c for c in site.optional_channels if rng.random() < site.missing_prob)
+def simulate_night(
+    subject: SubjectSpec, site: SiteSpec, hours: float, rng: np.random.Generator
+) -> Night:
+  """Simulate one night in memory (signals at native rates, hypnogram, scored events)."""
+  n_epochs = int(round(hours * 3600 / EPOCH_S))
+  hyp = phys.simulate_hypnogram(n_epochs, subject.age, rng)
+  lat = phys.simulate_latent(
+      hyp,
+      subject.age,
+      subject.sex == "M",
+      subject.bmi,
+      subject.ahi,
+      rng,
+      emg_disconnect_prob=site.emg_disconnect_prob,
+  )
+  if subject.missing_channels is None:
+    missing = tuple(c for c in site.optional_channels if rng.random() < site.missing_prob)
+  else:
+    missing = tuple(subject.missing_channels)
+  fs_lat = max(s.fs for s in site.montage.values() if s.kind[:3] in ("eeg", "eog", "emg"))
+  rnd = phys.Renderer(lat, fs_lat)
+  line_amp = float(rng.uniform(0.3, 1.5))
+  line_phase = float(rng.uniform(0, 2 * np.pi))
+  signals = {}
+  for label, spec in site.montage.items():
+    if label in missing:
+      continue
+    k, fs = spec.kind, spec.fs
+    if k in ("eeg_c4", "eeg_c3", "eog_l", "eog_r", "emg_chin"):
+      if k.startswith("eeg"):
+        x = rnd.eeg("C4" if k == "eeg_c4" else "C3")
+      elif k.startswith("eog"):
+        x = rnd.eog("L" if k == "eog_l" else "R")
+      else:
+        x = rnd.emg()
+      x = phys.resample_to(x, fs_lat, fs) * site.gain
+      amp = line_amp
+    elif k == "ecg":
+      x, amp = rnd.ecg(fs), 0.01 * line_amp
+    elif k == "spo2":
+      x, amp = rnd.per_second(lat.spo2, fs), 0.0
+    elif k == "position":
+      x, amp = rnd.per_second(lat.position, fs), 0.0
     else:
-        missing = tuple(subject.missing_channels)
-    fs_lat = max(s.fs for s in site.montage.values() if s.kind[:3] in ("eeg", "eog", "emg"))
-    rnd = phys.Renderer(lat, fs_lat)
-    line_amp = float(rng.uniform(0.5, 2.0))
-    line_phase = float(rng.uniform(0, 2 * np.pi))
-    signals = {}
-    for label, spec in site.montage.items():
-        if label in missing:
-            continue
-        k, fs = spec.kind, spec.fs
-        if k in ("eeg_c4", "eeg_c3", "eog_l", "eog_r", "emg_chin"):
-            if k.startswith("eeg"):
-                x = rnd.eeg("C4" if k == "eeg_c4" else "C3")
-            elif k.startswith("eog"):
-                x = rnd.eog("L" if k == "eog_l" else "R")
-            else:
-                x = rnd.emg()
-            x = phys.resample_to(x, fs_lat, fs) * site.gain
-            amp = line_amp
-        elif k == "ecg":
-            x, amp = rnd.ecg(fs), 0.01 * line_amp
-        elif k == "spo2":
-            x, amp = rnd.per_second(lat.spo2, fs), 0.0
-        elif k == "position":
-            x, amp = rnd.per_second(lat.position, fs), 0.0
-        else:
-            which = {"resp_thor": "thor", "resp_abdo": "abdo", "airflow": "thermistor", "nasal_pressure": "pressure"}[k]
-            x, amp = rnd.respiration(which, fs), 0.0
-        x = x[: lat.n_sec * fs]
-        if amp and site.line_noise_hz < 0.45 * fs:
-            x = x + amp * np.sin(2 * np.pi * site.line_noise_hz * np.arange(len(x)) / fs + line_phase)
-        signals[label] = np.clip(x, *spec.phys_range)
-    return Night(subject, site, signals, hyp.astype(np.int8), tuple(lat.events), lat.n_sec)
+      which = {
+          "resp_thor": "thor",
+          "resp_abdo": "abdo",
+          "airflow": "thermistor",
+          "nasal_pressure": "pressure",
+      }[k]
+      x, amp = rnd.respiration(which, fs), 0.0
+    x = x[: lat.n_sec * fs]
+    if amp and site.line_noise_hz < 0.5 * fs:
+      x = x + amp * np.sin(2 * np.pi * site.line_noise_hz * np.arange(len(x)) / fs + line_phase)
+    if k == "emg_chin" and lat.emg_dead is not None:  # electrode off: flat trace near 0
+      i0, i1 = int(lat.emg_dead[0] * fs), int(lat.emg_dead[1] * fs)
+      x[i0:i1] = 0.1 * rng.standard_normal(i1 - i0)
+    signals[label] = np.clip(x, *spec.phys_range)
+  return Night(subject, site, signals, hyp.astype(np.int8), tuple(lat.events), lat.n_sec)
 
 
 # --------------------------------------------------------------------------- file writers
 def write_edf(night: Night, path: str | os.PathLike) -> pathlib.Path:
-    """Write the night as EDF+ (1-s data records, 16-bit, physical ranges from the montage)."""
-    path = pathlib.Path(path)
-    labels = list(night.signals)
-    headers = []
+  """Write the night as EDF+ (1-s data records, 16-bit, physical ranges from the montage)."""
+  path = pathlib.Path(path)
+  labels = list(night.signals)
+  headers = []
+  for lab in labels:
+    spec = night.site.montage[lab]
+    headers.append(
+        dict(
+            label=lab,
+            dimension=spec.unit,
+            sample_frequency=spec.fs,
+            physical_min=spec.phys_range[0],
+            physical_max=spec.phys_range[1],
+            digital_min=-32768,
+            digital_max=32767,
+            transducer="",
+            prefilter=_PREFILTER.get(spec.kind, ""),
+        )
+    )
+  w = pyedflib.EdfWriter(str(path), len(labels), file_type=pyedflib.FILETYPE_EDFPLUS)
+  try:
+    w.setSignalHeaders(headers)
+    w.setStartdatetime(START)
+    w.setPatientCode(night.subject.subject_id)
+    w.setSex(1 if night.subject.sex == "M" else 0)
+    w.setEquipment(night.site.name)
+    w.setRecordingAdditional(night.subject.recording_id)
+    # physical -> 16-bit digital ourselves, then one block write per 1-s data record
+    n_rec = night.duration_s
+    blocks = []
     for lab in labels:
-        spec = night.site.montage[lab]
-        headers.append(dict(label=lab, dimension=spec.unit, sample_frequency=spec.fs,
-                            physical_min=spec.phys_range[0], physical_max=spec.phys_range[1],
-                            digital_min=-32768, digital_max=32767, transducer="",
-                            prefilter=_PREFILTER.get(spec.kind, "")))
-    w = pyedflib.EdfWriter(str(path), len(labels), file_type=pyedflib.FILETYPE_EDFPLUS)
-    try:
-        w.setSignalHeaders(headers)
-        w.setStartdatetime(START)
-        w.setPatientCode(night.subject.subject_id)
-        w.setSex(1 if night.subject.sex == "M" else 0)
-        w.setEquipment(night.site.name)
-        w.setRecordingAdditional(night.subject.recording_id)
-        w.writeSamples([np.ascontiguousarray(night.signals[lab], dtype=np.float64) for lab in labels])
-    finally:
-        w.close()
-    return path
+      lo, hi = night.site.montage[lab].phys_range
+      x = np.clip(np.asarray(night.signals[lab], float), lo, hi)
+      d = np.round((x - lo) / (hi - lo) * 65535.0 - 32768.0).astype(np.int16)
+      blocks.append(d.reshape(n_rec, -1))
+    records = np.ascontiguousarray(np.concatenate(blocks, axis=1))
+    for rec in records:
+      if w.blockWriteDigitalShortSamples(rec) != 0:
+        raise OSError(f"{path}: writing an EDF data record failed")
+  finally:
+    w.close()
+  return path
 
 
-STAGE_CONCEPTS = {0: "Wake|0", 1: "Stage 1 sleep|1", 2: "Stage 2 sleep|2", 3: "Stage 3 sleep|3", 4: "REM sleep|5"}
+STAGE_CONCEPTS = {
+    0: "Wake|0",
+    1: "Stage 1 sleep|1",
+    2: "Stage 2 sleep|2",
+    3: "Stage 3 sleep|3",
+    4: "REM sleep|5",
+}
 _EVENT_XML = {
     "obstructive_apnea": ("Respiratory|Respiratory", "Obstructive apnea|Obstructive Apnea"),
     "hypopnea": ("Respiratory|Respiratory", "Hypopnea|Hypopnea"),
@@ -233,102 +314,128 @@ _EVENT_XML = {
 
 
 def _f(x: float) -> str:
-    return f"{float(x):.1f}"
+  return f"{float(x):.1f}"
 
 
 def stage_runs(hypnogram: np.ndarray) -> list[tuple[int, int, int]]:
-    """(stage, first_epoch, n_epochs) for each run of equal consecutive stages."""
-    h = np.asarray(hypnogram)
-    cut = np.flatnonzero(np.diff(h)) + 1
-    starts = np.r_[0, cut]
-    lens = np.diff(np.r_[starts, len(h)])
-    return [(int(h[s]), int(s), int(n)) for s, n in zip(starts, lens)]
+  """(stage, first_epoch, n_epochs) for each run of equal consecutive stages."""
+  h = np.asarray(hypnogram)
+  cut = np.flatnonzero(np.diff(h)) + 1
+  starts = np.r_[0, cut]
+  lens = np.diff(np.r_[starts, len(h)])
+  return [(int(h[s]), int(s), int(n)) for s, n in zip(starts, lens)]
 
 
 def write_xml(night: Night, path: str | os.PathLike) -> pathlib.Path:
-    """Write the NSRR/Compumedics-style PSGAnnotation XML (stages merged into runs + events)."""
-    path = pathlib.Path(path)
-    kinds = {s.kind: lab for lab, s in night.site.montage.items()}
-    loc = {"obstructive_apnea": kinds.get("resp_abdo"), "hypopnea": kinds.get("resp_abdo"),
-           "desaturation": kinds.get("spo2"), "arousal": kinds.get("eeg_c3"), "limb_movement": None}
-    clock = START.strftime("00.00.00 %H.%M.%S")
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           "<PSGAnnotation><SoftwareVersion>Compumedics</SoftwareVersion><EpochLength>30</EpochLength>"
-           "<ScoredEvents>",
-           f"<ScoredEvent><EventType/><EventConcept>Recording Start Time</EventConcept><Start>0</Start>"
-           f"<Duration>{_f(night.duration_s)}</Duration><ClockTime>{clock}</ClockTime></ScoredEvent>"]
-    for stage, first, n in stage_runs(night.hypnogram):
-        out.append(f"<ScoredEvent><EventType>Stages|Stages</EventType><EventConcept>{STAGE_CONCEPTS[stage]}"
-                   f"</EventConcept><Start>{_f(first * EPOCH_S)}</Start><Duration>{_f(n * EPOCH_S)}</Duration>"
-                   "</ScoredEvent>")
-    for e in night.events:
-        etype, concept = _EVENT_XML[e.kind]
-        s = (f"<ScoredEvent><EventType>{etype}</EventType><EventConcept>{concept}</EventConcept>"
-             f"<Start>{_f(e.onset_s)}</Start><Duration>{_f(e.duration_s)}</Duration>")
-        if loc[e.kind]:
-            s += f"<SignalLocation>{loc[e.kind]}</SignalLocation>"
-        if e.kind == "desaturation":
-            s += f"<SpO2Nadir>{e.spo2_nadir:g}</SpO2Nadir><SpO2Baseline>{e.spo2_baseline:g}</SpO2Baseline>"
-        out.append(s + "</ScoredEvent>")
-    out.append("</ScoredEvents></PSGAnnotation>")
-    path.write_text("\n".join(out) + "\n", encoding="utf-8")
-    return path
+  """Write the NSRR/Compumedics-style PSGAnnotation XML (stages merged into runs + events)."""
+  path = pathlib.Path(path)
+  kinds = {s.kind: lab for lab, s in night.site.montage.items()}
+  loc = {
+      "obstructive_apnea": kinds.get("resp_abdo"),
+      "hypopnea": kinds.get("resp_abdo"),
+      "desaturation": kinds.get("spo2"),
+      "arousal": kinds.get("eeg_c3"),
+      "limb_movement": None,
+  }
+  clock = START.strftime("00.00.00 %H.%M.%S")
+  out = [
+      '<?xml version="1.0" encoding="UTF-8"?>',
+      "<PSGAnnotation><SoftwareVersion>Compumedics</SoftwareVersion><EpochLength>30</EpochLength>"
+      "<ScoredEvents>",
+      f"<ScoredEvent><EventType/><EventConcept>Recording Start Time</EventConcept><Start>0</Start>"
+      f"<Duration>{_f(night.duration_s)}</Duration><ClockTime>{clock}</ClockTime></ScoredEvent>",
+  ]
+  for stage, first, n in stage_runs(night.hypnogram):
+    out.append(
+        f"<ScoredEvent><EventType>Stages|Stages</EventType><EventConcept>{STAGE_CONCEPTS[stage]}"
+        f"</EventConcept><Start>{_f(first * EPOCH_S)}</Start><Duration>{_f(n * EPOCH_S)}</Duration>"
+        "</ScoredEvent>"
+    )
+  for e in night.events:
+    etype, concept = _EVENT_XML[e.kind]
+    s = (
+        f"<ScoredEvent><EventType>{etype}</EventType><EventConcept>{concept}</EventConcept>"
+        f"<Start>{_f(e.onset_s)}</Start><Duration>{_f(e.duration_s)}</Duration>"
+    )
+    if loc[e.kind]:
+      s += f"<SignalLocation>{loc[e.kind]}</SignalLocation>"
+    if e.kind == "desaturation":
+      s += (
+          f"<SpO2Nadir>{e.spo2_nadir:g}</SpO2Nadir><SpO2Baseline>{e.spo2_baseline:g}</SpO2Baseline>"
+      )
+    out.append(s + "</ScoredEvent>")
+  out.append("</ScoredEvents></PSGAnnotation>")
+  path.write_text("\n".join(out) + "\n", encoding="utf-8")
+  return path
 
 
 METADATA_COLUMNS = ("recording_id", "subject_id", "site", "age", "sex", "bmi", "ahi")
 
 
 def _cohort_plan(n_subjects: int, n_sites: int, seed: int):
-    sites = [make_site(j) for j in range(n_sites)]
-    members = {j: [i for i in range(1, n_subjects + 1) if (i - 1) % n_sites == j] for j in range(n_sites)}
-    missing = {}
-    for j, site in enumerate(sites):
-        ids = members[j]
-        k = int(round(site.missing_prob * len(ids))) if site.optional_channels else 0
-        drop = set(np.random.default_rng([seed, 1_000_003, j]).permutation(ids)[:k].tolist())
-        for i in ids:
-            missing[i] = site.optional_channels if i in drop else ()
-    subjects = []
-    for i in range(1, n_subjects + 1):
-        site = sites[(i - 1) % n_sites]
-        subjects.append(make_subject(i, site, np.random.default_rng([seed, i, 0]), missing[i]))
-    return sites, subjects
+  sites = [make_site(j) for j in range(n_sites)]
+  members = {
+      j: [i for i in range(1, n_subjects + 1) if (i - 1) % n_sites == j] for j in range(n_sites)
+  }
+  missing = {}
+  for j, site in enumerate(sites):
+    ids = members[j]
+    k = int(np.floor(site.missing_prob * len(ids) + 0.5)) if site.optional_channels else 0
+    drop = set(np.random.default_rng([seed, 1_000_003, j]).permutation(ids)[:k].tolist())
+    for i in ids:
+      missing[i] = site.optional_channels if i in drop else ()
+  subjects = []
+  for i in range(1, n_subjects + 1):
+    site = sites[(i - 1) % n_sites]
+    subjects.append(make_subject(i, site, np.random.default_rng([seed, i, 0]), missing[i]))
+  return sites, subjects
 
 
 def _simulate_and_write(args):
-    subject, site, hours, seed, index, edf_dir, xml_dir = args
-    night = simulate_night(subject, site, hours, np.random.default_rng([seed, index, 1]))
-    write_edf(night, pathlib.Path(edf_dir) / f"{subject.recording_id}.edf")
-    write_xml(night, pathlib.Path(xml_dir) / f"{subject.recording_id}.xml")
-    return night.realised_ahi
+  subject, site, hours, seed, index, edf_dir, xml_dir = args
+  night = simulate_night(subject, site, hours, np.random.default_rng([seed, index, 1]))
+  write_edf(night, pathlib.Path(edf_dir) / f"{subject.recording_id}.edf")
+  write_xml(night, pathlib.Path(xml_dir) / f"{subject.recording_id}.xml")
+  return night.realised_ahi
 
 
-def write_cohort(out_dir: str | os.PathLike, n_subjects: int = 8, n_sites: int = 2, hours: float = 1.5,
-                 seed: int = 0, workers: int = 1) -> pathlib.Path:
-    """Write out_dir/edf/<rid>.edf, out_dir/annotations/<rid>.xml and out_dir/metadata.csv.
+def write_cohort(
+    out_dir: str | os.PathLike,
+    n_subjects: int = 8,
+    n_sites: int = 2,
+    hours: float = 1.5,
+    seed: int = 0,
+    workers: int = 1,
+) -> pathlib.Path:
+  """Write out_dir/edf/<rid>.edf, out_dir/annotations/<rid>.xml and out_dir/metadata.csv.
 
-    Returns the metadata.csv path.  ``workers > 1`` simulates subjects in that
-    many spawned processes (the caller then needs an ``if __name__ == "__main__"``
-    guard); it changes speed only, never the output.
-    """
-    out = pathlib.Path(out_dir)
-    edf_dir, xml_dir = out / "edf", out / "annotations"
-    edf_dir.mkdir(parents=True, exist_ok=True)
-    xml_dir.mkdir(parents=True, exist_ok=True)
-    sites, subjects = _cohort_plan(n_subjects, n_sites, seed)
-    jobs = [(s, sites[(i - 1) % n_sites], hours, seed, i, str(edf_dir), str(xml_dir))
-            for i, s in enumerate(subjects, start=1)]
-    if workers > 1 and len(jobs) > 1:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-            ahis = list(ex.map(_simulate_and_write, jobs))
-    else:
-        ahis = [_simulate_and_write(j) for j in jobs]
-    meta = out / "metadata.csv"
-    with open(meta, "w", newline="", encoding="utf-8") as fh:
-        wr = csv.writer(fh, lineterminator="\n")
-        wr.writerow(METADATA_COLUMNS)
-        for s, ahi in zip(subjects, ahis):
-            wr.writerow([s.recording_id, s.subject_id, s.site, s.age, s.sex, f"{s.bmi:.1f}", f"{ahi:.2f}"])
-    return meta
+  Returns the metadata.csv path.  ``workers > 1`` simulates subjects in that
+  many spawned processes (the caller then needs an ``if __name__ == "__main__"``
+  guard); it changes speed only, never the output.
+  """
+  out = pathlib.Path(out_dir)
+  edf_dir, xml_dir = out / "edf", out / "annotations"
+  edf_dir.mkdir(parents=True, exist_ok=True)
+  xml_dir.mkdir(parents=True, exist_ok=True)
+  sites, subjects = _cohort_plan(n_subjects, n_sites, seed)
+  jobs = [
+      (s, sites[(i - 1) % n_sites], hours, seed, i, str(edf_dir), str(xml_dir))
+      for i, s in enumerate(subjects, start=1)
+  ]
+  if workers > 1 and len(jobs) > 1:
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+      ahis = list(ex.map(_simulate_and_write, jobs))
+  else:
+    ahis = [_simulate_and_write(j) for j in jobs]
+  meta = out / "metadata.csv"
+  with open(meta, "w", newline="", encoding="utf-8") as fh:
+    wr = csv.writer(fh, lineterminator="\n")
+    wr.writerow(METADATA_COLUMNS)
+    for s, ahi in zip(subjects, ahis):
+      wr.writerow(
+          [s.recording_id, s.subject_id, s.site, s.age, s.sex, f"{s.bmi:.1f}", f"{ahi:.2f}"]
+      )
+  return meta
