@@ -149,7 +149,8 @@ def convert_recording(raw: pathlib.Path, meta: dict, config) -> tuple[list[bytes
       arrays[f"sig/{name}"] = x.reshape(len(x), e, spe).transpose(1, 0, 2).astype(np.float16)
       arrays[f"mask/{name}"] = h.epoch_mask[name][sl]
     caps = {g: [epoch_caps[i][g] for i in range(first, first + e)] for g in captions.GROUPS}
-    out.append(records.encode(arrays, {**meta, "first_epoch": first, "captions": caps}))
+    arrays["captions"] = records.text_array(caps)
+    out.append(records.encode(arrays, {**meta, "first_epoch": first}))
   summary["segments"] = len(out)
   return out, summary
 
@@ -255,7 +256,7 @@ def train_caption_tokenizer(data_dir: str | os.PathLike, vocab_size: int) -> pat
   def texts():
     for shard in train["shards"]:
       for blob in writer.read_records(out / shard["path"]):
-        for group_captions in records.decode(blob)[1]["captions"].values():
+        for group_captions in records.texts(records.decode(blob)[0]["captions"]).values():
           yield from group_captions
     for rid in train["recordings"]:
       yield manifest["recordings"][rid]["night_caption"]

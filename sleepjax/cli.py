@@ -80,10 +80,10 @@ def _show_captions(data_dir: str, n_epochs: int = 2):
   from sleepjax import records  # pylint: disable=g-import-not-at-top
   from sleepjax.data.manifest import read_manifest, shard_paths  # pylint: disable=g-import-not-at-top
   manifest = read_manifest(data_dir)
-  _, meta = records.decode(next(writer.read_records(shard_paths(manifest, "test")[0])))
+  arrays, meta = records.decode(next(writer.read_records(shard_paths(manifest, "test")[0])))
   for e in range(n_epochs):
     print(f"captions, {meta['recording_id']} epoch {meta['first_epoch'] + e}:")
-    for group, texts in meta["captions"].items():
+    for group, texts in records.texts(arrays["captions"]).items():
       if texts[e]:
         print(f"  {group:<12} {texts[e]}")
   print(f"night: {manifest['recordings'][meta['recording_id']]['night_caption']}")

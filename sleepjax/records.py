@@ -2,7 +2,8 @@
 
 Layout (little endian): b"SJR" + version byte, uint32 header length, a JSON header, then each array's
 raw bytes at a 64-byte aligned offset. `decode` returns numpy views into the record bytes (zero copy).
-The header holds scalar metadata and, per array, (dtype, shape, offset).
+The header holds scalar metadata and, per array, (dtype, shape, offset); text that only some readers
+need (captions) rides as a uint8 JSON array (`text_array` / `texts`).
 """
 
 import json
@@ -37,6 +38,16 @@ def encode(arrays: dict[str, np.ndarray], meta: dict) -> bytes:
     raw = np.ascontiguousarray(a).tobytes()
     buf[start + off:start + off + len(raw)] = raw
   return bytes(buf)
+
+
+def text_array(obj) -> np.ndarray:
+  """JSON-able text (e.g. captions) as a uint8 array: stored with the arrays, parsed only on demand
+  (`texts`), so readers that do not need it pay nothing."""
+  return np.frombuffer(json.dumps(obj, separators=(",", ":")).encode(), np.uint8)
+
+
+def texts(array: np.ndarray):
+  return json.loads(array.tobytes())
 
 
 def decode(record: bytes) -> tuple[dict[str, np.ndarray], dict]:

@@ -103,8 +103,8 @@ def test_captions_are_tokenised_in_step_with_the_window(prepared):
   truth = {}
   for path in shard_paths(manifest, "train"):
     for blob in read_records(path):
-      meta = records.decode(blob)[1]
-      for g, texts in meta["captions"].items():
+      arrays, meta = records.decode(blob)
+      for g, texts in records.texts(arrays["captions"]).items():
         for e, text in enumerate(texts):
           truth[(meta["recording_id"], meta["first_epoch"] + e, g)] = text
   tok = Tokenizer(prepared / "data" / manifest["tokenizer"]["path"])

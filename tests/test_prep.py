@@ -4,12 +4,14 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pyedflib
+import pyedflib.highlevel
 import pytest
 
 from data_prep import prep
@@ -58,6 +60,20 @@ def test_bad_input_corpus_is_reported_and_good_recordings_convert(prepared, tiny
                       for label in ("FOO", "BAR")])
   w.writeSamples([np.zeros(100 * 600), np.zeros(100 * 600)])
   w.close()
+  # Converted despite problems: annotations running past the end, a flat (dead) EEG channel.
+  overrun = rows[1]["recording_id"]
+  xml = (ann_dir / f"{overrun}.xml").read_text()
+  (ann_dir / f"{overrun}.xml").write_text(xml.replace("</ScoredEvents>", (
+      "<ScoredEvent><EventType>Stages|Stages</EventType><EventConcept>Stage 2 sleep|2"
+      "</EventConcept><Start>3600.0</Start><Duration>90.0</Duration></ScoredEvent>"
+      "</ScoredEvents>")))
+  signals, headers, header = pyedflib.highlevel.read_edf(str(edf_dir / f"{rows[2]['recording_id']}.edf"))
+  eeg = next(i for i, h in enumerate(headers) if h["label"] in ("EEG", "EEG3"))
+  signals[eeg] = np.zeros_like(signals[eeg])
+  pyedflib.highlevel.write_edf(str(edf_dir / "odd-flat.edf"), signals, headers, header)
+  shutil.copy(ann_dir / f"{rows[2]['recording_id']}.xml", ann_dir / "odd-flat.xml")
+  _add(rows, src, recording_id="odd-flat", subject_id="sub-odd-flat")
+  good.append("odd-flat")
   for rid in ("bad-trunc", "bad-header", "bad-noann", "bad-unmapped", "bad-noedf"):
     _add(rows, src, recording_id=rid, subject_id=f"sub-{rid}")
   _add(rows, src, recording_id="dup-0001", subject_id="sub-9999")
@@ -72,6 +88,9 @@ def test_bad_input_corpus_is_reported_and_good_recordings_convert(prepared, tiny
   for rid in ("bad-trunc", "bad-header", "bad-noann", "bad-unmapped", "bad-noedf", "dup-0001"):
     assert qc[rid]["verdict"] == "skip" and qc[rid]["reasons"], rid
   assert "duplicate of" in qc["dup-0001"]["reasons"][0]
+  assert any("outside the recording" in n for n in qc[overrun]["notes"])
+  flat = manifest["recordings"]["odd-flat"]["present"]["eeg"]
+  assert flat.count(False) == 1 and qc["odd-flat"]["channels"]["eeg"]  # one EEG channel masked
   assert "bad-trunc" in qc["bad-trunc"]["reasons"][0]  # reasons name the file
   assert any("missing recording_id or subject_id" in " ".join(r["reasons"]) for r in qc.values())
   with open(tmp_path / "data" / "qc.csv", newline="") as f:
@@ -82,8 +101,10 @@ def _run_prep(raw, out):
   code = ("import sys; from sleepjax.cli import load_config; from data_prep import prep; "
           f"c = load_config('{REPO}/configs/smoke.py:tiny').prep; c.workers = 1; "
           "prep.prepare(sys.argv[1], sys.argv[2], c)")
+  # Own process group: the kill below takes the worker processes too, as a scheduler would.
   return subprocess.Popen([sys.executable, "-c", code, str(raw), str(out)], cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
 
 
 def test_killed_run_resumes_to_identical_shards(prepared, tmp_path):
@@ -94,7 +115,7 @@ def test_killed_run_resumes_to_identical_shards(prepared, tmp_path):
   deadline = time.time() + 300
   while not (staging.exists() and list(staging.glob("*.json"))) and time.time() < deadline:
     time.sleep(0.05)
-  proc.kill()
+  os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
   done = len(list(staging.glob("*.json")))
   assert 0 < done < 6, "the kill should land mid-run"

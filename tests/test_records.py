@@ -24,3 +24,9 @@ def test_rejects_foreign_bytes_and_future_versions():
   blob[3] = records.SCHEMA_VERSION + 1
   with pytest.raises(ValueError, match="schema version"):
     records.decode(bytes(blob))
+
+
+def test_text_arrays_round_trip_unparsed_until_asked():
+  caps = {"brain": ["delta 97 %", ""], "cardiac": ["HR 63 bpm", "µV ok"]}
+  out, _ = records.decode(records.encode({"captions": records.text_array(caps)}, {}))
+  assert out["captions"].dtype == np.uint8 and records.texts(out["captions"]) == caps

@@ -1,7 +1,11 @@
-"""Grain pipeline: ArrayRecord segments -> decoded windows -> local batches -> global jax.Arrays.
+"""Grain pipeline: ArrayRecord segments -> local batches of windows -> global jax.Arrays.
 
-record indices (per-process slice + seeded shuffle + repeat, or pair-first draws) -> read + decode
--> modality masking -> window crop -> batch -> prefetch.
+record indices (per-process slice + a seeded order per epoch, or pair-first draws) -> batches of
+indices -> one read + decode + window crop + modality masking + caption tokenisation per batch
+-> prefetch (threads, optionally worker processes).
+
+Work happens per batch, not per record: Python overhead is paid once per batch and every byte is
+copied once, from the zero-copy decoded record straight into its place in the batch.
 """
 
 import dataclasses
@@ -16,63 +20,7 @@ from sleepjax import records
 from sleepjax.data import sampling as sampling_lib
 from sleepjax.data.manifest import shard_paths, verify_shards
 
-
-@dataclasses.dataclass(frozen=True)
-class Decode(grain.transforms.Map):
-  """Record bytes -> flat dict of numpy arrays the model and objectives consume."""
-  modalities: tuple[str, ...]
-  site_index: dict[str, int]
-  recording_index: dict[str, int]
-  caption_groups: tuple[str, ...] = ()  # keep these captions (object array [E, G]) for tokenising
-
-  def map(self, record: bytes) -> dict:
-    arrays, meta = records.decode(record)
-    missing = [m for m in self.modalities if f"sig/{m}" not in arrays]
-    if missing:
-      raise ValueError(f"record {meta['recording_id']}@{meta['first_epoch']} lacks {missing}")
-    out = {f"signals/{m}": arrays[f"sig/{m}"] for m in self.modalities}
-    out.update({f"masks/{m}": arrays[f"mask/{m}"] for m in self.modalities})
-    out["stage"], out["events"], out["features"] = arrays["stage"], arrays["events"], arrays["features"]
-    out["age"] = np.float32(np.nan if meta["age"] is None else meta["age"])
-    out["sex"] = np.int32(-1 if meta["sex"] is None else meta["sex"])
-    out["site"] = np.int32(self.site_index[meta["site"]])
-    out["recording"] = np.int32(self.recording_index[meta["recording_id"]])
-    out["epoch_index"] = meta["first_epoch"] + np.arange(len(arrays["stage"]), dtype=np.int32)
-    if self.caption_groups:
-      out["captions"] = np.array([meta["captions"][g] for g in self.caption_groups], object).T
-    return out
-
-
-@functools.lru_cache(maxsize=4)
-def _load_tokenizer(path: str):
-  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  return Tokenizer(path)
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizeCaptions(grain.transforms.Map):
-  """Captions [W, G] strings -> `captions` int32 [W, G, L] token ids (0 = pad, BOS/EOS added,
-  truncated to L) and `caption_mask` bool [W, G, L]. The tokenizer loads once per worker."""
-  tokenizer_path: str
-  max_len: int
-
-  def map(self, x: dict) -> dict:
-    texts_WxG = x.pop("captions")
-    ids, mask = _load_tokenizer(self.tokenizer_path).encode(list(texts_WxG.reshape(-1)), self.max_len)
-    x["captions"] = ids.reshape(*texts_WxG.shape, self.max_len)
-    x["caption_mask"] = mask.reshape(*texts_WxG.shape, self.max_len)
-    return x
-
-
-@dataclasses.dataclass(frozen=True)
-class CropWindow(grain.transforms.RandomMap):
-  """Random window of W consecutive epochs out of a segment of E (per-epoch arrays only)."""
-  window: int
-
-  def random_map(self, x: dict, rng: np.random.Generator) -> dict:
-    segment = len(x["stage"])
-    start = int(rng.integers(0, segment - self.window + 1))
-    return {k: v[start:start + self.window] if np.ndim(v) else v for k, v in x.items()}
+SAMPLINGS = ("all", "all_present", "pair_first", "dropout")
 
 
 @functools.lru_cache(maxsize=2)
@@ -95,16 +43,71 @@ class EpochShuffle(grain.transforms.MapWithIndex):
     return int(self.index[_permutation(self.seed, epoch, len(self.index))[j]])
 
 
-@dataclasses.dataclass(frozen=True)
-class Read(grain.transforms.Map):
-  """Record index -> decoded record; (index, tag) pairs keep their tag."""
-  source: grain.sources.ArrayRecordDataSource
-  decode: Decode
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(path: str):
+  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  return Tokenizer(path)
 
-  def map(self, item):
-    if isinstance(item, tuple):
-      return self.decode.map(self.source[item[0]]), item[1]
-    return self.decode.map(self.source[int(item)])
+
+@dataclasses.dataclass(frozen=True)
+class ReadBatch(grain.transforms.RandomMap):
+  """Record indices [B] (and, pair-first, pair ids [B]) -> one batch of flat numpy arrays.
+
+  Keys: signals/<m> [B, W, C, S], masks/<m> [B, W, C], stage [B, W], events [B, W, 30],
+  features [B, W, F], epoch_index [B, W], age/sex/site/recording [B]; with captions,
+  captions [B, W, G, L] token ids and caption_mask. W = `window` (random crop) or the segment.
+  """
+  source: grain.sources.ArrayRecordDataSource
+  modalities: tuple[str, ...]
+  site_index: dict[str, int]
+  recording_index: dict[str, int]
+  window: int | None = None
+  pairs: tuple = ()  # pair-first: (a, b) modality indices per pair id
+  dropout: float = 0.0
+  min_modalities: int = 1
+  caption_groups: tuple[str, ...] = ()
+  tokenizer_path: str = ""
+  caption_len: int = 0
+
+  def random_map(self, batch, rng: np.random.Generator) -> dict:
+    index_B, pair_B = batch if isinstance(batch, tuple) else (batch, None)
+    decoded = [records.decode(self.source[int(i)]) for i in index_B]
+    B, E = len(decoded), len(decoded[0][0]["stage"])
+    W = self.window or E
+    start_B = rng.integers(0, E - W + 1, B) if self.window else np.zeros(B, int)
+    out = {}
+    per_epoch = [(f"signals/{m}", f"sig/{m}") for m in self.modalities]
+    per_epoch += [(f"masks/{m}", f"mask/{m}") for m in self.modalities]
+    per_epoch += [("stage", "stage"), ("events", "events"), ("features", "features")]
+    for key, name in per_epoch:
+      first = decoded[0][0].get(name)
+      if first is None:
+        raise ValueError(f"records lack {name!r} (prepared for other modalities?)")
+      x = out[key] = np.empty((B, W, *first.shape[1:]), first.dtype)
+      for b, (arrays, _) in enumerate(decoded):
+        x[b] = arrays[name][start_B[b]:start_B[b] + W]
+    metas = [meta for _, meta in decoded]
+    out["epoch_index"] = (np.array([m["first_epoch"] for m in metas], np.int32)[:, None]
+                          + start_B[:, None] + np.arange(W, dtype=np.int32))
+    out["age"] = np.array([np.nan if m["age"] is None else m["age"] for m in metas], np.float32)
+    out["sex"] = np.array([-1 if m["sex"] is None else m["sex"] for m in metas], np.int32)
+    out["site"] = np.array([self.site_index[m["site"]] for m in metas], np.int32)
+    out["recording"] = np.array([self.recording_index[m["recording_id"]] for m in metas], np.int32)
+    if pair_B is not None:  # pair-first: the batch trains one pair; mask every other modality
+      keep = {self.modalities[i] for i in self.pairs[int(pair_B[0])]}
+      for m in self.modalities:
+        if m not in keep:
+          out[f"masks/{m}"][:] = False
+    elif self.dropout:
+      sampling_lib.drop_modalities(out, self.modalities, self.dropout, self.min_modalities, rng)
+    if self.caption_len:
+      texts = [[records.texts(arrays["captions"])[g][s:s + W] for g in self.caption_groups]
+               for (arrays, _), s in zip(decoded, start_B)]
+      flat = [t for per_record in texts for t in zip(*per_record) for t in t]  # B, W, G order
+      ids, mask = _load_tokenizer(self.tokenizer_path).encode(flat, self.caption_len)
+      shape = (B, W, len(self.caption_groups), self.caption_len)
+      out["captions"], out["caption_mask"] = ids.reshape(shape), mask.reshape(shape)
+    return out
 
 
 def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_batch: int, seed: int,
@@ -115,36 +118,38 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  workers: int = 0, verify: str = "stamp") -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
-  train: seeded shuffle of this process's slice (or pair-first draws), repeated forever, random
-  windows of `window` epochs, the last partial batch dropped. Otherwise one ordered pass over
-  whole segments keeping the last partial batch. `sampling`: see `sleepjax.data.sampling`;
-  `verify`: see `manifest.verify_shards`. `caption_len` > 0 adds the epochs' captions of every
-  group, tokenised with the manifest's tokenizer (`sleepjax tokenizer`). `workers` > 0 moves reading and decoding into that many
-  worker processes (grain mp_prefetch); threads and workers: see BENCHMARKS.md.
+  train: this process's slice in a new seeded order every epoch (or pair-first draws), repeated
+  forever, random windows of `window` epochs, the last partial batch dropped. Otherwise one
+  ordered pass over whole segments keeping the last partial batch. `sampling`: see
+  `sleepjax.data.sampling`; `verify`: see `manifest.verify_shards`; `caption_len` > 0 adds the
+  epochs' captions of every group, tokenised with the manifest's tokenizer (`sleepjax tokenizer`);
+  `workers` > 0 moves reading and decoding into worker processes (see BENCHMARKS.md).
   """
+  if sampling not in SAMPLINGS:
+    raise ValueError(f"unknown data.modality_sampling {sampling!r}; choose from {SAMPLINGS}")
   verify_shards(manifest, split, verify, process_index, process_count)
   source = grain.sources.ArrayRecordDataSource(shard_paths(manifest, split))
-  groups = ()
-  if caption_len:
-    if "tokenizer" not in manifest:
-      raise ValueError(f"{manifest['dir']}: captions requested but the manifest names no "
-                       "tokenizer; run `sleepjax tokenizer` first")
-    groups = tuple(manifest["caption_groups"])
-  read = Read(source, Decode(tuple(modalities), {s: i for i, s in enumerate(manifest["sites"])},
-                             {r: i for i, r in enumerate(sorted(manifest["recordings"]))}, groups))
   presence_RxM = sampling_lib.record_presence(manifest, split, modalities)
   if len(presence_RxM) != len(source):
     raise ValueError(f"{manifest['dir']}: manifest lists {len(presence_RxM)} {split} records, "
                      f"shards hold {len(source)}")
+  read = dict(source=source, modalities=tuple(modalities),
+              site_index={s: i for i, s in enumerate(manifest["sites"])},
+              recording_index={r: i for i, r in enumerate(sorted(manifest["recordings"]))},
+              window=window if train else None)
+  if caption_len:
+    if "tokenizer" not in manifest:
+      raise ValueError(f"{manifest['dir']}: captions requested but the manifest names no "
+                       "tokenizer; run `sleepjax tokenizer` first")
+    read.update(caption_groups=tuple(manifest["caption_groups"]), caption_len=caption_len,
+                tokenizer_path=os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
+
   if train and sampling == "pair_first":
     pairs, probs, members = sampling_lib.pair_table(presence_RxM, modalities, pair_weights)
     ds = grain.MapDataset.range(len(source)).repeat().map_with_index(sampling_lib.PairFirstIndex(
-        tuple(pairs), probs, tuple(members), local_batch * process_count, local_batch, seed,
-        process_index))
-    ds = ds.map(read).map(sampling_lib.KeepPair(tuple(modalities), tuple(pairs)))
+        tuple(pairs), probs, tuple(members), local_batch, seed, process_index))
+    read["pairs"] = tuple(pairs)
   else:
-    if sampling not in ("all", "all_present", "dropout", "pair_first"):
-      raise ValueError(f"unknown data.modality_sampling {sampling!r}")
     index = np.arange(len(source))
     if train and sampling == "all_present":
       index = index[presence_RxM.all(1)]
@@ -157,16 +162,10 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
           EpochShuffle(index, seed + 7919 * process_index))
     else:
       ds = grain.MapDataset.source(index)
-    ds = ds.map(read)
     if train and sampling == "dropout":
-      ds = ds.random_map(sampling_lib.ModalityDropout(tuple(modalities), modality_dropout,
-                                                      min_modalities), seed=seed + process_index)
-  if train and window is not None:
-    ds = ds.random_map(CropWindow(window), seed=seed + process_index)
-  if caption_len:
-    ds = ds.map(TokenizeCaptions(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]),
-                                 caption_len))
+      read.update(dropout=modality_dropout, min_modalities=min_modalities)
   ds = ds.batch(local_batch, drop_remainder=train)
+  ds = ds.random_map(ReadBatch(**read), seed=seed + process_index)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
   if workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))

@@ -48,7 +48,6 @@ class PairFirstIndex(grain.transforms.MapWithIndex):
   pairs: tuple
   probs: np.ndarray
   members: tuple
-  global_batch: int
   local_batch: int
   seed: int
   process_index: int
@@ -61,30 +60,16 @@ class PairFirstIndex(grain.transforms.MapWithIndex):
     return int(candidates[rng.integers(len(candidates))]), int(pair)
 
 
-@dataclasses.dataclass(frozen=True)
-class KeepPair(grain.transforms.Map):
-  """Masks every modality outside the chosen pair."""
-  modalities: tuple[str, ...]
-  pairs: tuple
-
-  def map(self, item: tuple[dict, int]) -> dict:
-    x, pair = item
-    keep = {self.modalities[i] for i in self.pairs[pair]}
-    return {k: (np.zeros_like(v) if k.startswith("masks/") and k[6:] not in keep else v)
-            for k, v in x.items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModalityDropout(grain.transforms.RandomMap):
-  modalities: tuple[str, ...]
-  rate: float
-  min_modalities: int
-
-  def random_map(self, x: dict, rng: np.random.Generator) -> dict:
-    present = [m for m in self.modalities if x[f"masks/{m}"].any()]
-    drop = [m for m in present if rng.random() < self.rate]
-    excess = len(present) - len(drop) - self.min_modalities
-    if excess < 0:  # give back some dropped modalities to keep the minimum
-      drop = list(rng.permutation(drop))[:max(len(drop) + excess, 0)]
-    return {k: (np.zeros_like(v) if k.startswith("masks/") and k[6:] in drop else v)
-            for k, v in x.items()}
+def drop_modalities(batch: dict, modalities: tuple[str, ...], rate: float, min_modalities: int,
+                    rng: np.random.Generator):
+  """Masks each record's present modalities with probability `rate`, in place, keeping at least
+  `min_modalities` of them (all of them where a record has fewer)."""
+  present_BxM = np.stack([batch[f"masks/{m}"].any(axis=(1, 2)) for m in modalities], 1)
+  for b, present in enumerate(present_BxM):
+    have = np.flatnonzero(present)
+    drop = have[rng.random(len(have)) < rate]
+    excess = len(have) - len(drop) - min_modalities
+    if excess < 0:  # give some back to keep the minimum
+      drop = rng.permutation(drop)[:max(len(drop) + excess, 0)]
+    for j in drop:
+      batch[f"masks/{modalities[j]}"][b] = False
