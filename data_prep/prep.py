@@ -16,6 +16,7 @@ import concurrent.futures as cf
 import csv
 import hashlib
 import json
+import multiprocessing
 import os
 import pathlib
 import zlib
@@ -197,7 +198,10 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
                len(metas) - len(todo), len(todo))
   summaries = {m["recording_id"]: done[m["recording_id"]] for m in metas
                if m["recording_id"] in done and m not in todo}
-  with cf.ProcessPoolExecutor(max_workers=config.workers or None) as pool:
+  # Spawned, not forked, workers: the caller may have JAX (multithreaded) loaded, and forking a
+  # multithreaded process can deadlock.
+  with cf.ProcessPoolExecutor(max_workers=config.workers or None,
+                              mp_context=multiprocessing.get_context("spawn")) as pool:
     futures = [pool.submit(_stage_recording, raw, out, m, config) for m in todo]
     for fut in tqdm.tqdm(cf.as_completed(futures), total=len(futures), desc="prep", unit="rec",
                          disable=not todo):
