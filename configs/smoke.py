@@ -66,7 +66,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 300
+  c.train.steps = 300  # the schedule's length
+  c.train.stop_after_steps = 0  # > 0: stop this run after that many steps (requeued jobs resume)
   c.train.log_every = 25
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3

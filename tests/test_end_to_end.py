@@ -22,23 +22,41 @@ def test_train_resume_eval(prepared, tiny_config, tmp_path):
   workdir = tmp_path
   os.symlink(prepared / "data", workdir / "data")
   config = tiny_config.copy_and_resolve_references()
-  config.train.steps = 4
+  config.train.steps = 6
+  config.train.stop_after_steps = 4  # as if the job were preempted after step 4
   first = trainer.train(config, str(workdir))
   assert first["loss"] > 0
   assert sorted(os.listdir(workdir / "train" / "checkpoints"))[-1] == "4"
-  # Same workdir, a longer schedule: resumes from step 4 rather than starting over.
-  config.train.steps = 6
-  trainer.train(config, str(workdir))
+  config.train.stop_after_steps = 0
+  trainer.train(config, str(workdir))  # same workdir: resumes at step 4, finishes at 6
   events = EventAccumulator(str(workdir / "train" / "tb"))
   events.Reload()
   steps = [e.step for e in events.Scalars("loss")]
   assert steps == sorted(set(steps)) and steps[-1] == 6 and 4 in steps  # no step logged twice
 
+  # The resumed run saw exactly the batches, and reached the same weights, as an uninterrupted one.
+  straight = tmp_path / "straight"
+  straight.mkdir()
+  os.symlink(prepared / "data", straight / "data")
+  trainer.train(config, str(straight))
+  events_straight = EventAccumulator(str(straight / "train" / "tb"))
+  events_straight.Reload()
+  resumed_loss = {e.step: e.value for e in events.Scalars("loss")}
+  straight_loss = {e.step: e.value for e in events_straight.Scalars("loss")}
+  assert set(resumed_loss) == set(straight_loss)
+  for step, loss in straight_loss.items():
+    assert abs(resumed_loss[step] - loss) <= 1e-6 * abs(loss), (step, resumed_loss[step], loss)
+
+  # Extending a finished run: a longer schedule continues from the last checkpoint.
+  config.train.steps = 7
+  trainer.train(config, str(workdir))
+  assert sorted(os.listdir(workdir / "train" / "checkpoints"), key=int)[-1] == "7"
+
   result = _cli("eval", workdir=workdir)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "pretrained" in result.stdout and "random_init" in result.stdout
   report = json.loads((workdir / "eval" / "report.json").read_text())
-  assert report["checkpoint_step"] == 6
+  assert report["checkpoint_step"] == 7
   for name in ("pretrained", "random_init"):
     assert 0.0 <= report[name]["macro_f1"] <= 1.0 and report[name]["test_epochs"] > 0
 

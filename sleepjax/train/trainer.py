@@ -73,16 +73,21 @@ def train(config, workdir: str) -> dict:
     writer.write_hparams({"params": n_params, **{k: str(v) for k, v in config.model.items()}})
 
   step, last = int(state.step), {}
+  # A time-limited job that requeues runs a chunk of the schedule per job; the schedule itself
+  # always spans train.steps.
+  stop = config.train.steps
+  if config.train.stop_after_steps:
+    stop = min(stop, step + config.train.stop_after_steps)
   wait, t_last, step_last = 0.0, time.perf_counter(), step
   with jax.set_mesh(mesh):
-    while step < config.train.steps:
+    while step < stop:
       t0 = time.perf_counter()
       batch = pipeline.to_global(next(it), batch_sh)
       wait += time.perf_counter() - t0
       state, step_metrics = step_fn(state, batch)
       step += 1
-      checkpoint.save(manager, step, state, it, config, force=step == config.train.steps)
-      if step % config.train.log_every == 0 or step == config.train.steps:
+      checkpoint.save(manager, step, state, it, config, force=step == stop)
+      if step % config.train.log_every == 0 or step == stop:
         last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         dt = time.perf_counter() - t_last
         last.update({"steps_per_s": (step - step_last) / dt,
