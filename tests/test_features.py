@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from data_prep import detectors as D
 from data_prep import features as F
 from data_prep.annotations import Event
 from sleepjax.modalities import CANONICAL
@@ -317,7 +318,7 @@ def test_spindles_against_truth_and_yasa():
       centres.append(c0)
   centres = np.array(centres)
   f = F.epoch_features({"eeg": np.stack([x, x])}, {"eeg": _ones(n_ep, 2)}, np.full(n_ep, 2), [])
-  ours = F.detect_spindles(x, fs) / fs
+  ours = D.detect_spindles(x, fs) / fs
   np.testing.assert_array_equal(f[:, I["eeg_c4_m1_spindles"]],
                                 np.bincount((ours // 30).astype(int), minlength=n_ep))
   sens, ppv, _ = _match(ours, centres, 0.6)
@@ -400,7 +401,7 @@ def test_real_ecg_matches_sleepecg():
   F._hr_stats(expect, hr, valid, n_ep)  # pylint: disable=protected-access
   for name in ("hr_mean", "hr_min", "hr_max"):
     np.testing.assert_allclose(f[:, I[name]], expect[:, I[name]], atol=0.5)
-  np.testing.assert_allclose(f[:, I["hr_rmssd"]], F.rmssd_per_epoch(ref, n_ep), rtol=0.05)
+  np.testing.assert_allclose(f[:, I["hr_rmssd"]], D.rmssd_per_epoch(ref, n_ep), rtol=0.05)
 
 
 def test_real_arrhythmic_ecg_matches_neurokit2():
