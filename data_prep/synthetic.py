@@ -11,8 +11,9 @@ Site A mimics SHHS (60 Hz mains, 125/50/250/10/1 Hz channels), site B mimics
 MESA (50 Hz mains, 256/32/1 Hz channels, 0.8x EEG gain, a seeded fraction of
 recordings without nasal pressure, occasional disconnected chin EMG).  Sites
 beyond the second reuse the two montages with other mains frequencies/gains.
-The signal models live in :mod:`data_prep.physiology`.  Output is fully
-deterministic: the same arguments give byte-identical files.
+The signal models live in :mod:`data_prep.physiology` (hypnogram, latent state)
+and :mod:`data_prep.render` (waveforms).  Output is fully deterministic: the
+same arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import pyedflib
 
 from . import physiology as phys
+from . import render
 from .physiology import EPOCH_S, Event  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -210,7 +212,7 @@ def simulate_night(
   else:
     missing = tuple(subject.missing_channels)
   fs_lat = max(s.fs for s in site.montage.values() if s.kind[:3] in ("eeg", "eog", "emg"))
-  rnd = phys.Renderer(lat, fs_lat)
+  rnd = render.Renderer(lat, fs_lat)
   line_amp = float(rng.uniform(0.3, 1.5))
   line_phase = float(rng.uniform(0, 2 * np.pi))
   signals = {}
@@ -225,7 +227,7 @@ def simulate_night(
         x = rnd.eog("L" if k == "eog_l" else "R")
       else:
         x = rnd.emg()
-      x = phys.resample_to(x, fs_lat, fs) * site.gain
+      x = render.resample_to(x, fs_lat, fs) * site.gain
       amp = line_amp
     elif k == "ecg":
       x, amp = rnd.ecg(fs), 0.01 * line_amp
