@@ -13,16 +13,11 @@ Input is a dict {(modality, channel): Signal} of signals already in canonical un
 4. each usable channel is normalised per recording: robust median/IQR over its usable epochs, or
    fixed constants for modalities whose absolute level matters (SpO2, heart rate); values are
    clipped to +-CLIP; masked epochs and masked channels are zeros with mask False.
-
-`harmonise(rec, n_epochs, modalities, channel_map)` with an `edf.Recording` and a label map from
-`load_channel_map` is the older entry point, kept until every caller uses resolved channels.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
 
 import numpy as np
 
@@ -30,7 +25,6 @@ from data_prep import qc as qc_lib
 from data_prep import signal as sig_lib
 from sleepjax.modalities import CANONICAL, EPOCH_SECONDS
 
-MAPS_DIR = pathlib.Path(__file__).parent / "channel_maps"
 # Modalities whose absolute level carries meaning are scaled by fixed constants, not per recording.
 FIXED_SCALING = {"spo2": (95.0, 5.0), "heart_rate": (65.0, 15.0)}
 CLIP = 20.0  # normalised values beyond +-CLIP are clipped (also keeps float16 finite)
@@ -136,22 +130,18 @@ def _derive_heart_rate(ecg: _Channel, n_epochs: int, cfg: qc_lib.QCConfig) -> _C
 
 
 # ------------------------------------------------------------------------------- the recording
-def harmonise(signals, n_epochs: int, modalities: list[str], channel_map=None, *,
+def harmonise(signals, n_epochs: int, modalities: list[str], *,
               config: qc_lib.QCConfig | None = None, line_freq="auto") -> Harmonised:
   """QC, filters, resamples and normalises canonical channels onto `n_epochs` 30-s epochs.
 
   `signals`: {(modality, channel): Signal} in canonical units (`Signal` has label, rate, unit,
   data and optionally physical_range in canonical units), or an object with such a `.signals`
-  dict (and optionally `.unmatched`), e.g. `channels.resolve_channels(rec)`. For compatibility an
-  `edf.Recording` plus `channel_map` (from `load_channel_map`) is also accepted.
+  dict (and optionally `.unmatched`), e.g. `channels.resolve_channels(rec)`.
   `line_freq`: "auto" (detect), a frequency in Hz, or None (no notch).
   """
   cfg = config or qc_lib.QCConfig()
   unmatched: list[str] = []
-  if isinstance(getattr(signals, "signals", None), list):  # edf.Recording (legacy entry point)
-    signals, unmatched = _from_recording(signals, modalities,
-                                         channel_map or load_channel_map())
-  elif hasattr(signals, "signals"):  # channels.Resolved
+  if hasattr(signals, "signals"):  # channels.Resolved
     unmatched = list(getattr(signals, "unmatched", []))
     signals = signals.signals
   n_epochs = max(int(n_epochs), 0)
@@ -215,36 +205,3 @@ def harmonise(signals, n_epochs: int, modalities: list[str], channel_map=None, *
     stats[m] = {"center": center, "scale": scale, "method": method}
   return Harmonised(out_signals, epoch_mask, present, stats, qcs, unmatched,
                     None if line_freq is None else float(line_freq))
-
-
-# ------------------------------------------------------------------ legacy label mapping (interim)
-# Physical-unit conversions into each modality's canonical unit.
-_UNIT_SCALE = {("uv", "uV"): 1.0, ("mv", "uV"): 1e3, ("v", "uV"): 1e6,
-               ("mv", "mV"): 1.0, ("uv", "mV"): 1e-3, ("v", "mV"): 1e3}
-
-
-def _norm_label(label: str) -> str:
-  return "".join(label.lower().split())
-
-
-def load_channel_map(name: str = "generic") -> dict[str, tuple[str, str]]:
-  """Returns {normalised EDF label: (modality, channel)} from channel_maps/<name>.json."""
-  table = json.loads((MAPS_DIR / f"{name}.json").read_text())
-  return {_norm_label(label): (modality, channel)
-          for modality, channels in table.items() if not modality.startswith("_")
-          for channel, labels in channels.items() for label in labels}
-
-
-def _from_recording(rec, modalities, channel_map):
-  """Legacy mapping: first matching label wins; unit conversion into canonical units."""
-  found, unmatched = {}, []
-  for s in rec.signals:
-    key = channel_map.get(_norm_label(s.label))
-    if key is None or key[0] not in modalities and not (
-        key == ECG_KEY and "heart_rate" in modalities):
-      unmatched.append(s.label)
-    elif key not in found:
-      unit = CANONICAL[key[0]].unit
-      factor = _UNIT_SCALE.get((s.unit.lower(), unit), 1.0)
-      found[key] = dataclasses.replace(s, unit=unit, data=s.data * factor)
-  return found, unmatched

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import pyedflib
 
-from data_prep import edf, harmonise
+from data_prep import channels, edf, harmonise
 from sleepjax.modalities import CANONICAL
 
 
@@ -16,7 +16,7 @@ def test_labels_units_rates_and_masks():
   rec = _recording([("EEG(sec)", 125.0, "mV", eeg_mv),
                     ("SaO2", 1.0, "%", np.full(60, 97.0)),
                     ("LIGHT", 1.0, "", np.zeros(60))])
-  h = harmonise.harmonise(rec, 2, ["eeg", "spo2", "ecg"], harmonise.load_channel_map())
+  h = harmonise.harmonise(channels.resolve_channels(rec), 2, ["eeg", "spo2", "ecg"])
   assert h.unmatched == ["LIGHT"]
   # EEG(sec) is C3-M2: second eeg channel; the first is absent, zero-filled and masked.
   np.testing.assert_array_equal(h.present["eeg"], [False, True])
