@@ -52,7 +52,9 @@ def test_train_resume_eval(prepared, tiny_config, tmp_path):
   trainer.train(config, str(workdir))
   assert sorted(os.listdir(workdir / "train" / "checkpoints"), key=int)[-1] == "7"
 
-  result = _cli("eval", workdir=workdir)
+  # Trained on a data-parallel mesh of 8; restored onto a (data 2, fsdp 2, tensor 2) mesh.
+  result = _cli("eval", "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+                workdir=workdir)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "pretrained" in result.stdout and "random_init" in result.stdout
   report = json.loads((workdir / "eval" / "report.json").read_text())
