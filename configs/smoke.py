@@ -15,7 +15,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.prep = ml_collections.ConfigDict()
   c.prep.raw_dir = ""  # default: <workdir>/raw
-  c.prep.modalities = ["eeg", "eog", "emg", "ecg", "spo2", "airflow", "resp_effort"]
+  c.prep.modalities = ("eeg", "eog", "emg", "ecg", "spo2", "airflow", "resp_effort")
   c.prep.channel_map = "generic"
   c.prep.segment_epochs = 10
   c.prep.min_duration_s = 1800  # shorter recordings are skipped (QC); real cohorts: 3600 or more

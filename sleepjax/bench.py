@@ -40,7 +40,7 @@ def bench_prep(config, workdir: str, hours: float = 8.0, repeats: int = 2) -> di
     synthetic.write_cohort(raw, n_subjects=1, n_sites=1, hours=hours, seed=0)
     rows, _ = prep.read_metadata(raw / "metadata.csv")
     prep_config = config.prep.copy_and_resolve_references()
-    prep_config.modalities = list(CANONICAL)
+    prep_config.modalities = tuple(CANONICAL)
     cpu = []
     for _ in range(repeats):
       t0 = time.process_time()
@@ -108,7 +108,7 @@ def _ensure_data(config, workdir: str) -> str:
       # ~300 MB of shards: larger than CPU caches, so the memmap baseline reads memory, not L3.
       synthetic.write_cohort(raw, n_subjects=12, n_sites=2, hours=4.0, seed=0)
     prep_config = config.prep.copy_and_resolve_references()
-    prep_config.modalities = list(CANONICAL)
+    prep_config.modalities = tuple(CANONICAL)
     prep.prepare(raw, data, prep_config)
   return data
 

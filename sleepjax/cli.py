@@ -171,7 +171,7 @@ def main():
     print(f"sleepjax {command}: config error: unknown key {e} in a --config.<key> override",
           file=sys.stderr)
     sys.exit(2)
-  except (ValueError, TypeError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (e.g. a field type that cannot be overridden)
     print(f"sleepjax {command}: config error: {e}", file=sys.stderr)
     sys.exit(2)
   app.run(lambda argv: _run(command, config_flag, argv), flags_parser=_parse_flags)

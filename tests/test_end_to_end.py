@@ -64,7 +64,8 @@ def test_train_resume_eval(prepared, tiny_config, tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-  for args in (["train", "--config.train.nope=1"], ["train", "--config.train.steps=abc"]):
+  for args in (["train", "--config.train.nope=1"], ["train", "--config.train.steps=abc"],
+               ["train", "--config=configs/smoke.py:nope"], ["prep", "--config.mesh=3"]):
     result = subprocess.run([sys.executable, "-m", "sleepjax.cli", *args, f"--workdir={tmp_path}"],
                             capture_output=True, text=True, cwd=REPO, check=False)
     assert result.returncode == 2
