@@ -21,7 +21,11 @@ def test_parameters_and_optimizer_state_are_born_sharded(tiny_config):
   config.mesh = {"data": 2, "fsdp": 2, "tensor": 2}
   mesh = sharding.make_mesh(config.mesh)
   tx, _ = make_optimizer(config.optim, 10)
-  _, state, _ = state_lib.create(config, {"eeg": (128, 2), "ecg": (128, 1)}, tx, mesh, 0)
+  modalities = {"eeg": (128, 2), "ecg": (128, 1)}
+  _, abstract, shardings = state_lib.abstract_state(config, modalities, tx, mesh, 0)
+  state = state_lib.init_state(config, modalities, tx, shardings, 0)
+  assert abstract.params["encoder"]["blocks"][0]["up"]["kernel"].sharding == (
+      state.params["encoder"]["blocks"][0]["up"]["kernel"].sharding)
   up = state.params["encoder"]["blocks"][0]["up"]["kernel"]
   assert up.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert len(up.addressable_shards) == 8 and up.addressable_shards[0].data.shape == (

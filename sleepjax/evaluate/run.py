@@ -62,8 +62,8 @@ def probe_report(graphdef, params, manifest, modalities, config, mesh) -> dict:
 def evaluate(config, workdir: str) -> dict:
   """Probe on the latest checkpoint vs. on the same architecture at initialisation."""
   mesh, manifest, modalities, tx, _ = setup(config, workdir)
-  graphdef, init_state, _ = state_lib.create(config, modalities, tx, mesh, config.seed)
-  abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  graphdef, abstract, shardings = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  init_params = state_lib.init_state(config, modalities, tx, shardings, config.seed).params
   params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract)
   logging.info("restored step %d", step)
   names = list(modalities)
@@ -71,7 +71,7 @@ def evaluate(config, workdir: str) -> dict:
       "checkpoint_step": step, "test_subjects": manifest["splits"][config.eval.test_split]["subjects"],
       "stages": list(STAGES),
       "pretrained": probe_report(graphdef, params, manifest, names, config, mesh),
-      "random_init": probe_report(graphdef, init_state.params, manifest, names, config, mesh),
+      "random_init": probe_report(graphdef, init_params, manifest, names, config, mesh),
   }
   out = os.path.join(workdir, "eval")
   os.makedirs(out, exist_ok=True)

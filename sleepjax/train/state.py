@@ -37,19 +37,20 @@ def _init(config, modalities, tx, seed: int) -> TrainState:
                     opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed + 1)))
 
 
-def create(config, modalities, tx, mesh, seed: int):
-  """Returns (graphdef, state, state_shardings): parameters are born sharded, never replicated."""
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, modalities, seed)))
-  init = functools.partial(_init, config, modalities, tx, seed)
-  abstract = jax.eval_shape(init)
-  shardings = sharding.logical_to_mesh(abstract, mesh)
-  state = jax.jit(init, out_shardings=shardings)()
-  return graphdef, state, shardings
-
-
 def abstract_state(config, modalities, tx, mesh, seed: int):
-  """Shape/dtype/sharding target for restoring a checkpoint onto the current mesh."""
+  """(graphdef, abstract state carrying the current mesh's shardings, shardings): no compute.
+
+  The abstract state is the target for restoring a checkpoint onto this mesh, whatever mesh wrote
+  it; the shardings are the out_shardings of a fresh init.
+  """
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, modalities, seed)))
   abstract = jax.eval_shape(functools.partial(_init, config, modalities, tx, seed))
   shardings = sharding.logical_to_mesh(abstract, mesh)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings), shardings
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  return graphdef, abstract, shardings
+
+
+def init_state(config, modalities, tx, shardings, seed: int) -> TrainState:
+  """A fresh train state, born sharded (jit with out_shardings), never replicated first."""
+  return jax.jit(functools.partial(_init, config, modalities, tx, seed), out_shardings=shardings)()

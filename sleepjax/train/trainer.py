@@ -43,8 +43,8 @@ def setup(config, workdir: str):
 def train(config, workdir: str) -> dict:
   """Trains for config.train.steps steps; returns the last logged metrics."""
   mesh, manifest, modalities, tx, schedule = setup(config, workdir)
-  graphdef, state, state_sh = state_lib.create(config, modalities, tx, mesh, config.seed)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  graphdef, abstract, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
   logging.info("model: %.2fM parameters, mesh %s", n_params / 1e6, dict(mesh.shape))
 
   local_batch = check_batch(config.data.global_batch, mesh)
@@ -60,9 +60,10 @@ def train(config, workdir: str) -> dict:
 
   manager = checkpoint.make_manager(os.path.join(train_dir(workdir), "checkpoints"), config)
   if (latest := manager.latest_step()) is not None:
-    abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
     state = checkpoint.restore(manager, latest, abstract, it)
     logging.info("resumed from step %d", latest)
+  else:
+    state = state_lib.init_state(config, modalities, tx, state_sh, config.seed)
 
   batch_sh = sharding.batch_sharding(mesh)
   step_fn = jax.jit(make_train_step(graphdef, tx, schedule, config),
