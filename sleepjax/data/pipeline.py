@@ -103,7 +103,8 @@ class ReadBatch(grain.transforms.RandomMap):
     if self.caption_len:
       texts = [[records.texts(arrays["captions"])[g][s:s + W] for g in self.caption_groups]
                for (arrays, _), s in zip(decoded, start_B)]
-      flat = [t for per_record in texts for t in zip(*per_record) for t in t]  # B, W, G order
+      # [B][G][W] -> flat in (B, W, G) order
+      flat = [text for per_record in texts for per_epoch in zip(*per_record) for text in per_epoch]
       ids, mask = _load_tokenizer(self.tokenizer_path).encode(flat, self.caption_len)
       shape = (B, W, len(self.caption_groups), self.caption_len)
       out["captions"], out["caption_mask"] = ids.reshape(shape), mask.reshape(shape)
