@@ -66,6 +66,10 @@ def cmd_tokenizer(config, workdir: str):
 def cmd_train(config, workdir: str):
   from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
   last = trainer.train(config, workdir)
+  if not last:
+    print(f"train: the checkpoint in {workdir} is already at train.steps={config.train.steps}; "
+          "raise --config.train.steps to train on")
+    return
   print("train: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
 
 
