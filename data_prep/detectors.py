@@ -135,24 +135,6 @@ def detect_breaths(x: np.ndarray, rate: float, spe: int):
   return peaks[thr[peaks] > 0]
 
 
-def _fallback_r_peaks(ecg: np.ndarray, rate: float) -> np.ndarray:  # pragma: no cover
-  """R-peak times (s): 5-15 Hz energy peaks above 30 % of the local beat energy (Pan-Tompkins-like)."""
-  y = _filt(ecg, rate, 5.0, 15.0, order=2)
-  e = ndimage.uniform_filter1d(y * y, max(1, int(0.12 * rate)), mode="nearest")
-  sec = int(rate)
-  n_s = len(e) // sec
-  if n_s < 3:
-    return np.zeros(0)
-  ref = ndimage.median_filter(e[: n_s * sec].reshape(n_s, sec).max(1), size=11, mode="nearest")
-  thr = 0.3 * np.repeat(ref, sec)
-  thr = np.concatenate([thr, np.full(len(e) - len(thr), thr[-1])])
-  cand, _ = sps.find_peaks(e, height=thr, distance=max(1, int(0.3 * rate)))
-  w = int(0.08 * rate)
-  idx = np.clip(cand[:, None] + np.arange(-w, w + 1), 0, len(y) - 1)
-  pol = 1.0 if np.median(y[idx].max(1) + y[idx].min(1)) >= 0 else -1.0
-  return idx[np.arange(len(cand)), (pol * y[idx]).argmax(1)] / rate
-
-
 def rmssd_per_epoch(beats_s: np.ndarray, n_ep: int, epoch_ok: np.ndarray | None = None):
   """RMSSD (ms) per epoch from beat times (s); NaN with < 5 accepted successive differences."""
   beats_s = np.sort(np.asarray(beats_s, np.float64))

@@ -55,16 +55,13 @@ import numpy as np
 from scipy import integrate
 from scipy import signal as sps
 
-from data_prep.detectors import (_count, _fallback_r_peaks, _filt, detect_breaths,
+from data_prep.detectors import (_count, _filt, detect_breaths,
                                  detect_desaturations, detect_emg_bursts, detect_rems,
                                  detect_slow_waves, detect_spindles, flatness_index,
                                  rmssd_per_epoch)
 from sleepjax.modalities import CANONICAL, EPOCH_SECONDS, EVENTS, STAGES
 
-try:  # the shared R-peak detector and heart-rate interpolation
-  from data_prep.signal import detect_r_peaks, heart_rate_from_beats
-except ImportError:  # pragma: no cover - only while data_prep.signal is absent
-  detect_r_peaks = heart_rate_from_beats = None
+from data_prep.signal import detect_r_peaks, heart_rate_from_beats
 
 DERIVATIONS = CANONICAL["eeg"].channels  # ("c4_m1", "c3_m2")
 BANDS = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 12.0), "sigma": (12.0, 16.0),
@@ -249,7 +246,7 @@ def _cardiac(out, signals, epoch_mask, n_ep, r_peaks):
         beats = rp / rate if np.issubdtype(rp.dtype, np.integer) else rp.astype(np.float64)
       else:
         x = np.asarray(signals["ecg"])[0, : n_ep * rate * EPOCH_SECONDS]
-        beats = (detect_r_peaks or _fallback_r_peaks)(x, rate)
+        beats = detect_r_peaks(x, rate)
       # beats inside unusable epochs are dropped
       beats = beats[ecg_ok[np.clip((beats // EPOCH_SECONDS).astype(int), 0, n_ep - 1)]]
       out[:, INDEX["hr_rmssd"]] = rmssd_per_epoch(beats, n_ep, ecg_ok)
@@ -262,12 +259,7 @@ def _cardiac(out, signals, epoch_mask, n_ep, r_peaks):
     hr = np.asarray(signals["heart_rate"])[0, : n_ep * spe_hr].astype(np.float64)
     valid = np.repeat(hr_ok, spe_hr)
   if beats is not None and (ecg_ok & ~hr_ok).any():
-    if heart_rate_from_beats is not None:
-      hb, vb = heart_rate_from_beats(beats, n_ep * spe_hr, hr_rate)
-    else:  # pragma: no cover
-      t = np.arange(n_ep * spe_hr) / hr_rate
-      rr = np.diff(beats)
-      hb, vb = np.interp(t, beats[1:] - rr / 2, 60 / rr), np.ones(len(t), bool)
+    hb, vb = heart_rate_from_beats(beats, n_ep * spe_hr, hr_rate)
     fill = np.repeat(ecg_ok & ~hr_ok, spe_hr)
     hr = np.where(fill, hb, hr)
     valid = np.where(fill, vb, valid)
