@@ -41,6 +41,7 @@ class Harmonised:
   qc: list[qc_lib.ChannelQC]  # one per canonical channel of the requested modalities
   unmatched: list[str] = dataclasses.field(default_factory=list)  # labels that mapped nowhere
   line_freq: float | None = None  # detected mains frequency (Hz), None if none stood out
+  r_peaks: np.ndarray | None = None  # ECG beat times (s) when heart rate was derived from them
 
 
 @dataclasses.dataclass
@@ -105,8 +106,9 @@ def _process(sig, modality: str, channel: str, n_epochs: int, line_freq: float |
   return _Channel(y if q.status == "ok" else None, usable, q)
 
 
-def _derive_heart_rate(ecg: _Channel, n_epochs: int, cfg: qc_lib.QCConfig) -> _Channel:
-  """heart_rate from R peaks of the (filtered, canonical-rate) ECG."""
+def _derive_heart_rate(ecg: _Channel, n_epochs: int,
+                       cfg: qc_lib.QCConfig) -> tuple[_Channel, np.ndarray | None]:
+  """heart_rate from R peaks of the (filtered, canonical-rate) ECG; also the beat times (s)."""
   spec = CANONICAL["heart_rate"]
   q = qc_lib.ChannelQC("heart_rate", "hr", source=f"derived:ecg({ecg.qc.source})",
                        rate=float(CANONICAL["ecg"].rate))
@@ -114,7 +116,7 @@ def _derive_heart_rate(ecg: _Channel, n_epochs: int, cfg: qc_lib.QCConfig) -> _C
     q.status = "masked"
     q.reasons.append("ecg unusable: " + ("; ".join(ecg.qc.reasons) or "no epochs"))
     return _Channel(None, qc_lib.channel_verdict(q, np.full(n_epochs, qc_lib.BIT["hr_gap"]),
-                                                 cfg), q)
+                                                 cfg), q), None
   ecg_rate = CANONICAL["ecg"].rate
   beats = sig_lib.detect_r_peaks(ecg.y, ecg_rate, prefiltered=True)
   epoch = np.minimum((beats // EPOCH_SECONDS).astype(np.int64), n_epochs - 1)
@@ -126,7 +128,7 @@ def _derive_heart_rate(ecg: _Channel, n_epochs: int, cfg: qc_lib.QCConfig) -> _C
   codes[~ecg.usable] |= qc_lib.BIT["hr_gap"]
   usable = qc_lib.channel_verdict(q, codes, cfg)
   q.reasons.append(f"{len(beats)} beats")
-  return _Channel(hr.astype(np.float64) if q.status == "ok" else None, usable, q)
+  return _Channel(hr.astype(np.float64) if q.status == "ok" else None, usable, q), beats
 
 
 # ------------------------------------------------------------------------------- the recording
@@ -158,6 +160,7 @@ def harmonise(signals, n_epochs: int, modalities: list[str], *,
       continue
     if key in signals:
       processed[key] = _process(signals[key], *key, n_epochs, line_freq, cfg)
+  r_peaks = None
   if "heart_rate" in modalities:
     direct = None
     if HR_KEY in signals:
@@ -166,7 +169,7 @@ def harmonise(signals, n_epochs: int, modalities: list[str], *,
     if (direct is None or direct.qc.status != "ok") and ECG_KEY in signals:
       ecg = processed.get(ECG_KEY) or _process(signals[ECG_KEY], *ECG_KEY, n_epochs, line_freq,
                                                cfg)
-      derived = _derive_heart_rate(ecg, n_epochs, cfg)
+      derived, r_peaks = _derive_heart_rate(ecg, n_epochs, cfg)
       if direct is not None:
         derived.qc.reasons.insert(0, f"direct channel {direct.qc.source} masked ("
                                   + "; ".join(direct.qc.reasons) + ")")
@@ -204,4 +207,4 @@ def harmonise(signals, n_epochs: int, modalities: list[str], *,
     out_signals[m], epoch_mask[m], present[m] = out, mask, mask.any(axis=0)
     stats[m] = {"center": center, "scale": scale, "method": method}
   return Harmonised(out_signals, epoch_mask, present, stats, qcs, unmatched,
-                    None if line_freq is None else float(line_freq))
+                    None if line_freq is None else float(line_freq), r_peaks)

@@ -133,7 +133,7 @@ def convert_recording(raw: pathlib.Path, meta: dict, config) -> tuple[list[bytes
   physical = {m: h.signals[m] * np.asarray(h.stats[m]["scale"], np.float32)[:, None]
               + np.asarray(h.stats[m]["center"], np.float32)[:, None] for m in modalities}
   feats_ExF = features.epoch_features(physical, h.epoch_mask, stages, events,
-                                      position=_position(rec, n_epochs))
+                                      position=_position(rec, n_epochs), r_peaks=h.r_peaks)
   seed = zlib.crc32(rid.encode()) ^ config.seed  # wording varies across nights, fixed per night
   epoch_caps = captions.epoch_captions(feats_ExF, seed)
   night = features.night_summary(feats_ExF, stages, events)

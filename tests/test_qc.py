@@ -158,6 +158,9 @@ def test_heart_rate_derived_from_ecg_when_not_recorded():
   bpm = h.signals["heart_rate"][0].reshape(E, 120)[mask] * 15 + 65  # undo fixed scaling
   true_bpm = 60 / np.diff(beats).mean()
   assert abs(np.median(bpm) - true_bpm) < 1.0
+  # The beats behind it are handed on (features reuse them): none inside the lead-off epoch.
+  assert h.r_peaks is not None and not ((h.r_peaks >= 15 * 30) & (h.r_peaks < 16 * 30)).any()
+  assert abs(len(h.r_peaks) - ((beats < 15 * 30) | (beats >= 16 * 30)).sum()) <= 3
   assert h.line_freq == 50.0
   # A direct heart-rate channel wins; an unusable one falls back to the ECG.
   oximeter_hr = 70.0 + np.round(2 * np.sin(np.arange(E * 30) / 20))
