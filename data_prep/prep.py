@@ -85,7 +85,7 @@ def _source_stamp(raw: pathlib.Path, recording_id: str) -> list[list]:
 def _position(rec: edf.Recording, n_epochs: int) -> np.ndarray | None:
   """The body-position channel as integer codes at 1 Hz, if the recording has one."""
   for sig in rec.signals:
-    if "".join(sig.label.lower().split()) in POSITION_LABELS and sig.rate >= 1:
+    if channels.normalise_label(sig.label) in POSITION_LABELS and sig.rate >= 1:
       codes = np.round(sig.data[::int(round(sig.rate))][:n_epochs * EPOCH_SECONDS])
       return codes if np.isfinite(codes).all() else None
   return None
