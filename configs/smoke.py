@@ -27,6 +27,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # default: <workdir>/data
+  c.data.modalities = ()  # modalities to train on; empty = all the manifest (prep) has
   c.data.window_epochs = 4
   c.data.global_batch = 32
   c.data.modality_sampling = "all"  # all | all_present | pair_first | dropout

@@ -9,25 +9,64 @@ Commands:
   eval       restore the latest checkpoint; linear-probe staging report in <workdir>/eval
   demo       synth -> prep -> tokenizer -> train -> eval (in a separate process), smoke config
   bench      `sleepjax bench prep|read|data`: measurements as JSON in <workdir>/bench
+  config     print the resolved config (`--diff`: only what differs from the preset)
+
+`sleepjax <command> --help` lists the config keys; `--debug` keeps full tracebacks;
+`sleepjax --version`. `--config` is required for `train`; the other commands default to
+configs/smoke.py and say so.
 """
 
-import importlib.util
+import dataclasses
+import inspect
 import logging as std_logging
 import os
-import pathlib
 import subprocess
 import sys
+import traceback
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from sleepjax import distributed
+import sleepjax
+from sleepjax import config_tools, distributed
+from sleepjax.config_tools import ConfigError, load_config  # pylint: disable=unused-import  (API)
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: raw/, data/, train/, eval/ live here.")
 
-_CONFIG_ARGS = []  # the --config arguments as given, for the demo's separate eval process
+DEFAULT_CONFIG = "configs/smoke.py"
+REQUIRE_CONFIG = ("train",)  # no silent default: training a model needs a chosen config
 _QUIET = ("/orbax/", "/grain/", "/jax/", "/flax/", "/absl/")
+_PACKAGES = ("sleepjax", "data_prep", "launch")  # frames named in one-line error context
+# Config sections each command reads (its --help lists these); commands not named: every section.
+SECTIONS = {"synth": ("synthetic",), "prep": ("prep", "data"), "tokenizer": ("data", "text"),
+            "train": ("seed", "data", "text", "model", "objective", "optim", "mesh", "train"),
+            "eval": ("seed", "data", "model", "mesh", "eval")}
+
+
+@dataclasses.dataclass
+class Invocation:
+  """The command line, split: what `config` and `demo` need besides the config itself."""
+  command: str = ""
+  spec: str = DEFAULT_CONFIG
+  spec_given: bool = False
+  overrides: list = dataclasses.field(default_factory=list)  # [(key, text)]
+  diff: str | None = None  # None: no --diff; "": against the preset; else another config spec
+  debug: bool = False
+  help: bool = False
+  rest: list = dataclasses.field(default_factory=list)  # absl flags (--workdir, ...), positionals
+
+  def config_args(self) -> list[str]:
+    return [f"--config={self.spec}", *(f"--config.{k}={v}" for k, v in self.overrides)]
+
+  def describe(self) -> str:
+    path = config_tools.resolve_path(self.spec.partition(":")[0])
+    where = "" if str(path) == self.spec.partition(":")[0] else f" ({path})"
+    how = "" if self.spec_given else " (the default; choose one with --config=...)"
+    over = (", overrides: " + " ".join(f"{k}={v}" for k, v in self.overrides)
+            if self.overrides else "")
+    return f"config {self.spec}{where}{how}{over}"
+
+
+_INVOCATION = Invocation()
 
 
 def _quiet_libraries():
@@ -100,8 +139,7 @@ def cmd_demo(config, workdir: str):
   _show_captions(config.data.dir or os.path.join(workdir, "data"))
   cmd_train(config, workdir)
   # Evaluation restores the checkpoint in a fresh process, as a researcher would.
-  passthrough = [a for a in _CONFIG_ARGS if a.startswith("--config")]
-  subprocess.run([sys.executable, "-m", "sleepjax.cli", "eval", *passthrough,
+  subprocess.run([sys.executable, "-m", "sleepjax", "eval", *_INVOCATION.config_args(),
                   f"--workdir={workdir}"], check=True)
   print(f"\noutputs in {os.path.abspath(workdir)}:\n"
         f"  raw cohort      raw/ (EDF+, NSRR XML, metadata.csv)\n"
@@ -111,6 +149,19 @@ def cmd_demo(config, workdir: str):
         f"  report          eval/report.json")
 
 
+def cmd_config(config, workdir: str | None = None):
+  """Prints the resolved config (`--diff`: only what differs from the preset)."""
+  del workdir
+  inv = _INVOCATION
+  print(f"# {inv.describe()}")
+  if inv.diff is None:
+    print(config)
+    return
+  base_spec = inv.diff or inv.spec
+  lines = config_tools.diff(config, config_tools.load_config(base_spec))
+  print("\n".join(lines) if lines else f"# no difference from {base_spec}")
+
+
 def cmd_bench(config, workdir: str, what: str):
   from sleepjax import bench  # pylint: disable=g-import-not-at-top
   bench.run(what, config, workdir)
@@ -118,67 +169,177 @@ def cmd_bench(config, workdir: str, what: str):
 
 COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep, "tokenizer": cmd_tokenizer,
             "train": cmd_train, "eval": cmd_eval,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "config": cmd_config}
 
 
-def _run(command: str, config_flag, argv):
+
+# ------------------------------------------------------------------------------- errors
+def _where(tb) -> str:
+  """`file:line: code` of the innermost frame in sleepjax's own packages."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(sleepjax.__file__)))
+  for frame in reversed(traceback.extract_tb(tb)):
+    rel = os.path.relpath(os.path.abspath(frame.filename), root)
+    if rel.split(os.sep)[0] in _PACKAGES:
+      return f" at {rel}:{frame.lineno}: {(frame.line or '').strip()}"
+  return ""
+
+
+def describe_error(e: BaseException, config=None) -> str:
+  """One line: the message, plus for a bare KeyError/TypeError-style error what and where."""
+  if isinstance(e, (ValueError, FileNotFoundError, NotImplementedError)) and str(e):
+    return " ".join(str(e).split())
+  if isinstance(e, KeyError) and e.args:
+    missing = e.args[0]
+    msg = f"KeyError {missing!r}"
+    if config is not None:
+      keys = [k for k, v in config_tools.flatten(config).items()
+              if v == missing or (isinstance(v, tuple) and missing in v)]
+      if keys:
+        msg += " (from config." + ", config.".join(keys) + ")"
+  else:
+    msg = f"{type(e).__name__}: {' '.join(str(e).split())}"
+  return msg + _where(e.__traceback__)
+
+
+def _fail(prefix: str, message: str, code: int):
+  print(f"{prefix}: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+# ------------------------------------------------------------------------------- command line
+def _positional_count(command: str) -> tuple[int, bool]:
+  """(positionals the command takes, whether it needs --workdir)."""
+  params = list(inspect.signature(COMMANDS[command]).parameters.values())[1:]
+  workdir = params.pop(0) if params and params[0].name == "workdir" else None
+  return len(params), workdir is not None and workdir.default is inspect.Parameter.empty
+
+
+def _run(command: str, config, argv):
   positional = argv[1:]
-  if len(positional) != (command == "bench"):  # only `bench` takes one positional: what to measure
-    raise app.UsageError(f"unexpected arguments: {' '.join(positional)}" if positional else
-                         f"`sleepjax {command}` needs what to measure")
+  n, needs_workdir = _positional_count(command)
+  if len(positional) != n:
+    _fail(f"sleepjax {command}: error", f"unexpected arguments: {' '.join(positional)}"
+          if len(positional) > n else f"needs {n} argument(s); see sleepjax {command} --help", 2)
   _quiet_libraries()
   try:
     distributed.initialize()
-    COMMANDS[command](config_flag.value, _workdir(), *positional)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    print(f"sleepjax {command}: error: {e}", file=sys.stderr)
-    sys.exit(1)
-
-
-def load_config(spec: str):
-  """`path.py[:arg]` -> get_config(arg); any failure is one line naming the file."""
-  path, _, arg = spec.partition(":")
-  try:
-    module_spec = importlib.util.spec_from_file_location("sleepjax_config", path)
-    if module_spec is None or not os.path.exists(path):
-      raise FileNotFoundError("no such file")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    COMMANDS[command](config, _workdir() if needs_workdir else _WORKDIR.value, *positional)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"--config={spec}: {type(e).__name__}: {e}") from None
+    if _INVOCATION.debug:
+      raise
+    _fail(f"sleepjax {command}: error", describe_error(e, config)
+          + ("" if isinstance(e, (ValueError, FileNotFoundError))
+             else " (--debug for the full traceback)"), 1)
+
+
+def split_args(command: str, args: list[str]) -> Invocation:
+  """Takes --config[=| ]spec, --config.<key>[=| ]value, --diff[=spec], --debug, --help out of
+  `args`; the rest (absl flags such as --workdir, positionals) stays in `rest`."""
+  inv = Invocation(command=command)
+  i = 0
+  while i < len(args):
+    a = args[i]
+    name, eq, value = a.partition("=")
+
+    def take():
+      nonlocal i
+      if eq:
+        return value
+      if i + 1 < len(args) and not args[i + 1].startswith("-"):
+        i += 1
+        return args[i]
+      raise ConfigError(f"{name} needs a value ({name}=...)")
+    if name in ("--config", "-config"):
+      inv.spec, inv.spec_given = take(), True
+    elif name.startswith(("--config.", "-config.")):
+      inv.overrides.append((name.split(".", 1)[1], take()))
+    elif name == "--diff" and command == "config":
+      inv.diff = value if eq else ""
+    elif a in ("--debug", "-debug"):
+      inv.debug = True
+    elif a in ("--help", "-h", "-help", "--helpshort"):
+      inv.help = True
+    else:
+      inv.rest.append(a)
+    i += 1
+  return inv
+
+
+def command_help(command: str, config, inv: Invocation) -> str:
+  """Usage, what the command does, and its config keys with a one-line description each."""
+  lines = __doc__.split("Commands:", 1)[1].split("\n\n")[0].splitlines()
+  what, found = [], False
+  for line in lines:
+    if line[2:].split(" ", 1)[0] == command:
+      found = True
+      what.append(line[2:].split(" ", 1)[1].strip())
+    elif found and line.startswith("    "):
+      what.append(line.strip())
+    elif found:
+      break
+  what = " ".join(what) or (inspect.getdoc(COMMANDS[command]) or "").split("\n")[0]
+  n, needs_workdir = _positional_count(command)
+  args = " ".join(f"<{p}>" for p in list(inspect.signature(COMMANDS[command]).parameters)[-n:]) if n else ""
+  usage = (f"usage: sleepjax {command} {args + ' ' if args else ''}--config=FILE.py[:ARG] "
+           f"[--config.<key>=<value> ...]{' --workdir=DIR' if needs_workdir else ' [--workdir=DIR]'}"
+           f"{' [--diff[=FILE.py[:ARG]]]' if command == 'config' else ''} [--debug]")
+  sections = SECTIONS.get(command)
+  path = config_tools.resolve_path(inv.spec.partition(":")[0])
+  keys = config_tools.describe_keys(config, path, sections)
+  shipped = ", ".join(config_tools.shipped_configs())
+  return "\n".join([
+      usage, "", f"{command}: {what}", "",
+      f"config keys{' (sections ' + ', '.join(sections) + ')' if sections else ''} of {inv.spec}, "
+      "with their values; override any with --config.<key>=<value>:", *keys, "",
+      f"configs shipped with sleepjax ({config_tools.CONFIGS}): {shipped}",
+      "--config=FILE.py[:ARG] may name one of them (e.g. configs/smoke.py:tiny) or any file."])
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"{argv[0]}: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(f"{argv[0]}: error", " ".join(str(e).split()), 2)
 
 
-def main():
-  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+def main(argv: list[str] | None = None):
+  argv = list(sys.argv if argv is None else argv)
+  args = argv[1:]
+  if not args or args[0] in ("-h", "--help", "help"):
     print(__doc__.strip())
-    sys.exit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help", "help") else 2)
-  command = sys.argv.pop(1)
-  _CONFIG_ARGS.extend(a for a in sys.argv[1:] if a.startswith("--config"))
-  sys.argv[0] = f"sleepjax {command}"
-  spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")),
-              str(REPO / "configs" / "smoke.py"))
-  sys.argv = [a for a in sys.argv if not a.startswith("--config=")]  # the file is loaded here
+    sys.exit(0 if args else 2)
+  if args[0] in ("--version", "version"):
+    print(f"sleepjax {sleepjax.__version__}")
+    sys.exit(0)
+  command = args[0]
+  if command not in COMMANDS:
+    _fail("sleepjax", f"unknown command {command!r}{config_tools.suggest(command, COMMANDS)}; "
+          f"commands: {', '.join(COMMANDS)} (sleepjax --help)", 2)
+  prefix = f"sleepjax {command}"
   try:
-    config = load_config(spec)
-    # ml_collections applies --config.<key>=<value> while defining the flag: a wrong key fails here.
-    config_flag = config_flags.DEFINE_config_dict("config", config, lock_config=True)
-  except (AttributeError, KeyError) as e:
-    print(f"sleepjax {command}: config error: unknown key {e} in a --config.<key> override",
-          file=sys.stderr)
-    sys.exit(2)
-  except Exception as e:  # pylint: disable=broad-except  (e.g. a field type that cannot be overridden)
-    print(f"sleepjax {command}: config error: {e}", file=sys.stderr)
-    sys.exit(2)
-  app.run(lambda argv: _run(command, config_flag, argv), flags_parser=_parse_flags)
+    inv = split_args(command, args[1:])
+  except ConfigError as e:
+    _fail(f"{prefix}: config error", str(e), 2)
+  _INVOCATION.__dict__.update(inv.__dict__)
+  if command in REQUIRE_CONFIG and not inv.spec_given and not inv.help:
+    _fail(f"{prefix}: error", f"--config is required (e.g. --config={DEFAULT_CONFIG}); configs "
+          f"shipped: {', '.join(config_tools.shipped_configs())}", 2)
+  try:
+    config = load_config(inv.spec)
+    for key, text in inv.overrides:
+      config_tools.override(config, key, text)
+  except ConfigError as e:
+    if inv.debug:
+      raise
+    _fail(f"{prefix}: config error", str(e), 2)
+  config.lock()
+  if inv.help:
+    print(command_help(command, config, inv))
+    sys.exit(0)
+  if command != "config":
+    print(f"{prefix}: {inv.describe()}", file=sys.stderr, flush=True)
+  app.run(lambda argv_: _run(command, config, argv_), argv=[prefix, *inv.rest],
+          flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import json
 import os
 import pathlib
 
+from sleepjax.modalities import CANONICAL
+
 MANIFEST = "manifest.json"
 
 
@@ -15,6 +17,19 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
   manifest = json.loads(path.read_text())
   manifest["dir"] = os.fspath(data_dir)
   return manifest
+
+
+def training_modalities(manifest: dict, wanted=()) -> list[str]:
+  """`data.modalities` checked against what the shards hold; empty = every manifest modality."""
+  # The manifest's keys are sorted; list them in the canonical order (eeg, eog, emg, ecg, ...).
+  have = sorted(manifest["modalities"], key=lambda m: (list(CANONICAL).index(m)
+                                                       if m in CANONICAL else len(CANONICAL), m))
+  missing = [m for m in wanted if m not in have]
+  if missing:
+    raise ValueError(f"data.modalities: {', '.join(missing)} not in the prepared data "
+                     f"({os.path.join(manifest['dir'], MANIFEST)} has {', '.join(have)}); "
+                     "prep with them (prep.modalities) or train on fewer")
+  return list(wanted) or have
 
 
 def shard_paths(manifest: dict, split: str) -> list[str]:

@@ -11,6 +11,7 @@ Recording-level presence comes from the manifest, so choosing records reads no d
 """
 
 import dataclasses
+import difflib
 import itertools
 
 import grain
@@ -29,6 +30,14 @@ def record_presence(manifest: dict, split: str, modalities: list[str]) -> np.nda
 def pair_table(presence_RxM: np.ndarray, modalities: list[str], weights: dict[str, float] | None):
   """Usable pairs, their probabilities and the records that have both modalities of each."""
   pairs, probs, members = [], [], []
+  if weights:  # a typo must not silently weigh a pair 0
+    known = [f"{a}+{b}" for a, b in itertools.permutations(modalities, 2)]
+    for key in weights:
+      if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        raise ValueError(f"data.pair_weights: unknown pair {key!r}"
+                         + (f" (did you mean {close[0]!r}?)" if close else "")
+                         + f"; pairs are <a>+<b> of {', '.join(modalities)}")
   for a, b in itertools.combinations(range(len(modalities)), 2):
     idx = np.flatnonzero(presence_RxM[:, a] & presence_RxM[:, b])
     w = 1.0 if weights is None else float(weights.get(f"{modalities[a]}+{modalities[b]}",

@@ -1,36 +1,46 @@
-"""clu metric writers: log lines everywhere, TensorBoard event files on process 0.
+"""Metric writers: log lines everywhere, TensorBoard event files on process 0.
 
-clu's own SummaryWriter needs TensorFlow; this MetricWriter writes the same event files with the
-`tensorboard` package alone.
+A small writer of our own over the `tensorboard` package's event-file writer: clu's writers import
+TensorFlow at package import, and standing in a fake module for it would break on a clu upgrade.
+The interface is clu's (`write_scalars`, `write_texts`, `write_hparams`, `flush`, `close`), so a
+clu MetricWriter can take its place.
 """
 
-import importlib.util
 import os
-import sys
 import time
-import types
 
 import jax
 import numpy as np
-
-
-def _without_tensorflow():
-  """clu.metric_writers imports TensorFlow at package import, only for its SummaryWriter. Where TF is
-  absent, stand in an empty module for that one submodule so the rest of clu's writers import."""
-  name = "clu.metric_writers.summary_writer"
-  if importlib.util.find_spec("tensorflow") is None and name not in sys.modules:
-    shim = types.ModuleType(name)
-    shim.SummaryWriter = None  # use TensorBoardWriter below
-    sys.modules[name] = shim
-
-
-_without_tensorflow()
-from clu import metric_writers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
-class TensorBoardWriter(metric_writers.MetricWriter):
+class LoggingWriter:
+  """Scalars as one INFO log line per step (clu's LoggingWriter format)."""
+
+  def write_scalars(self, step, scalars):
+    logging.info("[%d] %s", step, ", ".join(
+        f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(scalars.items())))
+
+  def write_texts(self, step, texts):
+    logging.info("[%d] texts: %s", step, dict(texts))
+
+  def write_hparams(self, hparams):
+    logging.info("[Hyperparameters] %s", dict(hparams))
+
+  def write_summaries(self, step, values, metadata=None):
+    del metadata
+    self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class TensorBoardWriter(LoggingWriter):
   """Scalars and text to TensorBoard event files."""
 
   def __init__(self, logdir: str):
@@ -40,10 +50,6 @@ class TensorBoardWriter(metric_writers.MetricWriter):
   def _add(self, step: int, values: list[summary_pb2.Summary.Value]):
     self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                            summary=summary_pb2.Summary(value=values)))
-
-  def write_summaries(self, step, values, metadata=None):
-    del metadata
-    self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
 
   def write_scalars(self, step, scalars):
     self._add(step, [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
@@ -59,18 +65,6 @@ class TensorBoardWriter(metric_writers.MetricWriter):
   def write_hparams(self, hparams):
     self.write_texts(0, {"hparams": "\n".join(f"{k}: {v}" for k, v in sorted(hparams.items()))})
 
-  def write_images(self, step, images):
-    del step, images  # not used by sleepjax
-
-  def write_videos(self, step, videos):
-    del step, videos
-
-  def write_audios(self, step, audios, *, sample_rate):
-    del step, audios, sample_rate
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    del step, arrays, num_buckets
-
   def flush(self):
     self._writer.flush()
 
@@ -78,7 +72,36 @@ class TensorBoardWriter(metric_writers.MetricWriter):
     self._writer.close()
 
 
-def create_writer(logdir: str) -> metric_writers.MetricWriter:
+class MultiWriter(LoggingWriter):
+  """Writes to each of `writers`."""
+
+  def __init__(self, writers):
+    self._writers = list(writers)
+
+  def write_scalars(self, step, scalars):
+    for w in self._writers:
+      w.write_scalars(step, scalars)
+
+  def write_texts(self, step, texts):
+    for w in self._writers:
+      w.write_texts(step, texts)
+
+  def write_hparams(self, hparams):
+    for w in self._writers:
+      w.write_hparams(hparams)
+
+  def flush(self):
+    for w in self._writers:
+      w.flush()
+
+  def close(self):
+    for w in self._writers:
+      w.close()
+
+
+def create_writer(logdir: str) -> LoggingWriter:
+  """Log lines on every process; plus event files in `logdir` on process 0 (written by the event
+  file writer's own background thread, so a write never waits on the disk)."""
   if jax.process_index() != 0:
-    return metric_writers.LoggingWriter()
-  return metric_writers.AsyncMultiWriter([metric_writers.LoggingWriter(), TensorBoardWriter(logdir)])
+    return LoggingWriter()
+  return MultiWriter([LoggingWriter(), TensorBoardWriter(logdir)])

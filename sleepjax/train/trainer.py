@@ -8,7 +8,7 @@ from absl import logging
 
 from sleepjax import sharding
 from sleepjax.data import pipeline
-from sleepjax.data.manifest import read_manifest
+from sleepjax.data.manifest import read_manifest, training_modalities
 from sleepjax.train import checkpoint, metrics, state as state_lib
 from sleepjax.train.optim import make_optimizer
 from sleepjax.train.step import make_train_step
@@ -35,7 +35,8 @@ def setup(config, workdir: str):
   """What training and evaluation share: mesh, manifest, model modalities, optimizer."""
   mesh = sharding.make_mesh(config.mesh)
   manifest = read_manifest(data_dir(config, workdir))
-  modalities = state_lib.model_modalities(manifest, list(config.prep.modalities))
+  names = training_modalities(manifest, config.data.get("modalities", ()))
+  modalities = state_lib.model_modalities(manifest, names)
   tx, schedule = make_optimizer(config.optim, config.train.steps)
   return mesh, manifest, modalities, tx, schedule
 
@@ -43,6 +44,9 @@ def setup(config, workdir: str):
 def train(config, workdir: str) -> dict:
   """Trains for config.train.steps steps; returns the last logged metrics."""
   mesh, manifest, modalities, tx, schedule = setup(config, workdir)
+  config = config.copy_and_resolve_references()  # the checkpoint's config names what is encoded
+  with config.unlocked():
+    config.data.modalities = tuple(modalities)
   graphdef, abstract, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
   logging.info("model: %.2fM parameters, mesh %s", n_params / 1e6, dict(mesh.shape))

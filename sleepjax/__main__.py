@@ -1,0 +1,5 @@
+"""`python -m sleepjax <command> ...`: the `sleepjax` command line."""
+
+from sleepjax.cli import main
+
+main()
