@@ -252,7 +252,7 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
 def train_caption_tokenizer(data_dir: str | os.PathLike, vocab_size: int) -> pathlib.Path:
   """Trains the SentencePiece caption tokenizer on the training split's epoch and night captions,
   stores it beside the shards and names it (with its SHA-256) in the manifest."""
-  from sleepjax import tokenizer  # pylint: disable=g-import-not-at-top
+  from sleepjax import caption_tokenizer  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(data_dir)
   manifest = json.loads((out / writer.MANIFEST).read_text())
   train = manifest["splits"]["train"]
@@ -265,8 +265,8 @@ def train_caption_tokenizer(data_dir: str | os.PathLike, vocab_size: int) -> pat
     for rid in train["recordings"]:
       yield manifest["recordings"][rid]["night_caption"]
 
-  path = pathlib.Path(tokenizer.train_tokenizer(texts(), out / "tokenizer", vocab_size))
+  path = pathlib.Path(caption_tokenizer.train_tokenizer(texts(), out / "tokenizer", vocab_size))
   manifest["tokenizer"] = {"path": path.name, "sha256": writer.sha256(path),
-                           "vocab_size": tokenizer.Tokenizer(path).vocab_size}
+                           "vocab_size": caption_tokenizer.CaptionTokenizer(path).vocab_size}
   writer.write_manifest(out, manifest)
   return path

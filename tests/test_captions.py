@@ -134,13 +134,13 @@ def test_night_caption_numbers():
 
 
 def test_captions_round_trip_through_tokenizer(tmp_path):
-  from sleepjax import tokenizer as T  # pylint: disable=g-import-not-at-top
+  from sleepjax import caption_tokenizer as T  # pylint: disable=g-import-not-at-top
   f = _features()
   train = [c for d in C.epoch_captions(f, seed=0) for c in d.values()]
   held_out = [c for d in C.epoch_captions(f, seed=1) for c in d.values() if c]
   st, ev = synthetic_night()[2:4]
   night = C.night_caption(F.night_summary(f, st, ev), 5)
-  tok = T.Tokenizer(T.train_tokenizer(train, tmp_path / "captions", vocab_size=512))
+  tok = T.CaptionTokenizer(T.train_tokenizer(train, tmp_path / "captions", vocab_size=512))
   texts = held_out + [night]
   ids, mask = tok.encode(texts, max_len=256)
   assert mask.sum(1).max() < 256  # nothing truncated

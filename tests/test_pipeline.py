@@ -96,7 +96,7 @@ def test_captions_are_tokenised_in_step_with_the_window(prepared):
   from data_prep.writer import read_records  # pylint: disable=g-import-not-at-top
   from sleepjax import records  # pylint: disable=g-import-not-at-top
   from sleepjax.data.manifest import shard_paths  # pylint: disable=g-import-not-at-top
-  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
   manifest = read_manifest(prepared / "data")
   recordings = sorted(manifest["recordings"])
   groups = manifest["caption_groups"]
@@ -107,7 +107,7 @@ def test_captions_are_tokenised_in_step_with_the_window(prepared):
       for g, texts in records.texts(arrays["captions"]).items():
         for e, text in enumerate(texts):
           truth[(meta["recording_id"], meta["first_epoch"] + e, g)] = text
-  tok = Tokenizer(prepared / "data" / manifest["tokenizer"]["path"])
+  tok = CaptionTokenizer(prepared / "data" / manifest["tokenizer"]["path"])
   ds = pipeline.make_dataset(manifest, "train", MODS, window=3, local_batch=4, seed=2, train=True,
                              caption_len=200)
   b = next(iter(ds))

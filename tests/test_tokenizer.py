@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from sleepjax import tokenizer as T
+from sleepjax import caption_tokenizer as T
 
 CORPUS = [
     "Stage N2 sleep. Heart rate 61 bpm on average, ranging from 55 to 66 bpm.",
@@ -19,7 +19,7 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-  return T.Tokenizer(T.train_tokenizer(iter(CORPUS), tmp_path_factory.mktemp("tok") / "m",
+  return T.CaptionTokenizer(T.train_tokenizer(iter(CORPUS), tmp_path_factory.mktemp("tok") / "m",
                                        vocab_size=400))
 
 
@@ -29,7 +29,7 @@ def test_training_is_deterministic(tmp_path):
   assert T.train_tokenizer(iter(CORPUS), tmp_path / "a", vocab_size=400) == a
   assert open(a, "rb").read() == first  # byte-identical model
   b = T.train_tokenizer(list(CORPUS), tmp_path / "sub" / "b", vocab_size=400)
-  ta, tb = T.Tokenizer(a), T.Tokenizer(b)  # elsewhere: same pieces and scores
+  ta, tb = T.CaptionTokenizer(a), T.CaptionTokenizer(b)  # elsewhere: same pieces and scores
   pieces = lambda t: [(t._sp.id_to_piece(i), t._sp.get_score(i)) for i in range(t.vocab_size)]  # noqa: E731,SLF001
   assert pieces(ta) == pieces(tb)
 

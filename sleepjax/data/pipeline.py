@@ -45,8 +45,8 @@ class EpochShuffle(grain.transforms.MapWithIndex):
 
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(path: str):
-  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  return Tokenizer(path)
+  from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
+  return CaptionTokenizer(path)
 
 
 @dataclasses.dataclass(frozen=True)

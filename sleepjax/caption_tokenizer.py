@@ -43,14 +43,14 @@ def train_tokenizer(texts: Iterable[str], model_prefix: str | os.PathLike,
   return str(prefix) + ".model"
 
 
-class Tokenizer:
+class CaptionTokenizer:
   """A trained SentencePiece model for the input pipeline (picklable: carries the model bytes)."""
 
   def __init__(self, model: str | os.PathLike | bytes):
     self._proto = model if isinstance(model, bytes) else pathlib.Path(model).read_bytes()
     self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
     assert (self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()) == (PAD_ID, BOS_ID, EOS_ID), \
-        "tokenizer must be trained by sleepjax.tokenizer.train_tokenizer"
+        "tokenizer must be trained by sleepjax.caption_tokenizer.train_tokenizer"
 
   def __getstate__(self):
     return {"proto": self._proto}
