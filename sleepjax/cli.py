@@ -35,7 +35,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: raw/, data/, tra
 DEFAULT_CONFIG = "configs/smoke.py"
 REQUIRE_CONFIG = ("train",)  # no silent default: training a model needs a chosen config
 _QUIET = ("/orbax/", "/grain/", "/jax/", "/flax/", "/absl/")
-_PACKAGES = ("sleepjax", "data_prep", "launch")  # frames named in one-line error context
+_PACKAGES = ("sleepjax", "data_prep", "launch", "tests")  # frames named in one-line errors
 # Config sections each command reads (its --help lists these); commands not named: every section.
 SECTIONS = {"synth": ("synthetic",), "prep": ("prep", "data"), "tokenizer": ("data", "text"),
             "train": ("seed", "data", "text", "model", "objective", "optim", "mesh", "train"),
