@@ -24,12 +24,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.prep.split_fractions = dict(train=0.7, val=0.15, test=0.15)
   c.prep.seed = 0
   c.prep.workers = 2
+  c.prep.num_shards = 1  # > 1: convert only slice prep.shard_index (cluster array job), then merge
+  c.prep.shard_index = 0
+  c.prep.merge = False  # True: assemble the shards' staged recordings into shards + manifest
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # default: <workdir>/data
   c.data.modalities = ()  # modalities to train on; empty = all the manifest (prep) has
   c.data.window_epochs = 4
   c.data.global_batch = 32
+  c.data.subject_fraction = 1.0  # < 1: train on a fixed subset of the training subjects (sweeps)
   c.data.modality_sampling = "all"  # all | all_present | pair_first | dropout
   c.data.pair_weights = {}  # pair_first: {"eeg+ecg": 2.0, ...}; empty = uniform over usable pairs
   c.data.modality_dropout = 0.25

@@ -25,7 +25,8 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from data_prep import annotations, captions, channels, edf, features, harmonise, qc, splits, writer
+from data_prep import (annotations, captions, channels, cluster, edf, features, harmonise, qc,
+                       splits, writer)
 from sleepjax import records
 from sleepjax.modalities import CANONICAL, EPOCH_SECONDS
 
@@ -194,6 +195,8 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
   done = writer.finished(out)
   todo = [m for m in metas if m["recording_id"] not in done
           or done[m["recording_id"]]["source"] != _source_stamp(raw, m["recording_id"])]
+  part = cluster.Slice.from_config(config)  # cluster array jobs: a slice, or the merge
+  todo = part.select(metas, todo)
   logging.info("prep: %d recordings, %d already done, %d to convert", len(metas),
                len(metas) - len(todo), len(todo))
   summaries = {m["recording_id"]: done[m["recording_id"]] for m in metas
@@ -207,6 +210,12 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
                          disable=not todo):
       s = fut.result()
       summaries[s["recording_id"]] = s
+  if part.partial:
+    print(part.report(len(todo), out))
+    return out
+  # Summaries as staged (JSON, sorted keys): fresh, resumed and sharded runs report the same bytes.
+  staged = writer.finished(out)
+  summaries = {rid: staged[rid] for rid in summaries}
   _mark_duplicates(summaries, [m["recording_id"] for m in metas])
   qc.write_qc_report([s["qc"] for s in summaries.values()] + rejected, out)
 

@@ -10,6 +10,10 @@ Commands:
   demo       synth -> prep -> tokenizer -> train -> eval (in a separate process), smoke config
   bench      `sleepjax bench prep|read|data`: measurements as JSON in <workdir>/bench
   config     print the resolved config (`--diff`: only what differs from the preset)
+  sweep      expand a sweep file (configs/sweeps/*.py) into <workdir>/runs/<name>/ and run it:
+             --runner=local (here), slurm (sbatch array script) or xpk (TPU slices); resumable
+  sweep-run  train one sweep member (resuming), then its validation loss -> <workdir>/result.json
+  sweep-report  collect a sweep's results; power-law fits, table (md + json) and plots
 
 `sleepjax <command> --help` lists the config keys; `--debug` keeps full tracebacks;
 `sleepjax --version`. `--config` is required for `train`; the other commands default to
@@ -31,6 +35,8 @@ from sleepjax import config_tools, distributed
 from sleepjax.config_tools import ConfigError, load_config  # pylint: disable=unused-import  (API)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: raw/, data/, train/, eval/ live here.")
+_RUNNER = flags.DEFINE_enum("runner", "local", ["local", "slurm", "xpk"],
+                            "`sweep`: run here, write (and submit) a SLURM array, or write xpk commands.")
 
 DEFAULT_CONFIG = "configs/smoke.py"
 REQUIRE_CONFIG = ("train",)  # no silent default: training a model needs a chosen config
@@ -167,9 +173,27 @@ def cmd_bench(config, workdir: str, what: str):
   bench.run(what, config, workdir)
 
 
+def cmd_sweep(config, workdir: str):
+  from sleepjax import sweep  # pylint: disable=g-import-not-at-top
+  path = config_tools.resolve_path(_INVOCATION.spec.partition(":")[0])
+  sweep.launch(str(path), config, workdir, _RUNNER.value)
+
+
+def cmd_sweep_run(config, workdir: str):
+  from sleepjax import sweep  # pylint: disable=g-import-not-at-top
+  sweep.run_member(config, workdir)
+
+
+def cmd_sweep_report(config, workdir: str):
+  del config
+  from sleepjax import sweep_report  # pylint: disable=g-import-not-at-top
+  sweep_report.report(workdir)
+
+
 COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep, "tokenizer": cmd_tokenizer,
             "train": cmd_train, "eval": cmd_eval,
-            "demo": cmd_demo, "config": cmd_config}
+            "demo": cmd_demo, "config": cmd_config, "sweep": cmd_sweep, "sweep-run": cmd_sweep_run,
+            "sweep-report": cmd_sweep_report}
 
 
 

@@ -116,7 +116,8 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  pair_weights: dict | None = None, modality_dropout: float = 0.0,
                  min_modalities: int = 1, process_index: int = 0, process_count: int = 1,
                  caption_len: int = 0, read_threads: int = 2, prefetch: int = 4,
-                 workers: int = 0, verify: str = "stamp") -> grain.IterDataset:
+                 workers: int = 0, verify: str = "stamp",
+                 subject_fraction: float = 1.0) -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
   train: this process's slice in a new seeded order every epoch (or pair-first draws), repeated
@@ -124,7 +125,8 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   ordered pass over whole segments keeping the last partial batch. `sampling`: see
   `sleepjax.data.sampling`; `verify`: see `manifest.verify_shards`; `caption_len` > 0 adds the
   epochs' captions of every group, tokenised with the manifest's tokenizer (`sleepjax tokenizer`);
-  `workers` > 0 moves reading and decoding into worker processes (see BENCHMARKS.md).
+  `workers` > 0 moves reading and decoding into worker processes (see BENCHMARKS.md);
+  `subject_fraction` < 1 keeps a fixed subset of the split's subjects (`sampling.subject_subset`).
   """
   if sampling not in SAMPLINGS:
     raise ValueError(f"unknown data.modality_sampling {sampling!r}; choose from {SAMPLINGS}")
@@ -145,15 +147,18 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
     read.update(caption_groups=tuple(manifest["caption_groups"]), caption_len=caption_len,
                 tokenizer_path=os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
 
+  keep_R = (sampling_lib.subject_subset(manifest, split, subject_fraction)
+            if subject_fraction < 1 else np.ones(len(presence_RxM), bool))
   if train and sampling == "pair_first":
-    pairs, probs, members = sampling_lib.pair_table(presence_RxM, modalities, pair_weights)
+    pairs, probs, members = sampling_lib.pair_table(presence_RxM & keep_R[:, None], modalities,
+                                                    pair_weights)
     ds = grain.MapDataset.range(len(source)).repeat().map_with_index(sampling_lib.PairFirstIndex(
         tuple(pairs), probs, tuple(members), local_batch, seed, process_index))
     read["pairs"] = tuple(pairs)
   else:
-    index = np.arange(len(source))
+    index = np.flatnonzero(keep_R)
     if train and sampling == "all_present":
-      index = index[presence_RxM.all(1)]
+      index = index[presence_RxM[index].all(1)]
       if not len(index):
         raise ValueError(f"all_present sampling: no {split} record has all of {modalities}")
     index = index[process_index::process_count]

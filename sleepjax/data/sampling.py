@@ -27,6 +27,21 @@ def record_presence(manifest: dict, split: str, modalities: list[str]) -> np.nda
   return np.asarray(rows, bool).reshape(-1, len(modalities))
 
 
+def subject_subset(manifest: dict, split: str, fraction: float) -> np.ndarray:
+  """bool [records]: the records of the first ceil(fraction * subjects) subjects of the split in a
+  fixed seeded order (`data.subject_fraction`, data-scaling sweeps). Smaller fractions are subsets
+  of larger ones, and every run with the same fraction sees the same subjects."""
+  recordings = manifest["splits"][split]["recordings"]
+  subjects = sorted({manifest["recordings"][rid]["subject"] for rid in recordings})
+  if not 0 < fraction <= 1:
+    raise ValueError(f"data.subject_fraction={fraction} must be in (0, 1]")
+  order = np.random.default_rng(0).permutation(len(subjects))
+  keep = {subjects[i] for i in order[:max(1, int(np.ceil(fraction * len(subjects) - 1e-9)))]}
+  return np.concatenate([np.full(manifest["recordings"][rid]["segments"],
+                                 manifest["recordings"][rid]["subject"] in keep)
+                         for rid in recordings] or [np.zeros(0, bool)])
+
+
 def pair_table(presence_RxM: np.ndarray, modalities: list[str], weights: dict[str, float] | None):
   """Usable pairs, their probabilities and the records that have both modalities of each."""
   pairs, probs, members = [], [], []

@@ -60,7 +60,8 @@ def train(config, workdir: str) -> dict:
       caption_len=config.data.caption_len,
       process_index=jax.process_index(), process_count=jax.process_count(),
       read_threads=config.data.read_threads, prefetch=config.data.prefetch,
-      workers=config.data.workers, verify=config.data.verify_shards))
+      workers=config.data.workers, verify=config.data.verify_shards,
+      subject_fraction=config.data.get("subject_fraction", 1.0)))
 
   manager = checkpoint.make_manager(os.path.join(train_dir(workdir), "checkpoints"), config)
   if (latest := manager.latest_step()) is not None:

@@ -1,0 +1,503 @@
+"""Scaling sweeps: a sweep file -> one workdir per run with its resolved config -> runs -> results.
+
+A sweep file (`configs/sweeps/*.py`) is a config file with two functions:
+
+  get_config(arg)  the base config, with a `sweep` section (the axes: sizes, modality counts,
+                   data fractions, seeds, budgets) and a `launch` section (`launch_config()`:
+                   local / SLURM / xpk settings); any field is overridable with --config.<key>.
+  sweep(config)    yields one override dict per run: {"model.width": 256, "seed": 1, ...}.
+                   Two keys are not config fields: "name" (the run's directory name; default: built
+                   from the overrides) and "budget_flops" (train.steps = budget / the family's
+                   analytic FLOPs per step, so every run spends the same compute).
+
+`expand` applies each dict to the base config and writes `<workdir>/runs/<name>/config.json` (the
+resolved config without the sweep and launch sections) and a `config.py` that loads it, so a run is
+`sleepjax sweep-run --config=<run>/config.py --workdir=<run>` anywhere, by any runner. A run's
+config is fixed once written: expanding again with different settings for an existing run is
+refused with the differences listed. `sweep-run` trains (resuming from the run's checkpoints),
+measures the validation loss and writes `<run>/result.json`; a run with a result is finished and
+skipped, a run without one is (re)started and resumes where it stopped.
+"""
+
+import hashlib
+import importlib.util
+import itertools
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import ml_collections
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUNS = "runs"
+RESULT = "result.json"
+SWEEP_ONLY = ("sweep", "launch")  # config sections that describe the sweep, not a run
+SPECIAL = ("name", "budget_flops")
+
+RUN_CONFIG_PY = '''"""Resolved config of sweep run {name} (written by `sleepjax sweep`): config.json beside it."""
+
+import pathlib
+
+from sleepjax.sweep import read_run_config
+
+
+def get_config():
+  return read_run_config(pathlib.Path(__file__).with_name("config.json"))
+'''
+
+
+def launch_config() -> ml_collections.ConfigDict:
+  """Runner settings a sweep file puts under `config.launch` (all overridable from the CLI)."""
+  return ml_collections.ConfigDict(dict(
+      # every runner
+      stop_after_steps=0,  # > 0: each job trains at most this many steps, then requeues / resumes
+      eval=False,  # also run `sleepjax eval` (linear probe -> eval/report.json) after training
+      local=dict(
+          parallel=1,  # runs at once, each on its own slice of the devices
+          gpus=0,  # GPUs on this machine to split between parallel runs (0: CPU)
+          cpu_devices=0,  # CPU: simulated devices per run (0: inherit XLA_FLAGS)
+          processes=1,  # > 1: each run as that many JAX processes via launch/local.py
+          max_runs=0,  # > 0: start at most this many runs in this invocation
+      ),
+      slurm=dict(
+          job_name="sleepjax-sweep", partition="", account="", qos="", time="24:00:00",
+          nodes=1, gpus_per_node=8, tasks_per_node=1, cpus_per_task=16, mem="0",
+          max_concurrent=0,  # array throttle (%N); 0 = no limit
+          setup=("source .venv/bin/activate",),  # shell lines run before training, in the repo
+      ),
+      xpk=dict(
+          cluster="my-cluster", project="my-project", zone="us-central2-b", tpu_type="v5p-32",
+          num_slices=1, docker_image="", base_docker_image="python:3.11", priority="medium",
+          max_restarts=3,  # xpk restarts a preempted workload (it resumes from its checkpoints)
+          workload_prefix="sweep",
+          tpu_name="",  # for the plain `gcloud ... tpu-vm ssh --worker=all` variant
+          # shell steps before training: inside the workload's image (xpk builds it from the
+          # current directory on base_docker_image) and on each TPU VM (tpu_vm.sh)
+          image_setup=("pip install -q -e .",),
+          vm_setup=("cd ~/sleepjax", "source .venv/bin/activate"),
+      ),
+  ))
+
+
+def load_module(path: str | os.PathLike):
+  """Imports a config / sweep file by path (it may import its neighbours through __file__)."""
+  path = os.fspath(path).partition(":")[0]
+  spec = importlib.util.spec_from_file_location(f"sleepjax_sweep_{abs(hash(path))}", path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such sweep file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def family_sizes(family: str = "sleep2vec") -> dict:
+  """The family's size table, `configs/<family>.py: SIZES` ({name: {model key: value}})."""
+  return load_module(REPO / "configs" / f"{family}.py").SIZES
+
+
+def modality_subsets(modalities, count: int, n: int, seed: int = 0) -> list[tuple[str, ...]]:
+  """`n` distinct subsets of `count` modalities, deterministic in `seed` (all if there are fewer).
+
+  Subsets keep the modalities' given order, so the same subset always has the same name.
+  """
+  modalities = tuple(modalities)
+  combos = list(itertools.combinations(modalities, count))
+  if len(combos) <= n:
+    return combos
+  order = sorted(range(len(combos)), key=lambda i: hashlib.sha256(
+      f"{seed}:{'+'.join(combos[i])}".encode()).hexdigest())
+  return [combos[i] for i in sorted(order[:n])]
+
+
+def sweep_section(**axes) -> ml_collections.ConfigDict:
+  """`config.sweep` for `grid`: sizes x modality subsets x subject fractions x budgets x seeds."""
+  section = dict(sizes=(), modality_counts=(), subsets_per_count=1, modalities=(),
+                 subject_fractions=(1.0,), budgets_flops=(), seeds=(0,))
+  unknown = set(axes) - set(section)
+  if unknown:
+    raise KeyError(f"sweep_section: unknown axes {sorted(unknown)}")
+  return ml_collections.ConfigDict({**section, **axes})
+
+
+def grid(config, sizes: dict):
+  """Yields the override dicts of the full grid over `config.sweep` (see `sweep_section`).
+
+  sizes: {name: {key: value}} (a family's size table); keys without a dot are `model.` keys.
+  modalities: the pool subsets are drawn from (default: data.modalities, else prep.modalities);
+  the subsets of each count are deterministic. budgets_flops: FLOP budgets per run (empty:
+  config.train.steps).
+  """
+  s = config.sweep
+  pool = tuple(s.modalities or config.data.get("modalities") or config.prep.modalities)
+  for size in s.sizes or ("base",):
+    if s.sizes and size not in sizes:
+      raise KeyError(f"sweep size {size!r} is not in the size table ({', '.join(sizes)})")
+    for count in s.modality_counts or (len(pool),):
+      if not 1 <= count <= len(pool):
+        raise ValueError(f"modality count {count}: the pool has {len(pool)} ({', '.join(pool)})")
+      for subset in modality_subsets(pool, count, s.subsets_per_count):
+        mods = "all" if len(subset) == len(pool) else "+".join(subset)
+        for fraction in s.subject_fractions:
+          for budget in s.budgets_flops or (0,):
+            for seed in s.seeds:
+              name = f"{size}-m{count}-{mods}-f{fraction:g}"
+              if budget:
+                name += "-" + f"{budget:.0e}".replace("e+", "e")
+              overrides = {"name": f"{name}-s{seed}"}
+              if s.sizes:
+                overrides.update({k if "." in k else f"model.{k}": v
+                                  for k, v in sizes[size].items()})
+              overrides.update({"data.modalities": subset, "data.subject_fraction": fraction,
+                                "seed": seed})
+              if budget:
+                overrides["budget_flops"] = float(budget)
+              yield overrides
+
+
+def _plain(value):
+  """ConfigDict values -> JSON-able (tuples as lists, ConfigDicts as dicts)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def _tuples(value):
+  """JSON lists back to the tuples configs use."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def read_run_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(_tuples(json.loads(pathlib.Path(path).read_text())))
+
+
+def run_name(overrides: dict) -> str:
+  """A readable, filesystem-safe name from the overrides (hash-suffixed when long)."""
+  if "name" in overrides:
+    return str(overrides["name"])
+  parts = []
+  for key, value in overrides.items():
+    if isinstance(value, (list, tuple)):
+      value = "+".join(map(str, value))
+    parts.append(f"{key.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float)
+                 else f"{key.rsplit('.', 1)[-1]}={value}")
+  name = re.sub(r"[^A-Za-z0-9=+.-]+", "_", ",".join(parts)).strip("_") or "run"
+  if len(name) > 80:
+    digest = hashlib.sha256(json.dumps(_plain(overrides), sort_keys=True).encode()).hexdigest()
+    name = f"{name[:71]}-{digest[:8]}"
+  return name
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value):
+  """config.<dotted key> = value; a key the config lacks is an error naming it."""
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    if p not in node:
+      raise KeyError(f"sweep override {key!r}: the config has no section {p!r}")
+    node = node[p]
+  if leaf not in node:
+    raise KeyError(f"sweep override {key!r}: no such config field")
+  if isinstance(node[leaf], tuple) and isinstance(value, list):
+    value = tuple(value)
+  node[leaf] = value
+
+
+def model_modalities(config) -> dict[str, tuple[int, int]]:
+  """{modality: (rate, channels)} the run trains on, from the canonical table (no data needed)."""
+  from sleepjax.modalities import CANONICAL  # pylint: disable=g-import-not-at-top
+  names = config.data.get("modalities") or config.prep.modalities
+  return {m: (CANONICAL[m].rate, len(CANONICAL[m].channels)) for m in names}
+
+
+def flops_per_step(config) -> float:
+  """The family's analytic training FLOPs per step (fwd + bwd) for this config."""
+  from sleepjax import families  # pylint: disable=g-import-not-at-top
+  family = families.FAMILIES[config.model.get("family", "sleep2vec")]
+  return float(family.flops(config, model_modalities(config), config.data.global_batch,
+                            config.data.window_epochs))
+
+
+def resolve(base: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """The base config with one run's overrides applied (budget_flops -> train.steps)."""
+  config = ml_collections.ConfigDict(_tuples(_plain(base)))
+  for key in SWEEP_ONLY:
+    if key in config:
+      del config[key]
+  for key, value in overrides.items():
+    if key not in SPECIAL:
+      set_key(config, key, value)
+  if "budget_flops" in overrides:
+    config.train.steps = max(1, int(round(float(overrides["budget_flops"]) / flops_per_step(config))))
+  return config
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+  return out
+
+
+def expand(sweep_file: str, config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Writes every run's directory and resolved config; returns [{name, dir, overrides}] in order.
+
+  `config` is the sweep file's get_config() with command-line overrides applied. An empty
+  data.dir becomes the sweep's `<workdir>/data`, shared by all runs.
+  """
+  module = load_module(sweep_file)
+  if not hasattr(module, "sweep"):
+    raise ValueError(f"{sweep_file}: a sweep file defines sweep(config) yielding override dicts")
+  workdir = os.path.abspath(workdir)
+  base = ml_collections.ConfigDict(_tuples(_plain(config)))
+  if not base.data.dir:
+    base.data.dir = os.path.join(workdir, "data")
+  runs, seen = [], {}
+  for overrides in module.sweep(config):
+    overrides = dict(overrides)
+    name = run_name(overrides)
+    if name in seen:
+      raise ValueError(f"{sweep_file}: two runs are named {name!r} ({seen[name]} and {overrides})")
+    seen[name] = overrides
+    resolved = _plain(resolve(base, overrides))
+    run_dir = pathlib.Path(workdir, RUNS, name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    if path.exists():
+      old = json.loads(path.read_text())
+      if diffs := _differences(old, resolved):
+        raise ValueError(f"run {name} in {workdir} was started with another config ("
+                         + "; ".join(diffs[:5]) + "); use another --workdir or delete the run")
+    else:
+      _write(path, json.dumps(resolved, indent=1, sort_keys=True) + "\n")
+    _write(run_dir / "config.py", RUN_CONFIG_PY.format(name=name))
+    runs.append({"name": name, "dir": os.fspath(run_dir), "overrides": _plain(overrides),
+                 "steps": resolved["train"]["steps"]})
+  if not runs:
+    raise ValueError(f"{sweep_file}: sweep() yielded no runs")
+  _write(pathlib.Path(workdir, "sweep.json"), json.dumps(
+      {"sweep_file": os.path.abspath(sweep_file), "runs": runs,
+       "launch": _plain(config.get("launch", {})), "sweep": _plain(config.get("sweep", {}))},
+      indent=1) + "\n")
+  _write(pathlib.Path(workdir, "runs.txt"), "".join(r["dir"] + "\n" for r in runs))
+  return runs
+
+
+def _write(path: pathlib.Path, text: str):
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def status(run_dir: str | os.PathLike) -> str:
+  """`done` (result.json), `started` (checkpoints, no result) or `new`."""
+  run_dir = pathlib.Path(run_dir)
+  if (run_dir / RESULT).exists():
+    return "done"
+  ckpt = run_dir / "train" / "checkpoints"
+  return "started" if ckpt.exists() and any(ckpt.iterdir()) else "new"
+
+
+# ---------------------------------------------------------------------------------------------
+# One run: train (resuming), then the validation loss and the run's result.
+
+
+def val_loss(config, workdir: str, max_batches: int = 16) -> dict:
+  """Mean loss of the latest checkpoint on the validation split (fixed crops and RNG): every run
+  of a sweep is scored on the same windows. Returns val_loss, step (of the checkpoint), params."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from sleepjax import families, sharding  # pylint: disable=g-import-not-at-top
+  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import checkpoint, state as state_lib  # pylint: disable=g-import-not-at-top
+  from sleepjax.train.trainer import check_batch, setup, train_dir  # pylint: disable=g-import-not-at-top
+
+  mesh, manifest, modalities, tx, _ = setup(config, workdir)
+  graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract)
+  family = families.FAMILIES[config.model.get("family", "sleep2vec")]
+  local_batch = check_batch(config.data.global_batch, mesh)
+  split = "val" if manifest["splits"].get("val", {}).get("records") else config.eval.test_split
+  n = min(max_batches, max(1, math.ceil(manifest["splits"][split]["records"]
+                                        / config.data.global_batch)))
+  it = iter(pipeline.make_dataset(
+      manifest, split, list(modalities), window=config.data.window_epochs, local_batch=local_batch,
+      seed=0, train=True, sampling="all", caption_len=config.data.caption_len,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      read_threads=config.data.read_threads, verify=config.data.verify_shards))
+  batch_sh = sharding.batch_sharding(mesh)
+  loss_fn = jax.jit(lambda p, b, rng: family.loss(nnx.merge(graphdef, p), b, rng)[0],
+                    out_shardings=sharding.replicated(mesh))
+  losses = []
+  with jax.set_mesh(mesh):
+    for i in range(n):
+      batch = pipeline.to_global(next(it), batch_sh)
+      losses.append(float(loss_fn(params, batch, jax.random.key(i))))
+  return {"val_loss": float(np.mean(losses)), "step": int(step),
+          "params": int(sum(x.size for x in jax.tree.leaves(abstract.params))),
+          "train_subjects": _train_subjects(manifest, config), "modalities": list(modalities)}
+
+
+def latest_step(workdir: str) -> int:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(os.path.join(workdir, "train", "checkpoints"))
+  if not os.path.isdir(path):
+    return 0
+  with ocp.CheckpointManager(path) as manager:
+    return manager.latest_step() or 0
+
+
+def run_member(config, workdir: str) -> dict | None:
+  """Trains one sweep member to train.steps (resuming) and writes its result; None if it stopped
+  early (train.stop_after_steps) and needs another job to finish."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
+
+  result_path = pathlib.Path(workdir, RESULT)
+  if result_path.exists():
+    print(f"sweep-run: {workdir} is finished ({RESULT}); nothing to do")
+    return json.loads(result_path.read_text())
+  t0 = time.time()
+  last = trainer.train(config, workdir)
+  step = latest_step(workdir)
+  if step < config.train.steps:
+    print(f"sweep-run: stopped at step {step} of {config.train.steps}; run again to resume")
+    return None
+  result = val_loss(config, workdir)
+  per_step = flops_per_step(config)
+  # tokens: one per modality per 30-s epoch the model saw (sleep2vec's token unit)
+  epochs = config.train.steps * config.data.global_batch * config.data.window_epochs
+  result.update(
+      flops_per_step=per_step, flops=per_step * config.train.steps,
+      tokens=epochs * len(result["modalities"]), epochs_seen=epochs,
+      modality_count=len(result["modalities"]),
+      subject_fraction=float(config.data.get("subject_fraction", 1.0)), seed=config.seed,
+      train_loss=last.get("loss"), wall_s_last_job=time.time() - t0)
+  if jax.process_index() == 0:
+    _write(result_path, json.dumps(result, indent=1) + "\n")
+  print("sweep-run: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()
+                                  if isinstance(v, float)))
+  return result
+
+
+def _train_subjects(manifest: dict, config) -> int:
+  n = len(manifest["splits"]["train"]["subjects"])
+  return max(1, math.ceil(n * float(config.data.get("subject_fraction", 1.0))))
+
+
+# ---------------------------------------------------------------------------------------------
+# The local runner.
+
+
+def member_command(run_dir: str, launch, python: str = sys.executable) -> list[str]:
+  """The command that runs one member here (several JAX processes through launch/local.py)."""
+  args = ["sweep-run", f"--config={run_dir}/config.py", f"--workdir={run_dir}"]
+  if launch.stop_after_steps:
+    args.append(f"--config.train.stop_after_steps={launch.stop_after_steps}")
+  if launch.local.processes > 1:
+    return [python, os.fspath(REPO / "launch" / "local.py"),
+            f"--num_processes={launch.local.processes}",
+            f"--devices_per_process={launch.local.cpu_devices or 4}", "--", *args]
+  return [python, "-m", "sleepjax.cli", *args]
+
+
+def _slot_env(slot: int, launch) -> dict:
+  """Environment for a run in parallel slot `slot`: its own GPUs, or its own CPU device count."""
+  env = dict(os.environ)
+  local = launch.local
+  if local.gpus:
+    per = local.gpus // local.parallel
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(slot * per, (slot + 1) * per))
+  elif local.cpu_devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local.cpu_devices}"
+  return env
+
+
+def run_local(runs: list[dict], launch, log=print) -> dict[str, int]:
+  """Runs the unfinished runs here, `launch.local.parallel` at a time; returns exit codes by name.
+
+  Each run's output goes to `<run>/log.txt`. Finished runs are skipped; started ones resume.
+  """
+  todo = [r for r in runs if status(r["dir"]) != "done"]
+  log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
+  if launch.local.max_runs:
+    todo = todo[:launch.local.max_runs]
+  parallel = max(1, launch.local.parallel)
+  if launch.local.gpus and launch.local.gpus % parallel:
+    raise ValueError(f"launch.local.gpus={launch.local.gpus} does not split into "
+                     f"launch.local.parallel={parallel} equal slices")
+  codes, active, free = {}, {}, list(range(parallel))
+  queue = list(todo)
+  while queue or active:
+    while queue and free:
+      run, slot = queue.pop(0), free.pop(0)
+      was = status(run["dir"])
+      logf = open(os.path.join(run["dir"], "log.txt"), "a")  # pylint: disable=consider-using-with
+      cmds = [member_command(run["dir"], launch)]
+      if launch.eval:
+        cmds.append([sys.executable, "-m", "sleepjax.cli", "eval",
+                     f"--config={run['dir']}/config.py", f"--workdir={run['dir']}"])
+      script = " && ".join(subprocess.list2cmdline(c) for c in cmds)
+      proc = subprocess.Popen(script, shell=True, stdout=logf, stderr=subprocess.STDOUT,
+                              env=_slot_env(slot, launch))
+      active[proc] = (run, slot, logf)
+      log(f"sweep: {'resume' if was == 'started' else 'start '} {run['name']} (slot {slot})")
+    time.sleep(0.2)
+    for proc in [p for p in active if p.poll() is not None]:
+      run, slot, logf = active.pop(proc)
+      logf.close()
+      free.append(slot)
+      codes[run["name"]] = proc.returncode
+      state = status(run["dir"])
+      log(f"sweep: {run['name']}: " + (state if proc.returncode == 0 else
+                                       f"failed (exit {proc.returncode}), see {run['dir']}/log.txt"))
+  return codes
+
+
+def launch(sweep_file: str, config, workdir: str, runner: str, log=print) -> list[dict]:
+  """`sleepjax sweep`: expand the runs, then run them here or write the cluster scripts."""
+  if not sweep_file:
+    raise ValueError("`sleepjax sweep` needs --config=configs/sweeps/<file>.py")
+  from launch import slurm, xpk  # pylint: disable=g-import-not-at-top
+  runs = expand(sweep_file, config, workdir)
+  workdir = os.path.abspath(workdir)
+  settings = config.get("launch") or launch_config()
+  data = runs and json.loads(pathlib.Path(runs[0]["dir"], "config.json").read_text())["data"]["dir"]
+  if not os.path.exists(os.path.join(data, "manifest.json")):
+    log(f"sweep: note: no prepared data in {data} yet (`sleepjax prep` writes it)")
+  done = sum(status(r["dir"]) == "done" for r in runs)
+  if runner == "local":
+    codes = run_local(runs, settings, log)
+    if failed := sorted(n for n, c in codes.items() if c):
+      raise ValueError(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their log.txt)")
+  elif runner == "slurm":
+    log(f"sweep: {len(runs)} runs in {workdir}/runs, {done} finished")
+    slurm.write_and_submit(workdir, len(runs), settings.slurm, repo=os.fspath(REPO),
+                           stop_after_steps=settings.stop_after_steps, evaluate=settings.eval,
+                           log=log)
+  elif runner == "xpk":
+    log(f"sweep: {len(runs)} runs in {workdir}/runs, {done} finished")
+    xpk.write(workdir, [r["dir"] for r in runs], settings.xpk,
+              stop_after_steps=settings.stop_after_steps, evaluate=settings.eval, log=log)
+  else:
+    raise ValueError(f"unknown runner {runner!r} (local, slurm, xpk)")
+  return runs

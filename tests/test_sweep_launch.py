@@ -1,0 +1,111 @@
+"""Sweep expansion and the generated cluster scripts: golden files, `bash -n`, resumable layout."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from launch import slurm, xpk
+from sleepjax import sweep
+from tests.conftest import REPO
+
+GOLDEN = pathlib.Path(__file__).with_name("golden")
+WORKDIR = "/shared/sweeps/smoke"  # fixed paths: the golden files do not depend on this machine
+RUN_DIRS = [f"{WORKDIR}/runs/{n}" for n in ("xs-m2", "xs-m3", "s-m2")]
+SMOKE = REPO / "configs" / "sweeps" / "smoke.py"
+
+
+def _settings(**launch):
+  settings = sweep.launch_config()
+  settings.slurm.partition, settings.slurm.account, settings.slurm.max_concurrent = "gpu", "lab", 2
+  settings.xpk.tpu_name = "sleepjax-v5p"
+  for k, v in launch.items():
+    settings[k] = v
+  return settings
+
+
+def _scripts() -> dict[str, str]:
+  s = _settings()
+  chunked = _settings(stop_after_steps=1000, eval=True)
+  return {
+      "slurm.sbatch": slurm.script(WORKDIR, len(RUN_DIRS), s.slurm, repo="/home/me/sleepjax"),
+      "slurm_chunked.sbatch": slurm.script(WORKDIR, len(RUN_DIRS), chunked.slurm,
+                                           repo="/home/me/sleepjax", stop_after_steps=1000,
+                                           evaluate=True),
+      "xpk_workloads.sh": xpk.xpk_script(WORKDIR, RUN_DIRS, s.xpk),
+      "xpk_tpu_vm.sh": xpk.tpu_vm_script(WORKDIR, s.xpk, n_runs=len(RUN_DIRS)),
+  }
+
+
+@pytest.mark.parametrize("name", sorted(_scripts()))
+def test_generated_scripts_match_golden_files_and_parse(name, tmp_path):
+  text = _scripts()[name]
+  golden = GOLDEN / name
+  if os.environ.get("SLEEPJAX_UPDATE_GOLDEN"):
+    golden.write_text(text)
+  assert text == golden.read_text(), f"regenerate with SLEEPJAX_UPDATE_GOLDEN=1 and review {golden}"
+  path = tmp_path / name
+  path.write_text(text)
+  subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_sbatch_directives_come_before_any_command():
+  text = _scripts()["slurm.sbatch"]
+  lines = text.splitlines()
+  last_directive = max(i for i, l in enumerate(lines) if l.startswith("#SBATCH"))
+  assert all(not l.strip() or l.startswith("#") for l in lines[:last_directive])
+  assert "--array=0-2%2" in text and "srun" in text and "jax.distributed" in text
+
+
+def test_expand_writes_one_workdir_per_run_and_refuses_a_changed_config(tmp_path):
+  from sleepjax.cli import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config(str(SMOKE))
+  runs = sweep.expand(str(SMOKE), config, str(tmp_path))
+  assert len(runs) == 6 and len({r["name"] for r in runs}) == 6
+  sizes = {json.loads(pathlib.Path(r["dir"], "config.json").read_text())["model"]["width"]
+           for r in runs}
+  counts = {len(r["overrides"]["data.modalities"]) for r in runs}
+  assert len(sizes) == 3 and counts == {2, 3}
+  first = pathlib.Path(runs[0]["dir"])
+  resolved = sweep.read_run_config(first / "config.json")
+  assert "sweep" not in resolved and "launch" not in resolved
+  assert resolved.data.dir == str(tmp_path / "data")
+  assert isinstance(resolved.prep.modalities, tuple)
+  loaded = load_config(str(first / "config.py"))  # what `sweep-run --config=<run>/config.py` reads
+  assert loaded.to_dict() == resolved.to_dict()
+  assert (tmp_path / "runs.txt").read_text().splitlines() == [r["dir"] for r in runs]
+
+  assert sweep.expand(str(SMOKE), config, str(tmp_path)) == runs  # same sweep again: unchanged
+  config.optim.lr = 1e-4
+  with pytest.raises(ValueError, match="optim.lr"):
+    sweep.expand(str(SMOKE), config, str(tmp_path))
+
+
+def test_sweep_command_writes_slurm_and_xpk_scripts(tmp_path):
+  env = dict(os.environ, PATH=os.path.dirname(shutil.which("bash")))  # no sbatch on PATH
+  env["PATH"] += os.pathsep + os.path.dirname(os.path.realpath(__import__("sys").executable))
+  for runner in ("slurm", "xpk"):
+    out = subprocess.run(
+        [__import__("sys").executable, "-m", "sleepjax.cli", "sweep", f"--config={SMOKE}",
+         f"--runner={runner}", f"--workdir={tmp_path}", "--config.launch.slurm.nodes=2"],
+        env=env, capture_output=True, text=True, check=True).stdout
+    assert "6 runs" in out
+  sbatch = (tmp_path / "slurm" / "sweep.sbatch").read_text()
+  assert "#SBATCH --nodes=2" in sbatch and "#SBATCH --array=0-5" in sbatch
+  assert "xpk workload create" in (tmp_path / "xpk" / "workloads.sh").read_text()
+  assert "--worker=all" in (tmp_path / "xpk" / "tpu_vm.sh").read_text()
+  for script in ("slurm/sweep.sbatch", "xpk/workloads.sh", "xpk/tpu_vm.sh"):
+    subprocess.run(["bash", "-n", str(tmp_path / script)], check=True)
+
+
+def test_modality_subsets_are_deterministic_and_distinct():
+  mods = ("eeg", "eog", "emg", "ecg", "heart_rate", "spo2", "airflow", "nasal_pressure",
+          "resp_effort")
+  for count in range(2, 10):
+    subsets = sweep.modality_subsets(mods, count, 3)
+    assert subsets == sweep.modality_subsets(mods, count, 3)
+    assert len(set(subsets)) == len(subsets) == min(3, len(list(__import__("itertools").combinations(mods, count))))
+    assert all(len(s) == count and list(s) == [m for m in mods if m in s] for s in subsets)
