@@ -2,7 +2,9 @@
 
 Readers (all return `(stages int8 [n_epochs], events list[Event])`; -1 = unknown/unscored):
 
-* `read_nsrr_xml`: NSRR XML (`ScoredEvents`, numeric stage concepts "Stage 2 sleep|2").
+* `read_xml`: NSRR XML (`ScoredEvents`; stage concepts with a code, "Stage 2 sleep|2", or words
+  only, "N2") and Compumedics Profusion XML (`CMPStudyConfig`: one `SleepStage` per epoch, coded
+  0 W, 1-4 R&K stages (4 -> N3), 5 REM, anything else unscored; `ScoredEvent` with `Name`).
 * `read_edf_annotations`: EDF+ annotation channels, including Sleep-EDF-style hypnogram files
   ("Sleep stage W/1/2/3/4/R/?", "Movement time").
 * `read_csv_annotations`: CSV/TSV tables, see its docstring for the accepted headers.
@@ -15,6 +17,11 @@ Numeric codes follow NSRR (0 W, 1 N1, 2 N2, 3 N3, 4 R&K S4 -> N3, 5 REM).
 A stage annotation covers the epochs whose centre lies inside [onset, onset + duration); a stage
 annotation without a duration covers one epoch. Event kinds come from the label text (apnea,
 hypopnea, desaturation, arousal, limb movement); other labels are ignored.
+
+Every reader uses this one vocabulary. A stage annotation whose label is not in it leaves its epochs
+unscored and is counted in one message ("N stage annotations with unknown labels left unscored").
+An onset or duration that is not a finite number, or beyond a week, drops that element with a
+message naming it (line, ScoredEvent index or SleepStage index).
 
 Annotations outside the recording (`n_epochs * 30` s) are clipped, never silently: a stage or event
 that starts at or after the end, or before 0, is dropped, and one that runs past the end is cut.
@@ -52,6 +59,9 @@ _STAGE_WORDS = {
 }
 
 
+MAX_TIME_S = 7 * 24 * 3600.0  # an onset or duration beyond a week is not a time in one night
+
+
 class AnnotationWarning(UserWarning):
   """An annotation was clipped to the recording (see the module docstring)."""
 
@@ -64,12 +74,22 @@ class Event:
 
 
 def stage_code(label: str) -> int | None:
-  """Stage code of a stage label (-1 for unknown/movement), None if `label` is not a stage."""
+  """Stage code of a stage label (-1 for unknown/movement), None if `label` is not a stage.
+
+  NSRR concepts "Stage 2 sleep|2" are read by their code (0-5, see NSRR_STAGES), else by their
+  words, as are bare words ("N2", "Sleep stage 2", "REM sleep", "Wake").
+  """
   text = label.strip().lower()
   if "|" in text:  # NSRR concept "Stage 2 sleep|2"
-    return NSRR_STAGES.get(text.split("|")[-1].strip(), UNKNOWN_STAGE)
-  text = re.sub(r"\b(sleep|stage)\b|[\s_]", "", text)
-  return _STAGE_WORDS.get(text)
+    words, _, code = text.rpartition("|")
+    if code.strip() in NSRR_STAGES:
+      return NSRR_STAGES[code.strip()]
+    text = words if _words(words) in _STAGE_WORDS else code
+  return _STAGE_WORDS.get(_words(text))
+
+
+def _words(text: str) -> str:
+  return re.sub(r"\b(sleep|stage)\b|[\s_]", "", text.strip().lower())
 
 
 def _event_kind(event_type: str, concept: str) -> str | None:
@@ -95,6 +115,28 @@ class _Builder:
     self.end = float(n_epochs * EPOCH_SECONDS)
     self.stages = np.full(n_epochs, UNKNOWN_STAGE, np.int8)
     self.events: list[Event] = []
+    self.n_stages = 0  # stage annotations seen (any label)
+    self.unknown: dict[str, int] = {}  # stage labels outside the vocabulary -> count
+
+  def plausible(self, onset, duration, label: str, where: str) -> bool:
+    """False (and reported) for a non-finite or absurd onset or duration."""
+    for what, value in (("onset", onset), ("duration", duration)):
+      if value is None:
+        continue
+      if not np.isfinite(value) or abs(value) > MAX_TIME_S:
+        self.report(f"{where}{label!r}: {what} {value!r} s is not a plausible time; dropped")
+        return False
+    return True
+
+  def unknown_stage(self, label: str):
+    self.unknown[label] = self.unknown.get(label, 0) + 1
+
+  def finish(self):
+    """Reports the unknown stage labels (their epochs stay unscored)."""
+    if self.unknown:
+      listed = ", ".join(f"{k!r} x{v}" for k, v in sorted(self.unknown.items()))
+      self.report(f"{sum(self.unknown.values())} stage annotations with unknown labels left "
+                  f"unscored ({listed})")
 
   def report(self, message: str):
     message = f"{self.path}: {message}"
@@ -103,7 +145,10 @@ class _Builder:
     else:
       warnings.warn(message, AnnotationWarning, stacklevel=4)
 
-  def stage(self, code: int, onset: float, duration: float | None, label: str):
+  def stage(self, code: int, onset: float, duration: float | None, label: str, where: str = ""):
+    self.n_stages += 1
+    if not self.plausible(onset, duration, label, where):
+      return
     if not duration or duration <= 0:
       duration = EPOCH_SECONDS
     stop = onset + duration
@@ -119,7 +164,9 @@ class _Builder:
     last = min(int(np.ceil((stop - EPOCH_SECONDS / 2) / EPOCH_SECONDS)), self.n_epochs)
     self.stages[first:last] = code
 
-  def event(self, kind: str, onset: float, duration: float | None, label: str):
+  def event(self, kind: str, onset: float, duration: float | None, label: str, where: str = ""):
+    if not self.plausible(onset, duration, label, where):
+      return
     duration = max(duration or 0.0, 0.0)
     stop = onset + duration
     if onset >= self.end or stop < 0 or (stop == 0 and onset < 0):
@@ -132,15 +179,19 @@ class _Builder:
       onset, stop = max(onset, 0.0), min(stop, self.end)
     self.events.append(Event(kind, onset, stop - onset))
 
-  def labelled(self, onset: float, duration: float | None, label: str):
+  def labelled(self, onset: float, duration: float | None, label: str, where: str = ""):
     """Dispatches a free-text label: stage, event, or ignored."""
     code = stage_code(label)
     if code is not None:
-      self.stage(code, onset, duration, label)
+      self.stage(code, onset, duration, label, where)
     elif kind := _event_kind(label, ""):
-      self.event(kind, onset, duration, label)
+      self.event(kind, onset, duration, label, where)
+    elif re.match(r"\s*(sleep\s*)?stage\b", label, re.I):
+      self.n_stages += 1
+      self.unknown_stage(label)
 
   def result(self) -> tuple[np.ndarray, list[Event]]:
+    self.finish()
     return self.stages, self.events
 
 
@@ -151,26 +202,95 @@ def _float(path, text, what) -> float:
     raise ValueError(f"{path}: {what} {text!r} is not a number") from None
 
 
-def read_nsrr_xml(path: str | os.PathLike, n_epochs: int, *,
-                  issues: list[str] | None = None) -> tuple[np.ndarray, list[Event]]:
-  """Returns stages int8 [n_epochs] (-1 where unscored) and the scored events."""
+def _parse_xml(path) -> ET.Element:
   try:
-    root = ET.parse(path).getroot()
+    return ET.parse(path).getroot()
   except ET.ParseError as e:
     raise ValueError(f"{path}: malformed annotation XML ({e})") from e
   except OSError as e:
     raise ValueError(f"{path}: cannot read ({e})") from e
+
+
+def read_xml(path: str | os.PathLike, n_epochs: int, *,
+             issues: list[str] | None = None) -> tuple[np.ndarray, list[Event]]:
+  """NSRR XML (<PSGAnnotation>, ScoredEvent with EventType/EventConcept) or Compumedics Profusion
+  XML (<CMPStudyConfig>, SleepStages + ScoredEvent with Name), told apart by their content."""
+  root = _parse_xml(path)
+  if root.find(".//SleepStages") is not None or root.tag == "CMPStudyConfig":
+    return _read_profusion(path, root, n_epochs, issues)
+  if root.find(".//ScoredEvent") is None:
+    raise ValueError(f"{path}: neither NSRR XML (ScoredEvent elements) nor Compumedics Profusion "
+                     f"XML (SleepStages); root element <{root.tag}> has no annotations this "
+                     "reader knows")
+  return _read_nsrr(path, root, n_epochs, issues)
+
+
+def read_nsrr_xml(path: str | os.PathLike, n_epochs: int, *,
+                  issues: list[str] | None = None) -> tuple[np.ndarray, list[Event]]:
+  """Returns stages int8 [n_epochs] (-1 where unscored) and the scored events."""
+  return _read_nsrr(path, _parse_xml(path), n_epochs, issues)
+
+
+def _xml_number(path, out: _Builder, element, tag: str, where: str) -> float | None:
+  text = element.findtext(tag)
+  if text is None or not text.strip():
+    return 0.0
+  try:
+    return float(text)
+  except ValueError:
+    out.report(f"{where}: {tag} {text.strip()[:40]!r} is not a number; dropped")
+    return None
+
+
+def _read_nsrr(path, root, n_epochs, issues) -> tuple[np.ndarray, list[Event]]:
   out = _Builder(path, n_epochs, issues)
-  for ev in root.iter("ScoredEvent"):
+  for i, ev in enumerate(root.iter("ScoredEvent")):
     event_type = ev.findtext("EventType") or ""
-    concept = ev.findtext("EventConcept") or ""
-    start = _float(path, ev.findtext("Start") or 0, f"Start of {concept!r}")
-    duration = _float(path, ev.findtext("Duration") or 0, f"Duration of {concept!r}")
+    concept = (ev.findtext("EventConcept") or "").strip()
+    where = f"ScoredEvent {i} ({concept[:60]!r})"
+    start = _xml_number(path, out, ev, "Start", where)
+    duration = _xml_number(path, out, ev, "Duration", where)
+    if start is None or duration is None:
+      continue
     if event_type.startswith("Stages"):
-      code = NSRR_STAGES.get(concept.split("|")[-1].strip(), UNKNOWN_STAGE)
-      out.stage(code, start, duration, concept)
+      code = stage_code(concept)
+      if code is None:
+        out.n_stages += 1
+        out.unknown_stage(concept)
+        continue
+      out.stage(code, start, duration, concept, f"ScoredEvent {i} ")
     elif kind := _event_kind(event_type, concept):
-      out.event(kind, start, duration, concept)
+      out.event(kind, start, duration, concept, f"ScoredEvent {i} ")
+  return out.result()
+
+
+PROFUSION_STAGES = {0: 0, 1: 1, 2: 2, 3: 3, 4: 3, 5: 4}  # 0 W, 1-4 R&K (4 -> N3), 5 REM; else ?
+
+
+def _read_profusion(path, root, n_epochs, issues) -> tuple[np.ndarray, list[Event]]:
+  """Compumedics Profusion: one <SleepStage> integer per epoch of <EpochLength> s."""
+  out = _Builder(path, n_epochs, issues)
+  epoch_length = _xml_number(path, out, root, "EpochLength", "EpochLength")
+  if not epoch_length or not np.isfinite(epoch_length) or not 1 <= epoch_length <= 300:
+    out.report(f"EpochLength {root.findtext('EpochLength')!r} is not usable; assuming 30 s")
+    epoch_length = float(EPOCH_SECONDS)
+  stages = root.find(".//SleepStages")
+  for k, el in enumerate(stages.iter("SleepStage") if stages is not None else ()):
+    text = (el.text or "").strip()
+    out.n_stages += 1
+    try:
+      code = PROFUSION_STAGES.get(int(text), UNKNOWN_STAGE)
+    except ValueError:
+      out.unknown_stage(text)
+      continue
+    out.stage(code, k * epoch_length, epoch_length, f"SleepStage {text}", f"SleepStage {k} ")
+  for i, ev in enumerate(root.iter("ScoredEvent")):
+    name = (ev.findtext("Name") or ev.findtext("EventConcept") or "").strip()
+    where = f"ScoredEvent {i} ({name[:60]!r})"
+    start = _xml_number(path, out, ev, "Start", where)
+    duration = _xml_number(path, out, ev, "Duration", where)
+    if start is not None and duration is not None and (kind := _event_kind(name, "")):
+      out.event(kind, start, duration, name, f"ScoredEvent {i} ")
   return out.result()
 
 
@@ -187,10 +307,20 @@ def read_edf_annotations(path: str | os.PathLike, n_epochs: int, *,
   shift = 0.0
   if recording_start is not None and rec.start is not None:
     shift = (rec.start - recording_start).total_seconds()
+  return from_edf_annotations(path, rec.annotations, n_epochs, shift=shift, issues=issues)
+
+
+def from_edf_annotations(path, notes: list[edf.Annotation], n_epochs: int, *, shift: float = 0.0,
+                         issues: list[str] | None = None) -> tuple[np.ndarray, list[Event]]:
+  """Stages and events from EDF+ annotations already read (e.g. a PSG file's own)."""
   out = _Builder(path, n_epochs, issues)
-  for a in rec.annotations:
+  for a in notes:
     out.labelled(a.onset_s + shift, a.duration_s, a.text)
   return out.result()
+
+
+def has_stages(notes: list[edf.Annotation]) -> bool:
+  return any(stage_code(a.text) is not None for a in notes)
 
 
 _ONSET = ("onset", "onset_s", "start", "start_s", "start_time", "starttime", "time", "begin")
@@ -281,7 +411,7 @@ def read_csv_annotations(path: str | os.PathLike, n_epochs: int, *,
         duration = _float(path, row[dur_col], f"line {line}: duration")
       elif end_col is not None and row[end_col].strip():
         duration = _onset_seconds(path, row[end_col], recording_start, line) - onset
-    out.labelled(onset, duration, label)
+    out.labelled(onset, duration, label, f"line {line} ")
   return out.result()
 
 
@@ -305,7 +435,7 @@ def read_annotations(path: str | os.PathLike, n_epochs: int, *,
     else:
       kind = "csv"
   if kind == "xml":
-    return read_nsrr_xml(path, n_epochs, issues=issues)
+    return read_xml(path, n_epochs, issues=issues)
   if kind == "edf":
     return read_edf_annotations(path, n_epochs, recording_start=recording_start, issues=issues)
   return read_csv_annotations(path, n_epochs, recording_start=recording_start, issues=issues)

@@ -17,6 +17,9 @@ object; keys that start with "_" are not modality names:
       the generic fallback. They are still reported in `unmatched`.
   "_min_rate": {"<modality>.<channel>": Hz}
       candidates sampled below this rate are refused (e.g. Sleep-EDF's 1-Hz EMG envelope).
+  "_sex_codes": {"1": "male", "2": "female"}
+      numeric sex codes of the cohort's metadata.csv (default: NSRR's 1 male, 2 female); the
+      words M/F/male/female are always read.
   "_doc", "_source": free text.
 
 Labels match case-insensitively, ignoring whitespace and trailing dots (PhysioNet pads labels with
@@ -48,7 +51,9 @@ from data_prep.edf import Recording, Signal
 from sleepjax.modalities import CANONICAL
 
 MAPS_DIR = pathlib.Path(__file__).parent / "channel_maps"
-_META_KEYS = {"_doc", "_source", "_derive", "_polarity", "_units", "_ignore", "_min_rate"}
+_META_KEYS = {"_doc", "_source", "_derive", "_polarity", "_units", "_ignore", "_min_rate",
+              "_sex_codes"}
+SEX_CODES_NSRR = {"1": 1, "2": 0}  # NSRR (SHHS, MrOS, ...): 1 male, 2 female; 1 = male, 0 = female
 _VOLTS = {"v": 1.0, "mv": 1e-3, "uv": 1e-6, "µv": 1e-6, "μv": 1e-6, "nv": 1e-9}
 _PERCENT = {"%", "percent", "pct", "%sat", "%spo2", "%sao2"}
 _PER_MINUTE = {"bpm": 1.0, "beats/min": 1.0, "beat/min": 1.0, "b/min": 1.0, "/min": 1.0,
@@ -78,6 +83,7 @@ class ChannelMap:
   units: dict[str, str]
   ignore: frozenset[str]
   min_rate: dict[Key, float]
+  sex_codes: dict[str, int] = dataclasses.field(default_factory=lambda: dict(SEX_CODES_NSRR))
 
 
 def _key(path, text: str) -> Key:
@@ -116,7 +122,17 @@ def _parse_map(path: pathlib.Path) -> ChannelMap:
   units = {normalise_label(k): v for k, v in table.get("_units", {}).items()}
   ignore = frozenset(normalise_label(x) for x in table.get("_ignore", []))
   min_rate = {_key(path, k): float(v) for k, v in table.get("_min_rate", {}).items()}
-  return ChannelMap(path.stem, aliases, owner, derive, polarity, units, ignore, min_rate)
+  sex_codes = dict(SEX_CODES_NSRR)
+  if "_sex_codes" in table:
+    words = {"male": 1, "m": 1, "female": 0, "f": 0}
+    try:
+      sex_codes = {str(k).strip(): words[str(v).strip().lower()]
+                   for k, v in table["_sex_codes"].items()}
+    except (AttributeError, KeyError) as e:
+      raise ValueError(f"{path}: _sex_codes must map codes to \"male\" or \"female\" ({e})"
+                       ) from None
+  return ChannelMap(path.stem, aliases, owner, derive, polarity, units, ignore, min_rate,
+                    sex_codes)
 
 
 @functools.lru_cache(maxsize=None)

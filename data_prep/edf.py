@@ -28,6 +28,7 @@
 
 import dataclasses
 import datetime
+import math
 import os
 from collections.abc import Collection
 
@@ -35,6 +36,24 @@ import numpy as np
 import pyedflib
 
 _ANNOTATION_LABELS = ("EDF Annotations", "BDF Annotations")
+MAX_RATE = 100_000.0  # Hz: a higher rate implied by the header is a corrupt record duration
+MAX_SPAN_S = 72 * 3600.0  # a recording (EDF+D records and gaps included) lasts at most this
+MAX_GAP_S = 12 * 3600.0  # EDF+D gaps may add up to 3x the data or this, whichever is more
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"%PDF", "a PDF"),
+          (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"),
+          (b"<?xml", "an XML file"), (b"{", "a JSON file"), (b"\x00\x00\x00", "binary data"))
+
+
+def _what_is(head: bytes) -> str:
+  """What a file that is not EDF/BDF looks like, for the error message."""
+  for magic, what in _MAGIC:
+    if head.startswith(magic):
+      return f"it starts like {what} ({head[:8]!r})"
+  text = head[:64]
+  if all(32 <= b < 127 or b in b"\t\r\n" for b in text):
+    return f"it looks like a text file ({text[:40].decode('ascii')!r}...)"
+  return (f"the version field is {head[:8]!r}; an EDF starts with '0' and 7 spaces, a BDF with "
+          "0xFF 'BIOSEMI'")
 _DIGITAL_RANGE = {"EDF": (-32768, 32767), "BDF": (-8388608, 8388607)}
 
 
@@ -132,6 +151,8 @@ def read_header(path: str | os.PathLike, *, truncated: str = "raise") -> Header:
       head = f.read(256)
       if len(head) < 256:
         raise ValueError(f"{path}: too short for an EDF/BDF header ({size} bytes)")
+      if not (head[:8] == b"\xffBIOSEMI" or (head[:1] == b"0" and head[1:8].strip() == b"")):
+        raise ValueError(f"{path}: not an EDF/BDF file: {_what_is(head)}")
       n_signals_text = _field(head, 252, 256)
       n_signals = int(n_signals_text) if n_signals_text.lstrip("-").isdigit() else -1
       if n_signals < 1:
@@ -139,12 +160,7 @@ def read_header(path: str | os.PathLike, *, truncated: str = "raise") -> Header:
       raw = head + f.read(256 * n_signals)
   except OSError as e:
     raise ValueError(f"{path}: cannot read ({e})") from e
-  if raw[:8] == b"\xffBIOSEMI":
-    fmt = "BDF"
-  elif raw[:1] == b"0" and raw[1:8].strip() == b"":
-    fmt = "EDF"
-  else:
-    raise ValueError(f"{path}: not an EDF/BDF file (version field {raw[:8]!r})")
+  fmt = "BDF" if raw[:8] == b"\xffBIOSEMI" else "EDF"
   if len(raw) < 256 * (n_signals + 1):
     raise ValueError(f"{path}: truncated inside the header ({size} bytes for {n_signals} signals)")
   warnings = []
@@ -154,9 +170,12 @@ def read_header(path: str | os.PathLike, *, truncated: str = "raise") -> Header:
 
   def number(text, what, kind=float):
     try:
-      return kind(text)
+      value = kind(text)
     except ValueError:
       raise ValueError(f"{path}: corrupt header: {what} {text!r}") from None
+    if not math.isfinite(value):
+      raise ValueError(f"{path}: corrupt header: {what} {text!r} is not a finite number")
+    return value
 
   header_bytes = number(_field(raw, 184, 192), "header size", int)
   if header_bytes != 256 * (n_signals + 1):
@@ -193,11 +212,21 @@ def read_header(path: str | os.PathLike, *, truncated: str = "raise") -> Header:
   has_data = any(not s.is_annotation for s in signals)
   if record_duration < 0 or (record_duration == 0 and has_data):
     raise ValueError(f"{path}: corrupt header: data record duration {record_duration}")
+  for s in signals:
+    if has_data and not s.is_annotation and s.samples_per_record / record_duration > MAX_RATE:
+      raise ValueError(
+          f"{path}: corrupt header: {s.samples_per_record} samples of {s.label!r} per "
+          f"{record_duration:g}-s data record is {s.samples_per_record / record_duration:.3g} Hz, "
+          f"above the {MAX_RATE:g} Hz any sleep recording uses (wrong data record duration?)")
   hdr = Header(path, file_type, _parse_start(_field(raw, 168, 176), _field(raw, 176, 184)),
                header_bytes, n_records, n_records, record_duration, signals, warnings)
   if hdr.start is None:
     warnings.append(f"{path}: unreadable start date/time "
                     f"{_field(raw, 168, 176)!r} {_field(raw, 176, 184)!r}")
+  if n_records * record_duration > MAX_SPAN_S:
+    raise ValueError(f"{path}: corrupt header: {n_records} data records of {record_duration:g} s "
+                     f"make {n_records * record_duration / 3600:.4g} h, more than the "
+                     f"{MAX_SPAN_S / 3600:g} h a recording may last")
   available = (size - header_bytes) // hdr.record_bytes
   if n_records == -1:
     warnings.append(f"{path}: number of data records is -1 (recording not closed); "
@@ -232,6 +261,8 @@ def _parse_tals(data: bytes) -> list[tuple[float, float | None, list[str]]]:
       duration = float(timing[1]) if len(timing) > 1 and timing[1] else None
     except ValueError:
       continue  # a damaged TAL is skipped, not fatal
+    if duration is not None and not math.isfinite(duration):
+      duration = None  # kept as an annotation without a duration; the onset is checked by callers
     texts = [p.decode("utf-8", "replace") for p in parts[1:] if p]
     out.append((onset, duration, texts))
   return out
@@ -265,7 +296,8 @@ def _decode(hdr: Header, records: np.ndarray, index: int) -> np.ndarray:
   return (digital - s.digital_min) * gain + s.physical_min
 
 
-def _timekeeping(hdr: Header, records: np.ndarray) -> tuple[np.ndarray, list[Annotation]]:
+def _timekeeping(hdr: Header, records: np.ndarray, warnings: list[str]
+                 ) -> tuple[np.ndarray, list[Annotation]]:
   """Record onsets (s after the header start) and the annotations, from the EDF+ TALs."""
   ann_idx = [i for i, s in enumerate(hdr.signals) if s.is_annotation]
   onsets = np.arange(hdr.n_records) * hdr.record_duration
@@ -279,11 +311,21 @@ def _timekeeping(hdr: Header, records: np.ndarray) -> tuple[np.ndarray, list[Ann
       # The first TAL of each record is its time keeping: "+onset\x14\x14\x00", no text.
       if not tals or tals[0][2]:
         raise ValueError(f"{hdr.path}: data record {r} has no time-keeping annotation")
+      if not math.isfinite(tals[0][0]):
+        raise ValueError(f"{hdr.path}: data record {r}: time-keeping onset {tals[0][0]} s is not "
+                         "a finite number")
       onsets[r] = tals[0][0]
       annotations += [(o, d, t) for o, d, texts in tals[1:] for t in texts]
   else:  # plain EDF with an annotation channel (pre-EDF+ convention): no time keeping
     annotations = [(o, d, t) for o, d, texts in _parse_tals(per_record.tobytes()) for t in texts]
-  return onsets, [Annotation(float(o - onsets[0]), d, t) for o, d, t in annotations]
+  kept = []
+  for o, d, t in annotations:
+    if math.isfinite(o) and abs(o - onsets[0]) <= MAX_SPAN_S:
+      kept.append(Annotation(float(o - onsets[0]), d, t))
+    else:
+      warnings.append(f"{hdr.path}: annotation {t!r} at {o:g} s lies outside any plausible "
+                      "recording; dropped")
+  return onsets, kept
 
 
 def _read_pyedflib(hdr: Header, indices: list[int]) -> list[np.ndarray]:
@@ -318,7 +360,7 @@ def read_edf(path: str | os.PathLike, *, labels: Collection[str] | None = None,
   hdr = read_header(path, truncated=truncated)
   path, warnings = hdr.path, list(hdr.warnings)
   records = _records(hdr)
-  onsets, annotations = _timekeeping(hdr, records)
+  onsets, annotations = _timekeeping(hdr, records, warnings)
   rel = onsets - onsets[0] if len(onsets) else onsets
   expected = np.arange(len(rel)) * hdr.record_duration
   contiguous = hdr.record_duration == 0 or bool(np.allclose(rel, expected, atol=1e-6))
@@ -328,6 +370,15 @@ def read_edf(path: str | os.PathLike, *, labels: Collection[str] | None = None,
       bad = int(np.argmax(step < hdr.record_duration - 1e-6)) + 1
       raise ValueError(f"{path}: data record {bad} starts at {rel[bad]:.6g} s, before the end "
                        f"of record {bad - 1} ({rel[bad - 1] + hdr.record_duration:.6g} s)")
+    span = float(rel[-1] + hdr.record_duration)
+    data_s = hdr.n_records * hdr.record_duration
+    if span > MAX_SPAN_S or span - data_s > max(3 * data_s, MAX_GAP_S):
+      last = int(np.argmax(rel))
+      raise ValueError(
+          f"{path}: data record {last} starts at {rel[last]:.6g} s: placing the records at their "
+          f"time-keeping onsets would span {span / 3600:.4g} h for {data_s / 3600:.4g} h of data "
+          f"({hdr.n_records} records of {hdr.record_duration:g} s); the record onsets or the "
+          "data record duration in the header are wrong")
     if not hdr.file_type.endswith("+D"):
       warnings.append(f"{path}: declared {hdr.file_type} but its records are not contiguous; "
                       "placing them at their onsets")

@@ -13,12 +13,14 @@ staging summary exists (and whose source files did not change) are not redone.
 """
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import csv
 import hashlib
 import json
 import multiprocessing
 import os
 import pathlib
+import traceback
 import zlib
 
 import numpy as np
@@ -31,48 +33,164 @@ from sleepjax import records
 from sleepjax.modalities import CANONICAL, EPOCH_SECONDS
 
 
-def _number(value: str | None) -> float | None:
+# metadata.csv -------------------------------------------------------------------------------
+REQUIRED_COLUMNS = ("recording_id", "subject_id")
+COLUMN_ALIASES = {"gender": "sex", "record_id": "recording_id", "subject": "subject_id"}
+# Plausible ranges; a value outside becomes missing, with a note in the recording's QC row.
+PLAUSIBLE = {"age": (0.0, 120.0, "years"), "bmi": (10.0, 100.0, "kg/m2"),
+             "ahi": (0.0, 200.0, "events/h")}
+SEX_WORDS = {"m": 1, "male": 1, "man": 1, "f": 0, "female": 0, "woman": 0}  # 1 male, 0 female
+MISSING = {"", "na", "n/a", "nan", "none", "null", ".", "-", "?", "unknown", "u"}
+MAX_ID_LENGTH = 200
+
+
+def check_recording_id(rid: str) -> str | None:
+  """Why `rid` cannot name files under the data directory, or None. Ids become file names."""
+  if any(ord(c) < 32 or ord(c) == 127 for c in rid):
+    return f"recording_id {rid!r} contains control characters"
+  if "/" in rid or "\\" in rid:
+    return f"recording_id {rid!r} contains a path separator"
+  if ".." in rid or rid.startswith("."):
+    return f"recording_id {rid!r} contains '..' or starts with '.'"
+  if len(rid) > MAX_ID_LENGTH:
+    return f"recording_id is {len(rid)} characters long (at most {MAX_ID_LENGTH})"
+  return None
+
+
+def _decode_text(path: pathlib.Path, data: bytes, notes: list[str]) -> str:
+  """UTF-8 (with or without BOM) or UTF-16 with BOM; else Latin-1 with a note."""
+  if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    try:
+      return data.decode("utf-16")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path}: starts with a UTF-16 byte-order mark but is not UTF-16 ({e})"
+                       ) from None
   try:
-    x = float(value)
-  except (TypeError, ValueError):
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    notes.append(f"{path.name} is not UTF-8 (byte {data[e.start]:#04x} on line {line}); read as "
+                 "Latin-1: check non-ASCII ids and sites, or save the file as UTF-8")
+    return data.decode("latin-1")
+
+
+def _number(value: str, column: str, notes: list[str]) -> float | None:
+  text = (value or "").strip()
+  if text.lower() in MISSING:
     return None
-  return x if np.isfinite(x) else None
+  try:
+    x = float(text.replace(",", ".") if text.count(",") == 1 and "." not in text else text)
+  except ValueError:
+    notes.append(f"metadata {column} {text[:40]!r} is not a number; set to missing")
+    return None
+  lo, hi, unit = PLAUSIBLE[column]
+  if not (np.isfinite(x) and lo <= x <= hi):
+    notes.append(f"metadata {column} {text[:40]} is implausible (expected {lo:g}-{hi:g} {unit}); "
+                 "set to missing")
+    return None
+  return x
 
 
-def read_metadata(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
-  """Rows of metadata.csv as recording metadata, plus QC rows for the lines that are unusable."""
-  rows, rejected, seen = [], [], set()
-  with open(path, newline="") as f:
-    for line, row in enumerate(csv.DictReader(f), start=2):
-      rid, sid = (row.get("recording_id") or "").strip(), (row.get("subject_id") or "").strip()
-      if not rid or not sid:
-        rejected.append(qc.error_row(rid or f"{path.name}:{line}",
-                                     f"{path.name} line {line}: missing recording_id or subject_id"))
-        continue
-      if rid in seen:
-        rejected.append(qc.error_row(f"{rid}@line{line}",
-                                     f"{path.name} line {line}: recording_id {rid} listed twice"))
-        continue
-      seen.add(rid)
-      sex = (row.get("sex") or "").strip().upper()[:1]
-      rows.append({
-          "recording_id": rid, "subject_id": sid, "site": (row.get("site") or "unknown").strip(),
-          "age": _number(row.get("age")), "sex": {"M": 1, "F": 0}.get(sex),  # None = missing
-          "bmi": _number(row.get("bmi")), "ahi": _number(row.get("ahi"))})
-  return rows, rejected
+def _sex(value: str, codes: dict[str, int], notes: list[str]) -> int | None:
+  text = (value or "").strip().lower()
+  if text in MISSING:
+    return None
+  if text in SEX_WORDS:
+    return SEX_WORDS[text]
+  key = text[:-2] if text.endswith(".0") else text
+  if key in codes:
+    return codes[key]
+  known = ", ".join(f"{k}={'male' if v else 'female'}" for k, v in sorted(codes.items()))
+  notes.append(f"metadata sex {value.strip()[:40]!r} is not a known code (M/F, male/female, or "
+               f"this cohort's numeric codes {known}); set to missing")
+  return None
 
 
-def _find(folder: pathlib.Path, recording_id: str, extensions: tuple[str, ...]) -> pathlib.Path:
+def read_metadata(path: pathlib.Path, sex_codes: dict[str, int] | None = None
+                  ) -> tuple[list[dict], list[dict], dict[str, list[str]], list[str]]:
+  """metadata.csv -> (recording metadata rows, QC rows for unusable lines, notes per recording,
+  notes about the file itself).
+
+  Accepts a UTF-8 BOM (Excel), UTF-16 with BOM, Latin-1 (with a note); comma, semicolon, tab or
+  `|` delimiters (the most frequent in the header line); header names in any case, with spaces
+  for underscores, and `gender` for `sex`. Raises ValueError naming the file when it cannot be
+  read or lacks a required column. `sex_codes`: numeric sex codes of the cohort ("1" -> 1 male,
+  "2" -> 0 female for NSRR); words M/F/male/female are always read.
+  """
+  path = pathlib.Path(path)
+  codes = channels.SEX_CODES_NSRR if sex_codes is None else sex_codes
+  try:
+    data = path.read_bytes()
+  except FileNotFoundError:
+    raise ValueError(f"{path}: not found; a cohort needs a metadata.csv with columns "
+                     "recording_id, subject_id (and optionally site, age, sex, bmi, ahi)") from None
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read ({e})") from None
+  file_notes: list[str] = []
+  text = _decode_text(path, data, file_notes)
+  lines = text.splitlines()
+  first = next((i for i, line in enumerate(lines) if line.strip()), None)
+  if first is None:
+    raise ValueError(f"{path}: empty; it needs a header line with recording_id and subject_id")
+  delimiter = max(",;\t|", key=lines[first].count)
+  table = list(csv.reader(lines[first:], delimiter=delimiter))
+  names = ["_".join(c.strip().strip('"').lower().replace("-", " ").split()) for c in table[0]]
+  names = [COLUMN_ALIASES.get(n, n) for n in names]
+  for column in REQUIRED_COLUMNS:
+    if column not in names:
+      raise ValueError(f"{path}: no {column!r} column; the header line reads {table[0]} "
+                       f"(split at {delimiter!r}); metadata.csv needs columns "
+                       f"{', '.join(REQUIRED_COLUMNS)}")
+  col = {n: names.index(n) for n in reversed(names)}  # first occurrence wins
+  rows, rejected, notes, seen = [], [], {}, set()
+  for line, cells in enumerate(table[1:], start=first + 2):
+    if not any(c.strip() for c in cells):
+      continue
+    get = lambda name, cells=cells: cells[col[name]] if name in col and col[name] < len(cells) else ""
+    rid, sid = get("recording_id").strip(), get("subject_id").strip()
+    where = f"{path.name}:{line}"
+    if not rid or not sid:
+      missing = " and ".join(c for c, v in (("recording_id", rid), ("subject_id", sid)) if not v)
+      rejected.append(qc.error_row(where, f"{where}: no {missing} on this line"))
+      continue
+    if problem := check_recording_id(rid):
+      rejected.append(qc.error_row(where, f"{where}: {problem}; ids name files under the data "
+                                          "directory: rename the recording's files and the row"))
+      continue
+    if rid in seen:
+      rejected.append(qc.error_row(f"{rid}@line{line}",
+                                   f"{where}: recording_id {rid} listed twice; the first row wins"))
+      continue
+    seen.add(rid)
+    row_notes = []
+    rows.append({
+        "recording_id": rid, "subject_id": sid, "site": get("site").strip() or "unknown",
+        "age": _number(get("age"), "age", row_notes),
+        "sex": _sex(get("sex"), codes, row_notes),  # 1 male, 0 female, None missing
+        "bmi": _number(get("bmi"), "bmi", row_notes),
+        "ahi": _number(get("ahi"), "ahi", row_notes)})
+    notes[rid] = row_notes
+  return rows, rejected, notes, file_notes
+
+
+def _find(folder: pathlib.Path, recording_id: str, extensions: tuple[str, ...]
+          ) -> pathlib.Path | None:
   for ext in extensions:
     for variant in (ext, ext.upper()):
-      if (p := folder / f"{recording_id}{variant}").exists():
+      if (p := folder / f"{recording_id}{variant}").is_file():
         return p
-  raise FileNotFoundError(f"{folder}: no {'/'.join(extensions)} file for recording {recording_id}")
+  return None
 
 
 SIGNAL_EXTENSIONS = (".edf", ".bdf", ".rec")
 ANNOTATION_EXTENSIONS = (".xml", ".csv", ".tsv", ".txt", ".edf")
 POSITION_LABELS = ("position", "pos", "bodyposition", "body")  # SHHS coding 0..3, 1 Hz or more
+# Bump when a change of prep's code changes what a recording converts to: resumed runs redo all.
+CONVERSION_VERSION = 2
+# Config keys that change a recording's conversion; the others (splits, shards, compression,
+# workers) only change the assembly, which every run redoes.
+CONVERSION_KEYS = ("modalities", "channel_map", "segment_epochs", "min_duration_s", "seed")
+JOB_KEYS = ("raw_dir", "workers", "num_shards", "shard_index", "merge")
 
 
 def _source_stamp(raw: pathlib.Path, recording_id: str) -> list[list]:
@@ -80,7 +198,24 @@ def _source_stamp(raw: pathlib.Path, recording_id: str) -> list[list]:
   paths = [raw / folder / f"{recording_id}{v}" for folder, exts in (
       ("edf", SIGNAL_EXTENSIONS), ("annotations", ANNOTATION_EXTENSIONS))
            for e in exts for v in (e, e.upper())]
-  return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.exists()]
+  return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.is_file()]
+
+
+def conversion_config(config) -> dict:
+  """The prep settings a recording's conversion depends on (with the channel map's content)."""
+  out = {k: (list(config[k]) if isinstance(config[k], (tuple, list)) else config[k])
+         for k in CONVERSION_KEYS}
+  cmap = pathlib.Path(str(config.channel_map))
+  if cmap.suffix != ".json":
+    cmap = channels.MAPS_DIR / f"{config.channel_map}.json"
+  out["channel_map_sha256"] = (hashlib.sha256(cmap.read_bytes()).hexdigest()
+                               if cmap.is_file() else None)
+  out["version"] = CONVERSION_VERSION
+  return out
+
+
+def config_hash(conf: dict) -> str:
+  return hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _position(rec: edf.Recording, n_epochs: int) -> np.ndarray | None:
@@ -92,20 +227,48 @@ def _position(rec: edf.Recording, n_epochs: int) -> np.ndarray | None:
   return None
 
 
-def convert_recording(raw: pathlib.Path, meta: dict, config) -> tuple[list[bytes], dict]:
+def _signal_hash(rec: edf.Recording) -> str:
+  """Hash of every sample of every signal (not of labels or header): the same night twice."""
+  h = hashlib.blake2b(digest_size=32)
+  for s in rec.signals:
+    h.update(f"{s.rate!r}:{len(s.data)};".encode())
+    h.update(np.ascontiguousarray(s.data).data)
+  return h.hexdigest()
+
+
+def convert_recording(raw: pathlib.Path, meta: dict, config, where: dict | None = None
+                      ) -> tuple[list[bytes], dict]:
   """One recording -> (encoded segment records, summary with its QC row).
 
-  A trailing partial segment is dropped. A `skip` verdict yields no records.
+  A trailing partial segment is dropped. A `skip` verdict yields no records. `where` (a dict) is
+  kept up to date with the file and step being worked on, for error messages.
   """
+  where = {} if where is None else where
   rid = meta["recording_id"]
   qc_config = qc.QCConfig(min_duration_s=config.min_duration_s)
   modalities = list(config.modalities)
-  rec = edf.read_edf(_find(raw / "edf", rid, SIGNAL_EXTENSIONS), decoder="numpy")
+  signal_path = _find(raw / "edf", rid, SIGNAL_EXTENSIONS)
+  if signal_path is None:
+    raise FileNotFoundError(f"edf/{rid}.edf: no signal file ({'/'.join(SIGNAL_EXTENSIONS)}) for "
+                            "this recording listed in metadata.csv")
+  where.update(file=signal_path, step="reading the signal file")
+  rec = edf.read_edf(signal_path, decoder="numpy")
   n_signal = int(rec.duration_s // EPOCH_SECONDS)
-  issues = []
-  stages, events = annotations.read_annotations(
-      _find(raw / "annotations", rid, ANNOTATION_EXTENSIONS), n_signal,
-      recording_start=rec.start, issues=issues)
+  issues = list(rec.warnings)
+  ann_path = _find(raw / "annotations", rid, ANNOTATION_EXTENSIONS)
+  where.update(file=ann_path or signal_path, step="reading the annotations")
+  if ann_path is not None:
+    stages, events = annotations.read_annotations(ann_path, n_signal, recording_start=rec.start,
+                                                  issues=issues)
+  elif annotations.has_stages(rec.annotations):
+    issues.append(f"no annotation file; using the stages annotated in {signal_path.name} itself")
+    stages, events = annotations.from_edf_annotations(signal_path, rec.annotations, n_signal,
+                                                      issues=issues)
+  else:
+    raise FileNotFoundError(
+        f"annotations/{rid}.xml: no annotation file ({'/'.join(ANNOTATION_EXTENSIONS)}) for this "
+        f"recording, and {signal_path.name} has no sleep-stage annotations of its own")
+  where.update(file=signal_path, step="quality control and harmonisation")
   scored = np.flatnonzero(stages >= 0)
   lengths = qc.check_lengths(n_signal, int(scored[-1]) + 1 if len(scored) else n_signal, qc_config)
   n_epochs = lengths.n_epochs
@@ -114,6 +277,14 @@ def convert_recording(raw: pathlib.Path, meta: dict, config) -> tuple[list[bytes
   h = harmonise.harmonise(resolved, n_epochs, modalities, config=qc_config)
   verdict, reasons = qc.recording_verdict(h.qc, duration_s=rec.duration_s, stages=stages,
                                           lengths=lengths, config=qc_config)
+  if "no usable modality" in reasons and h.unmatched:
+    i = reasons.index("no usable modality")
+    reasons[i] += (f" (labels matched by no channel map entry: {', '.join(h.unmatched[:12])}"
+                   f"{' ...' if len(h.unmatched) > 12 else ''}; add them to the cohort's channel "
+                   "map)")
+  if "no scored epochs" in reasons and ann_path is not None:
+    i = reasons.index("no scored epochs")
+    reasons[i] += f" in {ann_path.name}"
   if verdict == "ok" and n_epochs < config.segment_epochs:
     verdict, reasons = "skip", [f"{n_epochs} epochs: shorter than one segment "
                                 f"({config.segment_epochs})"]
@@ -124,11 +295,11 @@ def convert_recording(raw: pathlib.Path, meta: dict, config) -> tuple[list[bytes
              "site": meta["site"], "epochs": n_epochs, "scored_epochs": int((stages >= 0).sum()),
              "present": {m: h.present[m].tolist() for m in modalities},
              "normalisation": h.stats, "unmatched_labels": h.unmatched,
-             "signal_sha": hashlib.sha256(b"".join(
-                 s.data[:4096].tobytes() for s in rec.signals)).hexdigest()}
+             "signal_sha": _signal_hash(rec)}
   if verdict != "ok":
     return [], summary
 
+  where.update(step="computing features and captions")
   # Features come from physical units: undo the normalisation (masked samples are zero and their
   # epochs masked, so they never reach a feature).
   physical = {m: h.signals[m] * np.asarray(h.stats[m]["scale"], np.float32)[:, None]
@@ -142,6 +313,7 @@ def convert_recording(raw: pathlib.Path, meta: dict, config) -> tuple[list[bytes
   raster = annotations.event_raster(events, n_epochs)
   e = config.segment_epochs
   out = []
+  record_meta = {**meta, "prep_config_hash": config_hash(conversion_config(config))}
   for first in range(0, n_epochs - e + 1, e):
     sl = slice(first, first + e)
     arrays = {"stage": stages[sl], "events": raster[sl], "features": feats_ExF[sl]}
@@ -152,25 +324,69 @@ def convert_recording(raw: pathlib.Path, meta: dict, config) -> tuple[list[bytes
       arrays[f"mask/{name}"] = h.epoch_mask[name][sl]
     caps = {g: [epoch_caps[i][g] for i in range(first, first + e)] for g in captions.GROUPS}
     arrays["captions"] = records.text_array(caps)
-    out.append(records.encode(arrays, {**meta, "first_epoch": first}))
+    out.append(records.encode(arrays, {**record_meta, "first_epoch": first}))
   summary["segments"] = len(out)
   return out, summary
 
 
-def _stage_recording(raw: pathlib.Path, out: pathlib.Path, meta: dict, config) -> dict:
+def _relative(text: str, raw: pathlib.Path) -> str:
+  """Messages name input files relative to the cohort directory (edf/x.edf), not absolutely."""
+  for prefix in {os.fspath(raw), os.fspath(raw.resolve())}:
+    text = text.replace(prefix.rstrip(os.sep) + os.sep, "")
+  return text
+
+
+def _failure_reason(e: BaseException, where: dict, raw: pathlib.Path) -> str:
+  """A sentence a person can act on, naming the file, for any exception."""
+  file = where.get("file")
+  name = _relative(os.fspath(file), raw) if file else "?"
+  message = _relative(str(e), raw)
+  if isinstance(e, (ValueError, FileNotFoundError)) and (not file or name in message
+                                                         or message.startswith(("edf/", "annot"))):
+    return message  # the readers' own messages name the file and the problem
+  if isinstance(e, MemoryError):
+    return (f"{name}: out of memory while {where.get('step', 'converting')}; the file implies "
+            "more data than this machine holds (check its header and annotations)")
+  if isinstance(e, (ValueError, OSError)):
+    return f"{name}: {message} (while {where.get('step', 'converting')})"
+  return (f"{name}: unexpected {type(e).__name__} while {where.get('step', 'converting')}: "
+          f"{message}. The file is malformed in a way prep does not recognise; check it in an "
+          "EDF viewer, and please report it (the traceback is in the staging summary)")
+
+
+def _stage_recording(raw: pathlib.Path, out: pathlib.Path, meta: dict, config,
+                     stamp: dict) -> dict:
   """Converts one recording into staging files; any failure becomes a `skip` verdict."""
   rid = meta["recording_id"]
-  summary = {"recording_id": rid, "meta": meta, "source": _source_stamp(raw, rid)}
+  staging = writer.staging_dir(out)
+  summary = {"recording_id": rid, "meta": meta, **stamp}
+  where = {}
   try:
-    recs, info = convert_recording(raw, meta, config)
+    recs, info = convert_recording(raw, meta, config, where)
+    info["reasons"] = [_relative(r, raw) for r in info["reasons"]]
+    info["qc"]["reasons"] = info["reasons"]
+    info["qc"]["notes"] = [_relative(n, raw) for n in info["qc"]["notes"]]
     if recs:
-      writer.write_records(writer.staging_dir(out) / f"{rid}.array_record", recs)
+      where.update(step="writing the staging file", file=staging / f"{rid}.array_record")
+      writer.write_records(_inside(staging, f"{rid}.array_record"), recs)
     summary.update(info)
-  except (ValueError, OSError) as e:  # unreadable or unusable input: report, never crash the run
-    summary.update(verdict="skip", reasons=[str(e)], qc=qc.error_row(rid, str(e)),
+  except Exception as e:  # pylint: disable=broad-except  (any input problem: report, go on)
+    reason = _failure_reason(e, where, raw)
+    summary.update(verdict="skip", reasons=[reason], qc=qc.error_row(rid, reason),
                    subject=meta["subject_id"])
-  writer.write_json(writer.staging_dir(out) / f"{rid}.json", summary)  # last: marks it done
+    if not isinstance(e, (ValueError, OSError)):
+      summary["traceback"] = traceback.format_exc()
+  summary["qc"]["notes"] = stamp["meta_notes"] + summary["qc"].get("notes", [])
+  writer.write_json(_inside(staging, f"{rid}.json"), summary)  # last: marks it done
   return summary
+
+
+def _inside(folder: pathlib.Path, name: str) -> pathlib.Path:
+  """folder/name, refusing any name that would land elsewhere (ids are checked before, too)."""
+  path = folder / name
+  if path.resolve().parent != folder.resolve():
+    raise ValueError(f"{name!r} would be written outside {folder}")
+  return path
 
 
 def _mark_duplicates(summaries: dict[str, dict], order: list[str]):
@@ -181,51 +397,145 @@ def _mark_duplicates(summaries: dict[str, dict], order: list[str]):
     if s["verdict"] != "ok":
       continue
     if (orig := first_of.setdefault(s["signal_sha"], rid)) != rid:
-      reason = (f"duplicate of {orig} (identical signals; subject "
-                f"{summaries[orig]['subject']} vs {s['subject']})")
+      reason = (f"duplicate of {orig} (every sample of every signal identical; subject "
+                f"{summaries[orig]['subject']} vs {s['subject']}): remove one of the two")
       s["verdict"], s["reasons"] = "skip", [reason]
       s["qc"] = {**s["qc"], "verdict": "skip", "reasons": [reason]}
+
+
+def _inventory(raw: pathlib.Path, listed: set[str], rejected_ids: set[str]) -> list[dict]:
+  """QC rows for every file under edf/ and annotations/ that no listed recording uses."""
+  rows = []
+  for folder, exts in (("edf", SIGNAL_EXTENSIONS), ("annotations", ANNOTATION_EXTENSIONS)):
+    if not (raw / folder).is_dir():
+      continue
+    for p in sorted((raw / folder).iterdir()):
+      if p.name.startswith("."):
+        continue
+      rid, name = p.stem, f"{folder}/{p.name}"
+      if p.is_dir():
+        reason = f"{name}: a folder; prep reads only the files directly under {folder}/"
+      elif p.suffix.lower() not in exts:
+        reason = f"{name}: not a {folder} file (extensions read: {', '.join(exts)})"
+      elif rid in rejected_ids:
+        reason = f"{name}: its metadata.csv row was rejected (see that row)"
+      elif rid not in listed:
+        reason = (f"{name}: not listed in metadata.csv; add a row (recording_id {rid}, "
+                  "subject_id, site) to convert it")
+      elif (used := _find(raw / folder, rid, exts)) != p:
+        reason = f"{name}: not used: {used.name} is read for recording {rid}"
+      else:
+        continue
+      rows.append(qc.error_row(name, reason))
+  return rows
+
+
+def _run_pool(raw, out, todo, config, stamps, summaries):
+  """Stages `todo` in spawned worker processes. A worker that dies (a crash in a native reader,
+  the kernel's OOM killer) breaks the pool: what was in flight is retried one per process, so the
+  recording that kills its process is the one reported."""
+  # Spawned, not forked, workers: the caller may have JAX (multithreaded) loaded, and forking a
+  # multithreaded process can deadlock.
+  context = multiprocessing.get_context("spawn")
+  retry = []
+  with cf.ProcessPoolExecutor(max_workers=config.workers or None, mp_context=context) as pool:
+    futures = {pool.submit(_stage_recording, raw, out, m, config, stamps[m["recording_id"]]): m
+               for m in todo}
+    for fut in tqdm.tqdm(cf.as_completed(futures), total=len(futures), desc="prep", unit="rec",
+                         disable=not todo):
+      try:
+        s = fut.result()
+      except BrokenProcessPool:
+        retry.append(futures[fut])
+        continue
+      summaries[s["recording_id"]] = s
+  for m in retry:
+    rid = m["recording_id"]
+    try:
+      with cf.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        summaries[rid] = pool.submit(_stage_recording, raw, out, m, config, stamps[rid]).result()
+    except BrokenProcessPool:
+      reason = (f"edf/{rid}: the worker process converting this recording died (out of memory, "
+                "or a crash in a native reader); check the file in an EDF viewer")
+      s = {"recording_id": rid, "meta": m, **stamps[rid], "verdict": "skip", "reasons": [reason],
+           "qc": qc.error_row(rid, reason), "subject": m["subject_id"]}
+      s["qc"]["notes"] = stamps[rid]["meta_notes"]
+      writer.write_json(_inside(writer.staging_dir(out), f"{rid}.json"), s)
+      summaries[rid] = s
+
+
+def _changed_keys(old: dict | None, new: dict) -> list[str]:
+  if old is None:
+    return ["(no record of the config)"]
+  return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k)]
 
 
 def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> pathlib.Path:
   """Converts the cohort in `raw_dir`; returns the manifest path. `config` is the `prep` section."""
   raw, out = pathlib.Path(raw_dir), pathlib.Path(out_dir)
+  if not raw.is_dir():
+    raise ValueError(f"{raw}: no such cohort directory (it needs edf/, annotations/ and "
+                     "metadata.csv)")
+  sex_codes = channels.load_map(config.channel_map).sex_codes
+  metas, rejected, meta_notes, file_notes = read_metadata(raw / "metadata.csv", sex_codes)
   out.mkdir(parents=True, exist_ok=True)
-  metas, rejected = read_metadata(raw / "metadata.csv")
+  conversion = conversion_config(config)
+  conv_hash = config_hash(conversion)
+  stamps = {m["recording_id"]: {"source": _source_stamp(raw, m["recording_id"]),
+                                "conversion_hash": conv_hash, "conversion": conversion,
+                                "meta_notes": meta_notes[m["recording_id"]]} for m in metas}
   done = writer.finished(out)
-  todo = [m for m in metas if m["recording_id"] not in done
-          or done[m["recording_id"]]["source"] != _source_stamp(raw, m["recording_id"])]
+  todo, changed = [], {}
+  for m in metas:
+    rid = m["recording_id"]
+    old = done.get(rid)
+    if old is None:
+      todo.append(m)
+    elif old.get("conversion_hash") != conv_hash:
+      todo.append(m)
+      for k in _changed_keys(old.get("conversion"), conversion):
+        changed[k] = changed.get(k, 0) + 1
+    elif (old["source"] != stamps[rid]["source"] or old.get("meta") != m
+          or old.get("meta_notes") != stamps[rid]["meta_notes"]):
+      todo.append(m)
   part = cluster.Slice.from_config(config)  # cluster array jobs: a slice, or the merge
   todo = part.select(metas, todo)
   logging.info("prep: %d recordings, %d already done, %d to convert", len(metas),
                len(metas) - len(todo), len(todo))
+  if changed:
+    print(f"prep: the prep config changed since {max(changed.values())} recordings were "
+          f"converted ({'; '.join(changed)}); converting them again")
+  redo = {m["recording_id"] for m in todo}
   summaries = {m["recording_id"]: done[m["recording_id"]] for m in metas
-               if m["recording_id"] in done and m not in todo}
-  # Spawned, not forked, workers: the caller may have JAX (multithreaded) loaded, and forking a
-  # multithreaded process can deadlock.
-  with cf.ProcessPoolExecutor(max_workers=config.workers or None,
-                              mp_context=multiprocessing.get_context("spawn")) as pool:
-    futures = [pool.submit(_stage_recording, raw, out, m, config) for m in todo]
-    for fut in tqdm.tqdm(cf.as_completed(futures), total=len(futures), desc="prep", unit="rec",
-                         disable=not todo):
-      s = fut.result()
-      summaries[s["recording_id"]] = s
+               if m["recording_id"] not in redo}
+  _run_pool(raw, out, todo, config, stamps, summaries)
   if part.partial:
     print(part.report(len(todo), out))
     return out
   # Summaries as staged (JSON, sorted keys): fresh, resumed and sharded runs report the same bytes.
   staged = writer.finished(out)
-  summaries = {rid: staged[rid] for rid in summaries}
+  summaries = {m["recording_id"]: staged[m["recording_id"]] for m in metas}
   _mark_duplicates(summaries, [m["recording_id"] for m in metas])
-  qc.write_qc_report([s["qc"] for s in summaries.values()] + rejected, out)
+  listed = {m["recording_id"] for m in metas}
+  rejected_ids = {r["recording_id"].split("@line")[0] for r in rejected}
+  inventory = _inventory(raw, listed, rejected_ids)
+  rows = [summaries[m["recording_id"]]["qc"] for m in metas] + rejected + inventory
+  qc.write_qc_report(rows, out, notes=file_notes)
 
   ok = {rid: s for rid, s in summaries.items() if s["verdict"] == "ok"}
-  split_of = splits.assign_splits([s["subject"] for s in ok.values()],
-                                  dict(config.split_fractions), config.seed)
+  fractions = dict(config.split_fractions)
+  split_of = splits.assign_splits([s["subject"] for s in ok.values()], fractions, config.seed)
   modalities = list(config.modalities)
+  skipped = {r["recording_id"]: r["reasons"] for r in rows if r["verdict"] != "ok"}
+  prep_config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  for k in JOB_KEYS:  # how the run was laid out, not what it made: not in the manifest
+    prep_config.pop(k, None)
   manifest = {
       "schema_version": records.SCHEMA_VERSION, "epoch_seconds": EPOCH_SECONDS,
       "segment_epochs": config.segment_epochs,
+      "prep_config": json.loads(json.dumps(prep_config, default=list)),
+      "prep_config_hash": conv_hash, "conversion": conversion,
       "modalities": {m: {"rate": CANONICAL[m].rate, "channels": list(CANONICAL[m].channels),
                          "unit": CANONICAL[m].unit} for m in modalities},
       "sites": sorted({s["site"] for s in ok.values()}),
@@ -233,9 +543,12 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
                    "units": [features.UNITS.get(n, "") for n in features.FEATURE_NAMES]},
       "caption_groups": list(captions.GROUPS),
       "recordings": {}, "splits": {},
-      "skipped": {rid: s["reasons"] for rid, s in summaries.items() if s["verdict"] != "ok"},
+      "split_rule": {"rule": splits.RULE, "seed": config.seed, "fractions": fractions,
+                     "hash": splits.split_hash(split_of)},
+      "qc_summary": {"rows": len(rows), "ok": len(ok), "skipped": len(skipped)},
+      "skipped": skipped, "notes": file_notes,
   }
-  for split in dict(config.split_fractions):
+  for split in fractions:
     ids = sorted(rid for rid, s in ok.items() if split_of[s["subject"]] == split)
     shards = (writer.write_shards(out, split, ids, config.shard_records, config.compression)
               if ids else [])
@@ -249,12 +562,18 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
                                                "scored_epochs", "present", "normalisation",
                                                "unmatched_labels", "night_summary",
                                                "night_caption")}}
+  manifest["split_hash"] = manifest["split_rule"]["hash"]
   manifest["availability"] = {
       m: float(np.mean([any(r["present"][m]) for r in manifest["recordings"].values()] or [0.0]))
       for m in modalities}
   path = writer.write_manifest(out, manifest)
-  print(f"prep: {len(ok)} recordings converted, {len(summaries) - len(ok) + len(rejected)} skipped "
-        f"(QC report: {out / 'qc.csv'})")
+  empty = [k for k, f in fractions.items() if f > 0 and not manifest["splits"][k]["recordings"]]
+  for note in file_notes:
+    print(f"prep: note: {note}")
+  print(f"prep: {len(ok)} recordings converted, {len(skipped)} skipped"
+        + (f" (of which {len(inventory)} files not matched to a metadata row)" if inventory else "")
+        + (f"; split {', '.join(empty)} is empty (too few subjects)" if empty else "")
+        + f" (QC report: {out / 'qc.csv'})")
   return path
 
 

@@ -334,11 +334,13 @@ def _modality_order(rows: list[dict]) -> list[str]:
   return [m for m in CANONICAL if m in seen] + sorted(seen - set(CANONICAL))
 
 
-def write_qc_report(rows: list[dict], out_dir) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `qc.json` (full rows + a summary) and `qc.csv` (one flat row per recording).
+def write_qc_report(rows: list[dict], out_dir, notes: list[str] = ()
+                    ) -> tuple[pathlib.Path, pathlib.Path]:
+  """Writes `qc.json` (full rows + a summary + notes about the cohort's files) and `qc.csv` (one
+  flat row per recording, with the channel labels no channel map matched).
 
-  Each file is written under a temporary name and renamed, so a killed run never leaves a
-  half-written report.
+  The same rows give the same bytes (keys sorted). Each file is written under a temporary name and
+  renamed, so a killed run never leaves a half-written report.
   """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -348,16 +350,20 @@ def write_qc_report(rows: list[dict], out_dir) -> tuple[pathlib.Path, pathlib.Pa
              "skipped": sum(r["verdict"] != "ok" for r in rows)}
   json_path, csv_path = out / "qc.json", out / "qc.csv"
   tmp = out / "qc.json.tmp"
-  tmp.write_text(json.dumps({"summary": summary, "recordings": rows}, indent=1))
+  body = {"summary": summary, "recordings": rows}
+  if notes:
+    body["notes"] = list(notes)
+  tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
   os.replace(tmp, json_path)
   tmp = out / "qc.csv.tmp"
   with open(tmp, "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f, lineterminator="\n")
-    w.writerow(["recording_id", "verdict", "reasons", "notes", "n_epochs"]
+    w.writerow(["recording_id", "verdict", "reasons", "notes", "n_epochs", "unmatched_labels"]
                + [f"{m}_{k}" for m in modalities for k in ("channels", "masked_fraction")])
     for r in rows:
       cells = [r["recording_id"], r["verdict"], "; ".join(r["reasons"]),
-               "; ".join(r.get("notes", [])), r.get("n_epochs", 0)]
+               "; ".join(r.get("notes", [])), r.get("n_epochs", 0),
+               " | ".join(r.get("unmatched", []))]
       for m in modalities:
         chans = r.get("channels", {}).get(m, {})
         cells.append(" ".join(

@@ -1,17 +1,36 @@
-from data_prep.splits import assign_splits
+import collections
+
+from data_prep.splits import assign_splits, split_hash, split_of
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
 def test_subject_level_splits_are_disjoint_complete_and_deterministic():
   subjects = [f"s{i}" for i in range(10)] + ["s3", "s4"]  # repeated subjects (two nights)
-  fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
-  a = assign_splits(subjects, fractions, seed=1)
-  assert a == assign_splits(subjects, fractions, seed=1)
+  a = assign_splits(subjects, FRACTIONS, seed=1)
+  assert a == assign_splits(subjects, FRACTIONS, seed=1)
   assert set(a) == set(subjects)  # every subject, each exactly one split (a dict)
-  counts = {k: sum(v == k for v in a.values()) for k in fractions}
-  assert counts == {"train": 7, "val": 2, "test": 1}  # 7 / 1.5 / 1.5 by largest remainder
-  assert a != assign_splits(subjects, fractions, seed=2)
+  assert set(a.values()) <= set(FRACTIONS)
+  assert a != assign_splits(subjects, FRACTIONS, seed=2)
+  assert split_hash(a) == split_hash(dict(reversed(list(a.items()))))
+  assert split_hash(a) != split_hash(assign_splits(subjects, FRACTIONS, seed=2))
 
 
-def test_tiny_cohort_still_fills_every_split():
-  a = assign_splits(["a", "b", "c"], {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
-  assert sorted(a.values()) == ["test", "train", "val"]
+def test_fractions_are_met_on_a_large_cohort():
+  a = assign_splits([f"subject-{i}" for i in range(20000)], FRACTIONS, seed=0)
+  counts = collections.Counter(a.values())
+  for k, f in FRACTIONS.items():
+    assert abs(counts[k] / 20000 - f) < 0.01, counts
+  # A zero fraction gets nobody; the order the fractions are written in does not matter.
+  assert "val" not in assign_splits(list(a)[:500], {"train": 0.8, "val": 0.0, "test": 0.2}, 0)
+  assert a == assign_splits(list(a), dict(reversed(list(FRACTIONS.items()))), seed=0)
+
+
+def test_adding_or_removing_subjects_moves_nobody():
+  cohort = [f"sub-{i:05d}" for i in range(3000)]
+  before = assign_splits(cohort, FRACTIONS, seed=7)
+  grown = assign_splits(cohort + [f"new-{i}" for i in range(1000)], FRACTIONS, seed=7)
+  shrunk = assign_splits(cohort[::3], FRACTIONS, seed=7)
+  assert all(grown[s] == before[s] for s in cohort)
+  assert all(shrunk[s] == before[s] for s in cohort[::3])
+  assert all(split_of(s, FRACTIONS, 7) == before[s] for s in cohort[:50])  # one at a time too
