@@ -24,6 +24,12 @@
   count, digital/physical ranges outside the format or empty), a file shorter than its header says
   (truncated; `truncated="salvage"` instead keeps the complete data records and warns), and
   overlapping EDF+D records. Trailing bytes after the last record are ignored with a warning.
+* Sizes and times are checked before anything is allocated: header numbers must be finite, the
+  rate a header implies at most `MAX_RATE`, the declared records at most `MAX_SPAN_S` long; EDF+D
+  time-keeping onsets must be finite, and placing the records may span at most `MAX_SPAN_S` with
+  gaps adding up to at most 3x the data or `MAX_GAP_S`. Annotations at non-finite or implausible
+  onsets are dropped with a warning. A file that is not EDF/BDF at all is described ("it starts
+  like a PNG image", "it looks like a text file").
 """
 
 import dataclasses

@@ -7,9 +7,15 @@ recording_id, subject_id, site and optional age, sex, bmi, ahi.
 Per recording: read -> map channels (cohort channel map) -> QC, filter, resample, normalise ->
 per-epoch features and captions -> segments of E epochs.
 
-Recordings convert in parallel into staging files (see `writer`); a recording that fails is skipped
-with its reason in the QC report and never stops the run. Re-running resumes: recordings whose
-staging summary exists (and whose source files did not change) are not redone.
+Recordings convert in parallel into staging files (see `writer`); a recording that fails, for any
+reason (any exception, or a worker process that dies), is skipped with a reason naming its file in
+the QC report and never stops the run. Every file under edf/ and annotations/ that no recording
+uses gets a QC row of its own ("not listed in metadata.csv", ...). Re-running resumes: a recording
+whose staging summary exists is redone only if its source files, its metadata row or the prep
+settings it depends on (`CONVERSION_KEYS`, the channel map's content) changed.
+
+Splits are per subject and stable (`splits`); the manifest records the prep config, the hash of
+its conversion settings (also in every record) and the split hash.
 """
 
 import concurrent.futures as cf
@@ -574,6 +580,9 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
         + (f" (of which {len(inventory)} files not matched to a metadata row)" if inventory else "")
         + (f"; split {', '.join(empty)} is empty (too few subjects)" if empty else "")
         + f" (QC report: {out / 'qc.csv'})")
+  if not ok:
+    raise ValueError(f"{raw}: no recording converted ({len(skipped)} skipped); the reason for "
+                     f"each is in {out / 'qc.csv'}")
   return path
 
 

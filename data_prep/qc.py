@@ -366,9 +366,12 @@ def write_qc_report(rows: list[dict], out_dir, notes: list[str] = ()
                " | ".join(r.get("unmatched", []))]
       for m in modalities:
         chans = r.get("channels", {}).get(m, {})
+        canonical = list(CANONICAL[m].channels) if m in CANONICAL else []
+        order = [c for c in canonical if c in chans] + sorted(set(chans) - set(canonical))
         cells.append(" ".join(
-            f"{c}:{v['status']}" + (f"({'; '.join(v['reasons'])})" if v["reasons"] else "")
-            for c, v in chans.items()))
+            f"{c}:{chans[c]['status']}"
+            + (f"({'; '.join(chans[c]['reasons'])})" if chans[c]["reasons"] else "")
+            for c in order))
         cells.append(r.get("masked_fraction", {}).get(m, ""))
       w.writerow(cells)
   os.replace(tmp, csv_path)

@@ -83,3 +83,39 @@ def verify_shards(manifest: dict, split: str, mode: str = "stamp", process_index
       os.replace(tmp, stamp_path)
     except OSError:  # read-only data: verification still happened, just not remembered
       pass
+  check_records(manifest, split)
+
+
+def check_records(manifest: dict, split: str):
+  """Refuses shards whose records disagree with the manifest (a data dir assembled from two prep
+  runs, or a manifest edited by hand): the first record of each shard must carry the manifest's
+  prep-config hash, `segment_epochs` epochs and the manifest's modalities at their rates and
+  channel counts. One record per shard: cheap. Raises ValueError naming the shard."""
+  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
+  from sleepjax import records  # pylint: disable=g-import-not-at-top
+  e = manifest.get("segment_epochs")
+  for shard in manifest["splits"][split]["shards"]:
+    path = os.path.join(manifest["dir"], shard["path"])
+    reader = ArrayRecordReader(path)
+    try:
+      if not reader.num_records():
+        continue
+      arrays, meta = records.decode(reader.read([0])[0])
+    finally:
+      reader.close()
+    problems = []
+    want, got = manifest.get("prep_config_hash"), meta.get("prep_config_hash")
+    if want is not None and got != want:
+      problems.append(f"prep config {got} vs the manifest's {want}")
+    if e is not None and "stage" in arrays and len(arrays["stage"]) != e:
+      problems.append(f"{len(arrays['stage'])} epochs per record vs segment_epochs={e}")
+    for m, spec in manifest.get("modalities", {}).items():
+      x = arrays.get(f"sig/{m}")
+      shape = (e, len(spec["channels"]), int(round(spec["rate"] * manifest["epoch_seconds"])))
+      if x is None:
+        problems.append(f"no {m} signal")
+      elif e is not None and tuple(x.shape) != shape:
+        problems.append(f"{m} shaped {tuple(x.shape)} vs {shape}")
+    if problems:
+      raise ValueError(f"{path}: records disagree with the manifest ({'; '.join(problems)}); the "
+                       "shards come from another prep run: re-run `sleepjax prep`")
