@@ -514,7 +514,7 @@ def prepare(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config) -> p
           f"converted ({'; '.join(changed)}); converting them again")
   redo = {m["recording_id"] for m in todo}
   summaries = {m["recording_id"]: done[m["recording_id"]] for m in metas
-               if m["recording_id"] not in redo}
+               if m["recording_id"] in done and m["recording_id"] not in redo}
   _run_pool(raw, out, todo, config, stamps, summaries)
   if part.partial:
     print(part.report(len(todo), out))
