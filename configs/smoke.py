@@ -84,6 +84,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.probe_lr = 0.05
   c.eval.probe_l2 = 1e-3
 
+  c.bench = ml_collections.ConfigDict()  # `sleepjax bench data`: its synthetic cohort and rows
+  c.bench.subjects = 8
+  c.bench.hours = 8.0
+  c.bench.segment_epochs = 240
+  c.bench.seconds = 3.0  # per row
+  c.bench.max_workers = 0  # worker-process rows up to this many (0: every core)
+
   if arg == "tiny":
     c.synthetic = dict(n_subjects=6, n_sites=2, hours=1.0, seed=0)
     c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)

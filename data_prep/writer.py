@@ -5,6 +5,8 @@ summary; the summary's existence marks the recording done, so a killed run resum
 stopped. Shards are assembled from the staging files in sorted recording order, so a resumed run
 produces the same bytes (and SHA-256) as an uninterrupted one. Every file is written under a
 temporary name and renamed into place once complete: nothing partial ever looks finished.
+Each uncompressed shard gets a byte-range index beside it (`<shard>.index.json`, see
+`sleepjax.data.shard_index`), so readers fetch one modality of one window without the rest.
 """
 
 import json
@@ -13,6 +15,7 @@ import pathlib
 
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from sleepjax.data import shard_index
 from sleepjax.data.manifest import MANIFEST, sha256  # pylint: disable=unused-import (re-exported)
 
 STAGING = ".staging"
@@ -78,14 +81,29 @@ def write_shards(out_dir: pathlib.Path, split: str, recording_ids: list[str],
     name = f"{split}-{i:05d}-of-{n_shards:05d}.array_record"
     size = min(records_per_shard, total - i * records_per_shard)
     n = write_records(out_dir / name, (next(stream) for _ in range(size)), compression)
+    digest = sha256(out_dir / name)
     shards.append({"path": name, "records": n, "bytes": (out_dir / name).stat().st_size,
-                   "sha256": sha256(out_dir / name)})
+                   "sha256": digest, "index": write_index(out_dir / name, digest)})
   # Shards of an earlier run with another layout must not linger beside the new ones.
-  keep = {s["path"] for s in shards}
-  for old in out_dir.glob(f"{split}-*-of-*.array_record"):
-    if old.name not in keep:
-      old.unlink()
+  keep = {s["path"] for s in shards} | {s["index"] for s in shards if s["index"]}
+  for pattern in ("*.array_record", "*.array_record" + shard_index.INDEX_SUFFIX):
+    for old in out_dir.glob(f"{split}-*-of-{pattern}"):
+      if old.name not in keep:
+        old.unlink()
   return shards
+
+
+def write_index(path: pathlib.Path, digest: str) -> str | None:
+  """Writes the shard's byte-range index beside it; returns its file name (None: compressed)."""
+  index = shard_index.build_index(os.fspath(path), read_records(path))
+  if index is None:
+    return None
+  index["shard_sha256"] = digest
+  out = path.with_name(path.name + shard_index.INDEX_SUFFIX)
+  tmp = out.with_name(out.name + ".tmp")
+  tmp.write_text(json.dumps(index, separators=(",", ":")))
+  os.replace(tmp, out)
+  return out.name
 
 
 def write_manifest(out_dir: pathlib.Path, manifest: dict) -> pathlib.Path:

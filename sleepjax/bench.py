@@ -2,8 +2,8 @@
 
   prep   hours of PSG converted per core-minute, one 9-modality synthetic night, one process
   read   records/s of the two read paths over the same shards: native records vs TFDS
-  data   the full training input pipeline vs a numpy memmap of the same bytes, cold/warm cache,
-         reader threads and worker processes
+  data   the training input pipeline at the sleep2vec pair-first and nine-modality shapes vs a
+         numpy memmap of the same bytes; reader threads and worker processes, 1 to every core
 """
 
 import json
@@ -87,110 +87,161 @@ def bench_read(config, workdir: str, passes: int = 3) -> dict:
   return result
 
 
-def _drop_page_cache(paths):
-  """Evicts the files' clean pages (posix_fadvise DONTNEED): the next read comes from disk."""
-  for p in paths:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-      os.fsync(fd)
-      os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-      os.close(fd)
+# The shapes that matter: sleep2vec pretraining (pair-first, one hour windows) and a nine-modality
+# all-present step. Both read signals + masks only (what a sleep2vec step reads).
+DATA_SHAPES = {
+    "sleep2vec_pair": dict(batch=128, window=120, sampling="pair_first", pair=("eeg", "ecg")),
+    "nine_modalities": dict(batch=256, window=10, sampling="all_present", pair=None),
+}
+DATA_TARGETS = {"sleep2vec_pair": 80_000, "nine_modalities": 25_000, "vs_memmap": 0.5,
+                "scaling_efficiency_at_2": 0.7}
 
 
-def _ensure_data(config, workdir: str) -> str:
-  """The prepared data to measure on; a 9-modality synthetic cohort if there is none yet."""
+def _bench_settings(config) -> dict:
+  """`bench.*` from the config where present (data size, seconds per row, worker counts)."""
+  settings = dict(subjects=8, hours=8.0, segment_epochs=240, seconds=3.0, max_workers=0)
+  settings.update({k: v for k, v in (config.get("bench") or {}).items() if k in settings})
+  return settings
+
+
+def _cores() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _ensure_data(config, workdir: str, settings: dict) -> str:
+  """A nine-modality synthetic cohort prepared with training-sized segments, made once."""
   from data_prep import prep, synthetic  # pylint: disable=g-import-not-at-top
-  data = config.data.dir or os.path.join(workdir, "data")
+  name = f"s{settings['subjects']}_h{settings['hours']:g}_e{settings['segment_epochs']}"
+  data = os.path.join(workdir, "bench", f"data_{name}")
   if not os.path.exists(os.path.join(data, "manifest.json")):
-    raw = os.path.join(workdir, "raw")
+    raw = os.path.join(workdir, "bench", f"raw_{name}")
     if not os.path.exists(os.path.join(raw, "metadata.csv")):
-      # ~300 MB of shards: larger than CPU caches, so the memmap baseline reads memory, not L3.
-      synthetic.write_cohort(raw, n_subjects=12, n_sites=2, hours=4.0, seed=0)
+      synthetic.write_cohort(raw, n_subjects=settings["subjects"], n_sites=2,
+                             hours=settings["hours"], seed=0, workers=_cores())
     prep_config = config.prep.copy_and_resolve_references()
     prep_config.modalities = tuple(CANONICAL)
+    prep_config.segment_epochs = settings["segment_epochs"]
+    prep_config.shard_records = 16
+    prep_config.workers = _cores()
     prep.prepare(raw, data, prep_config)
   return data
 
 
-def _time_pipeline(manifest, modalities, config, *, seconds: float, threads: int, workers: int,
-                   cold: bool) -> dict:
-  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
+def _memmap_files(manifest, directory: str) -> dict:
+  """Every train epoch's signals and masks as flat per-modality arrays: the memmap baseline."""
+  from data_prep.writer import read_records  # pylint: disable=g-import-not-at-top
+  from sleepjax import records  # pylint: disable=g-import-not-at-top
   from sleepjax.data.manifest import shard_paths  # pylint: disable=g-import-not-at-top
-  if cold:
-    _drop_page_cache(shard_paths(manifest, "train"))
-  ds = pipeline.make_dataset(manifest, "train", modalities, local_batch=config.data.global_batch,
-                             seed=0, train=True, read_threads=threads,
-                             prefetch=max(threads, config.data.prefetch), workers=workers,
-                             verify="size")
+  os.makedirs(directory, exist_ok=True)
+  done = os.path.join(directory, "done.json")
+  if not os.path.exists(done):
+    files = {n: open(os.path.join(directory, n.replace("/", "_")), "wb")
+             for m in manifest["modalities"] for n in (f"sig/{m}", f"mask/{m}")}
+    epochs = 0
+    for path in shard_paths(manifest, "train"):
+      for blob in read_records(path):
+        arrays, _ = records.decode(blob)
+        for n, f in files.items():
+          f.write(np.ascontiguousarray(arrays[n]).tobytes())
+        epochs += len(arrays["stage"])
+    shapes = {n: [epochs, *arrays[n].shape[1:]] for n in files}
+    dtypes = {n: arrays[n].dtype.str for n in files}
+    for f in files.values():
+      f.close()
+    with open(done, "w") as f:
+      json.dump({"shapes": shapes, "dtypes": dtypes}, f)
+  with open(done) as f:
+    info = json.load(f)
+  return {n: np.memmap(os.path.join(directory, n.replace("/", "_")), info["dtypes"][n], "r",
+                       shape=tuple(shape)) for n, shape in info["shapes"].items()}
+
+
+def _time_memmap(arrays: dict, modalities, batch: int, window: int, seconds: float) -> dict:
+  """Random windows of exactly the arrays the step needs, copied from memmaps into a batch."""
+  names = [f"{k}/{m}" for m in modalities for k in ("sig", "mask")]
+  out = {n: np.empty((batch, window, *arrays[n].shape[1:]), arrays[n].dtype) for n in names}
+  n_epochs = len(arrays[names[0]])
+  rng = np.random.default_rng(0)
+  def one():
+    for b, s in enumerate(rng.integers(0, n_epochs - window, batch).tolist()):
+      for n in names:
+        out[n][b] = arrays[n][s:s + window]
+  one()  # fault the pages in: warm cache
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    one()
+    n += 1
+  dt = time.perf_counter() - t0
+  nbytes = sum(v.nbytes for v in out.values())
+  return {"epochs_per_s": n * batch * window / dt, "mb_per_s": n * nbytes / dt / 1e6}
+
+
+def _time_pipeline(manifest, shape: dict, *, seconds: float, threads: int, workers: int) -> dict:
+  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  pair = shape["pair"]
+  ds = pipeline.make_dataset(
+      manifest, "train", list(manifest["modalities"]), window=shape["window"],
+      local_batch=shape["batch"], seed=0, train=True, sampling=shape["sampling"],
+      pair_weights={"+".join(pair): 1.0} if pair else None, fields=(), read_threads=threads,
+      prefetch=max(2, threads), workers=workers, verify="size")
   it = iter(ds)
   batch = next(it)  # start-up (worker spawn, first reads) is not throughput
   nbytes = sum(v.nbytes for v in batch.values())
-  epochs = len(batch["stage"]) * batch["stage"].shape[1]
+  epochs = shape["batch"] * shape["window"]
   n, t0 = 0, time.perf_counter()
   while time.perf_counter() - t0 < seconds:
     next(it)
     n += 1
   dt = time.perf_counter() - t0
   del it
-  return {"epochs_per_s": n * epochs / dt, "mb_per_s": n * nbytes / dt / 1e6}
+  return {"epochs_per_s": n * epochs / dt, "mb_per_s": n * nbytes / dt / 1e6,
+          "keys": sorted(batch)}
 
 
-def _time_memmap(path: str, record_bytes: int, n_records: int, batch: int, *, seconds: float,
-                 cold: bool, epochs_per_record: int) -> dict:
-  """The same bytes read as rows of a numpy memmap, in random order, copied into batches."""
-  if cold:
-    _drop_page_cache([path])
-  mm = np.memmap(path, np.uint8, "r", shape=(n_records, record_bytes))
-  rng = np.random.default_rng(0)
-  out = np.empty((batch, record_bytes), np.uint8)
-  n, t0 = 0, time.perf_counter()
-  while time.perf_counter() - t0 < seconds:
-    for j, i in enumerate(rng.integers(0, n_records, batch)):
-      out[j] = mm[i]
-    n += 1
-  dt = time.perf_counter() - t0
-  return {"epochs_per_s": n * batch * epochs_per_record / dt,
-          "mb_per_s": n * batch * record_bytes / dt / 1e6}
-
-
-def bench_data(config, workdir: str, seconds: float = 4.0) -> dict:
-  """Full training pipeline (read, decode, mask, batch) vs numpy memmap; cold/warm; threads/workers."""
-  from data_prep.writer import read_records  # pylint: disable=g-import-not-at-top
-  from sleepjax import records  # pylint: disable=g-import-not-at-top
-  from sleepjax.data.manifest import read_manifest, shard_paths  # pylint: disable=g-import-not-at-top
-  manifest = read_manifest(_ensure_data(config, workdir))
-  modalities = list(manifest["modalities"])
-  # The memmap baseline holds exactly the arrays a decoded record carries.
-  blobs = [b for p in shard_paths(manifest, "train") for b in read_records(p)]
-  arrays = [records.decode(b)[0] for b in blobs]
-  record_bytes = sum(a.nbytes for a in arrays[0].values())
-  mm_path = os.path.join(workdir, "bench", "memmap.bin")
-  os.makedirs(os.path.dirname(mm_path), exist_ok=True)
-  with open(mm_path, "wb") as f:
-    for a in arrays:
-      f.write(b"".join(np.ascontiguousarray(v).tobytes() for v in a.values()))
-  e = manifest["segment_epochs"]
-  rows = []
-  for cold in (False, True):
-    base = _time_memmap(mm_path, record_bytes, len(arrays), config.data.global_batch,
-                        seconds=seconds, cold=cold, epochs_per_record=e)
-    rows.append({"reader": "memmap", "cache": "cold" if cold else "warm", **base})
-    for threads, workers in ((1, 0), (2, 0), (4, 0), (2, 2)):
-      r = _time_pipeline(manifest, modalities, config, seconds=seconds, threads=threads,
-                         workers=workers, cold=cold)
-      rows.append({"reader": "pipeline", "cache": "cold" if cold else "warm", "threads": threads,
-                   "workers": workers, **r, "vs_memmap": r["mb_per_s"] / base["mb_per_s"]})
-  os.remove(mm_path)
-  for r in rows:
-    print(f"bench data: {r['reader']:<8} {r['cache']:<4} threads={r.get('threads', '-')} "
-          f"workers={r.get('workers', '-')}: {r['epochs_per_s']:>8.0f} epochs/s "
-          f"{r['mb_per_s']:>7.0f} MB/s" + (f"  {r['vs_memmap']:.0%} of memmap"
-                                              if "vs_memmap" in r else ""))
-  return {"what": "data", "modalities": modalities, "segment_epochs": e,
-          "record_bytes": record_bytes, "records": len(arrays),
-          "global_batch": config.data.global_batch, "seconds_per_row": seconds, "rows": rows,
-          "targets": {"epochs_per_s": 5000, "vs_memmap_warm": 0.5}}
+def bench_data(config, workdir: str) -> dict:
+  """The training input pipeline at the shapes that matter vs a numpy memmap of the same bytes:
+  reader threads and worker processes from 1 to every core, warm cache."""
+  from sleepjax.data.manifest import read_manifest  # pylint: disable=g-import-not-at-top
+  settings = _bench_settings(config)
+  manifest = read_manifest(_ensure_data(config, workdir, settings))
+  memmaps = _memmap_files(manifest, os.path.join(manifest["dir"], "memmap"))
+  cores = _cores()
+  counts = sorted({1, cores} | {k for k in (2, 4, 8, 16, 32, 64) if k < cores})
+  max_workers = settings["max_workers"] or cores
+  load_before = os.getloadavg()
+  rows, best, scaling = [], {}, {}
+  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  for name, shape in DATA_SHAPES.items():
+    pipeline.release_buffers()  # the other shape's recycled batches
+    modalities = shape["pair"] or list(manifest["modalities"])
+    base = _time_memmap(memmaps, modalities, shape["batch"], shape["window"], settings["seconds"])
+    rows.append({"shape": name, "reader": "memmap", "threads": 1, "workers": 0, **base})
+    runs = [(k, 0) for k in counts] + [(1, k) for k in counts if 2 <= k <= max_workers]
+    for threads, workers in runs:
+      r = _time_pipeline(manifest, shape, seconds=settings["seconds"], threads=threads,
+                         workers=workers)
+      cores_used = max(threads, workers)
+      rows.append({"shape": name, "reader": "pipeline", "threads": threads, "workers": workers,
+                   **r, "per_core_epochs_per_s": r["epochs_per_s"] / min(cores_used, cores),
+                   "vs_memmap": r["mb_per_s"] / base["mb_per_s"]})
+      print(f"bench data: {name:<16} threads={threads:<2} workers={workers:<2} "
+            f"{r['epochs_per_s']:>9.0f} epochs/s {r['mb_per_s']:>7.0f} MB/s  "
+            f"{rows[-1]['vs_memmap']:.0%} of memmap ({base['mb_per_s']:.0f} MB/s)", flush=True)
+    mine = [r for r in rows if r["shape"] == name and r["reader"] == "pipeline"]
+    top = max(mine, key=lambda r: r["epochs_per_s"])
+    best[name] = {k: top[k] for k in ("epochs_per_s", "mb_per_s", "vs_memmap", "threads",
+                                      "workers")}
+    one = next(r for r in mine if r["threads"] == 1 and r["workers"] == 0)["epochs_per_s"]
+    scaling[name] = {}
+    for r in mine:  # efficiency: rate with k threads (or worker processes) / (k x rate with 1)
+      kind, k = ("workers", r["workers"]) if r["workers"] else ("threads", r["threads"])
+      if k > 1:
+        scaling[name][f"{kind}={k}"] = r["epochs_per_s"] / (k * one)
+  return {"what": "data", "cores": cores, "settings": settings,
+          "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+          "modalities": list(manifest["modalities"]), "segment_epochs": manifest["segment_epochs"],
+          "train_records": manifest["splits"]["train"]["records"], "shapes": DATA_SHAPES,
+          "rows": rows, "best": best, "scaling_efficiency": scaling, "targets": DATA_TARGETS}
 
 
 BENCHMARKS = {"prep": bench_prep, "read": bench_read, "data": bench_data}

@@ -4,6 +4,12 @@ Layout (little endian): b"SJR" + version byte, uint32 header length, a JSON head
 raw bytes at a 64-byte aligned offset. `decode` returns numpy views into the record bytes (zero copy).
 The header holds scalar metadata and, per array, (dtype, shape, offset); text that only some readers
 need (captions) rides as a uint8 JSON array (`text_array` / `texts`).
+
+Every array is epoch-major (`[E, ...]`), so epochs [a, b) of one array are one contiguous byte range
+of the record: `layout` gives where each array starts, and the input pipeline reads just the ranges
+a step needs straight from the shard (`sleepjax.data.shard_index`), never decoding the rest.
+Version 2: segments sized for training (>= the training window) with a byte-range index per shard;
+version-1 shards must be prepared again.
 """
 
 import json
@@ -11,7 +17,7 @@ import struct
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MAGIC = b"SJR"
 _ALIGN = 64
 
@@ -50,18 +56,28 @@ def texts(array: np.ndarray):
   return json.loads(array.tobytes())
 
 
-def decode(record: bytes) -> tuple[dict[str, np.ndarray], dict]:
-  """Inverse of `encode`; arrays are read-only views into `record`."""
+def check_version(version: int, where: str = "record"):
+  if version != SCHEMA_VERSION:
+    raise ValueError(f"{where} schema version {version}, this sleepjax reads {SCHEMA_VERSION}: "
+                     "prepare the data again (`sleepjax prep`)")
+
+
+def layout(record: bytes) -> tuple[dict[str, tuple[str, list[int], int]], dict]:
+  """{name: (dtype, shape, byte offset in the record)} and the metadata, from the header alone."""
   if record[:3] != _MAGIC:
     raise ValueError("not a sleepjax record (bad magic bytes)")
-  if record[3] != SCHEMA_VERSION:
-    raise ValueError(f"record schema version {record[3]}, this sleepjax reads {SCHEMA_VERSION}")
+  check_version(record[3])
   (n,) = struct.unpack_from("<I", record, 4)
   header = json.loads(record[8:8 + n])
   start = _aligned(8 + n)
+  return {name: (dtype, shape, start + off)
+          for name, (dtype, shape, off) in header["arrays"].items()}, header["meta"]
+
+
+def decode(record: bytes) -> tuple[dict[str, np.ndarray], dict]:
+  """Inverse of `encode`; arrays are read-only views into `record`."""
+  index, meta = layout(record)
   arrays = {}
-  for name, (dtype, shape, off) in header["arrays"].items():
-    dt = np.dtype(dtype)
-    count = int(np.prod(shape))
-    arrays[name] = np.frombuffer(record, dt, count, start + off).reshape(shape)
-  return arrays, header["meta"]
+  for name, (dtype, shape, off) in index.items():
+    arrays[name] = np.frombuffer(record, np.dtype(dtype), int(np.prod(shape)), off).reshape(shape)
+  return arrays, meta

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from sleepjax.data import pipeline
 from sleepjax.data.manifest import read_manifest
@@ -120,3 +121,76 @@ def test_captions_are_tokenised_in_step_with_the_window(prepared):
         assert tok.decode(b["captions"][i, w, j]) == text  # round trip, aligned with the crop
         checked += bool(text)
   assert checked > 20
+
+
+def test_batches_carry_only_requested_fields(prepared):
+  manifest = read_manifest(prepared / "data")
+  make = lambda **kw: next(iter(pipeline.make_dataset(manifest, "train", MODS, window=4,
+                                                      local_batch=2, seed=0, train=True, **kw)))
+  signals = {"signals/eeg", "signals/spo2", "masks/eeg", "masks/spo2"}
+  assert set(make(fields=())) == signals
+  assert set(make(fields=("stage", "age"))) == signals | {"stage", "age"}
+  assert set(make()) == signals | set(pipeline.DEFAULT_FIELDS)  # default: what eval reads
+  b = make(fields=("captions",), caption_len=50)
+  assert set(b) == signals | {"captions", "caption_mask"}
+  with pytest.raises(ValueError, match="unknown batch fields"):
+    make(fields=("stages",))
+  with pytest.raises(ValueError, match="caption_len is 0"):
+    make(fields=("captions",))
+
+
+def test_pair_first_batch_reads_only_its_pair(prepared):
+  manifest = read_manifest(prepared / "data")
+  ds = pipeline.make_dataset(manifest, "train", ["eeg", "ecg", "spo2"], window=4, local_batch=2,
+                             seed=0, train=True, sampling="pair_first",
+                             pair_weights={"eeg+spo2": 1.0}, fields=())
+  b = next(iter(ds))
+  assert set(b) == {"signals/eeg", "signals/spo2", "masks/eeg", "masks/spo2"}
+
+
+def test_window_across_segments_equals_one_long_segment(prepared, tmp_path, tiny_config):
+  """The same cohort prepared with 10- and 40-epoch segments: 20-epoch windows read across
+  segments equal those read inside one segment, field by field; so do reads of shards without
+  a byte-range index (whole records through ArrayRecord)."""
+  from data_prep import prep  # pylint: disable=g-import-not-at-top
+  config = tiny_config.prep.copy_and_resolve_references()
+  config.segment_epochs = 40
+  prep.prepare(prepared / "raw", tmp_path / "data40", config)
+  short, long = read_manifest(prepared / "data"), read_manifest(tmp_path / "data40")
+  assert short["splits"]["train"]["recordings"] == long["splits"]["train"]["recordings"]
+  mods = ["eeg", "ecg", "spo2"]
+
+  def windows(manifest):
+    out = {}
+    for b in pipeline.make_dataset(manifest, "train", mods, window=20, local_batch=4, seed=0,
+                                   train=False):
+      for i, (r, e) in enumerate(zip(b["recording"], b["epoch_index"][:, 0])):
+        out[(int(r), int(e))] = {k: v[i] for k, v in b.items()}
+    return out
+
+  a, b = windows(short), windows(long)  # every window of `a` spans two 10-epoch segments
+  assert set(b) <= set(a) and len(b) >= 4
+  for key, want in b.items():
+    assert set(a[key]) == set(want)
+    for k in want:
+      np.testing.assert_array_equal(a[key][k], want[k], err_msg=str((key, k)))
+
+  import copy  # pylint: disable=g-import-not-at-top
+  whole = copy.deepcopy(short)
+  for shard in whole["splits"]["train"]["shards"]:
+    shard["index"] = None  # as for compressed shards: read whole records through ArrayRecord
+  c = windows(whole)
+  for key, want in a.items():
+    for k in want:
+      np.testing.assert_array_equal(c[key][k], want[k])
+
+
+def test_old_schema_and_too_long_windows_are_refused(prepared):
+  import copy  # pylint: disable=g-import-not-at-top
+  manifest = read_manifest(prepared / "data")
+  old = copy.deepcopy(manifest)
+  old["schema_version"] = 1
+  with pytest.raises(ValueError, match="schema version 1, this sleepjax reads 2.*sleepjax prep"):
+    pipeline.make_dataset(old, "train", MODS, local_batch=2, seed=0, train=True)
+  with pytest.raises(ValueError, match="longer than the shortest train recording"):
+    pipeline.make_dataset(manifest, "train", MODS, window=10_000, local_batch=2, seed=0, train=True)

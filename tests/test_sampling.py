@@ -25,7 +25,9 @@ def _pairs_seen(manifest, weights=None, steps=150, batch=4, **kw):
   seen = []
   for _ in range(steps):
     b = next(it)
-    kept = tuple(m for m in MODS if b[f"masks/{m}"].any())
+    kept = tuple(m for m in MODS if f"signals/{m}" in b)  # a pair-first batch carries its pair
+    assert set(b) == {*(f"signals/{m}" for m in kept), *(f"masks/{m}" for m in kept),
+                      *pipeline.DEFAULT_FIELDS} and len(kept) == 2
     seen.append((kept, b["recording"]))
   return seen
 

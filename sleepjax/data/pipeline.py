@@ -1,16 +1,21 @@
 """Grain pipeline: ArrayRecord segments -> local batches of windows -> global jax.Arrays.
 
 record indices (per-process slice + a seeded order per epoch, or pair-first draws) -> batches of
-indices -> one read + decode + window crop + modality masking + caption tokenisation per batch
--> prefetch (threads, optionally worker processes).
+indices -> one batch assembly per batch (window crop across segments, only the step's modalities
+and fields) -> prefetch (threads, optionally worker processes) -> `prefetch.DevicePrefetch`.
 
-Work happens per batch, not per record: Python overhead is paid once per batch and every byte is
-copied once, from the zero-copy decoded record straight into its place in the batch.
+Work happens per batch, not per record, and only on the bytes the step uses: each window of each
+array the step asked for is `pread` from the shard straight into its place in the batch (byte
+ranges from the shard's index, `shard_index`), outside the GIL; a pair-first batch touches its two
+modalities only, and fields an objective does not request are never read. Shards without an index
+(compressed) are read whole through ArrayRecord and cropped, with the same result.
 """
 
 import dataclasses
 import functools
 import os
+import sys
+import threading
 
 import grain
 import jax
@@ -18,9 +23,15 @@ import numpy as np
 
 from sleepjax import records
 from sleepjax.data import sampling as sampling_lib
+from sleepjax.data import shard_index
 from sleepjax.data.manifest import shard_paths, verify_shards
 
 SAMPLINGS = ("all", "all_present", "pair_first", "dropout")
+# Fields a step may request beyond signals/masks (`make_dataset(fields=...)`, `Family.fields`).
+FIELDS = ("stage", "events", "features", "epoch_index", "age", "sex", "site", "recording",
+          "captions", "caption_mask")
+DEFAULT_FIELDS = ("stage", "events", "features", "epoch_index", "age", "sex", "site", "recording")
+_PER_EPOCH = ("stage", "events", "features")  # read from the records, like signals
 
 
 @functools.lru_cache(maxsize=2)
@@ -49,66 +60,192 @@ def _load_tokenizer(path: str):
   return CaptionTokenizer(path)
 
 
+_POOL, _POOL_LOCK, _POOL_MAX = {}, threading.Lock(), 64
+
+
+def _recycled(shape: tuple, dtype) -> np.ndarray:
+  """An uninitialised batch array: one that every consumer has dropped (only the pool still
+  refers to it), else a new one. Filling fresh memory costs about as much again as the copy
+  itself (page faults), so big batch buffers are reused rather than reallocated."""
+  key = (shape, np.dtype(dtype).str)
+  with _POOL_LOCK:
+    arrays = _POOL.setdefault(key, [])
+    for a in arrays:
+      if sys.getrefcount(a) == 3:  # the pool's list, `a`, getrefcount's own argument
+        return a
+    a = np.empty(shape, dtype)
+    if len(arrays) < _POOL_MAX:
+      arrays.append(a)
+    return a
+
+
+def release_buffers():
+  """Forgets the recycled batch buffers (e.g. between differently shaped datasets)."""
+  with _POOL_LOCK:
+    _POOL.clear()
+
+
+class _Decoded:
+  """Reader for shards without a byte-range index (compressed): whole records through ArrayRecord,
+  decoded once per batch, then cropped like the byte-range reads."""
+
+  def __init__(self, source):
+    self.source, self.decoded = source, {}
+
+  def __len__(self):
+    return len(self.source)
+
+  def batch(self, js) -> "_Decoded":
+    out = _Decoded(self.source)
+    out.decoded = {j: records.decode(self.source[j]) for j in set(js)}
+    return out
+
+  def array(self, j: int, name: str):
+    if (a := self.decoded[j][0].get(name)) is None:
+      raise ValueError(f"records lack {name!r} (prepared for other modalities?)")
+    return a.dtype, a.shape
+
+  def read(self, name: str, j_P, e0_P, e1_P, outs: list):
+    for j, e0, e1, out in zip(j_P.tolist(), e0_P.tolist(), e1_P.tolist(), outs):
+      out[...] = self.decoded[j][0][name][e0:e1]
+
+  def meta(self, j: int) -> dict:
+    return self.decoded[j][1]
+
+  def captions(self, j: int) -> dict:
+    return records.texts(self.decoded[j][0]["captions"])
+
+
 @dataclasses.dataclass(frozen=True)
 class ReadBatch(grain.transforms.RandomMap):
   """Record indices [B] (and, pair-first, pair ids [B]) -> one batch of flat numpy arrays.
 
-  Keys: signals/<m> [B, W, C, S], masks/<m> [B, W, C], stage [B, W], events [B, W, 30],
-  features [B, W, F], epoch_index [B, W], age/sex/site/recording [B]; with captions,
-  captions [B, W, G, L] token ids and caption_mask. W = `window` (random crop) or the segment.
+  Keys: signals/<m> [B, W, C, S] and masks/<m> [B, W, C] for the batch's modalities (a pair-first
+  batch: its pair only), then only the requested `fields`: stage [B, W], events [B, W, 30],
+  features [B, W, F], epoch_index [B, W], age/sex/site/recording [B], captions/caption_mask
+  [B, W, G, L]. W = `window` epochs or the segment. A window starts in its anchor record (the
+  index) and may run on into the recording's next segments, up to the whole night.
   """
-  source: grain.sources.ArrayRecordDataSource
+  source: object  # shard_index.Shards or _Decoded
   modalities: tuple[str, ...]
-  site_index: dict[str, int]
-  recording_index: dict[str, int]
+  fields: frozenset
+  record_head: np.ndarray  # [R] first record of the record's recording
+  record_epoch: np.ndarray  # [R] first epoch of the record in its recording
+  record_span: np.ndarray  # [R] epochs of the record's recording held in segments
+  record_site: np.ndarray  # [R]
+  record_recording: np.ndarray  # [R]
+  segment_epochs: int
   window: int | None = None
+  train: bool = True
   pairs: tuple = ()  # pair-first: (a, b) modality indices per pair id
   dropout: float = 0.0
   min_modalities: int = 1
   caption_groups: tuple[str, ...] = ()
   tokenizer_path: str = ""
   caption_len: int = 0
+  shared_memory: bool = False  # in worker processes: batches built in place in shared memory
+
+  def starts(self, index_B: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """First epoch (in its recording) of each window anchored at records `index_B`."""
+    E, W = self.segment_epochs, self.window
+    first_B, span_B = self.record_epoch[index_B], self.record_span[index_B]
+    if not W:
+      return first_B
+    if not self.train:
+      return np.minimum(first_B, span_B - W)
+    if W <= E:
+      return first_B + rng.integers(0, E - W + 1, len(index_B))
+    return np.minimum(first_B + rng.integers(0, E, len(index_B)), span_B - W)
 
   def random_map(self, batch, rng: np.random.Generator) -> dict:
     index_B, pair_B = batch if isinstance(batch, tuple) else (batch, None)
-    decoded = [records.decode(self.source[int(i)]) for i in index_B]
-    B, E = len(decoded), len(decoded[0][0]["stage"])
+    index_B = np.asarray(index_B, np.int64)
+    B, E = len(index_B), self.segment_epochs
     W = self.window or E
-    start_B = rng.integers(0, E - W + 1, B) if self.window else np.zeros(B, int)
+    start_B = self.starts(index_B, rng)
+    pieces = []  # per window: (record, first epoch, end epoch, offset in the window)
+    for head, s in zip(self.record_head[index_B].tolist(), start_B.tolist()):
+      pieces.append([(head + k, max(s, k * E) - k * E, min(s + W, k * E + E) - k * E,
+                      max(s, k * E) - s) for k in range(s // E, (s + W - 1) // E + 1)])
+    reader = self.source.batch([p[0] for row in pieces for p in row])
+    modalities = self.modalities
+    if pair_B is not None:  # pair-first: the batch trains one pair and carries only that pair
+      modalities = tuple(self.modalities[i] for i in self.pairs[int(pair_B[0])])
+    names = [(f"signals/{m}", f"sig/{m}") for m in modalities]
+    names += [(f"masks/{m}", f"mask/{m}") for m in modalities]
+    names += [(f, f) for f in _PER_EPOCH if f in self.fields]
+    flat = [(b, *p) for b, row in enumerate(pieces) for p in row]
+    b_P, j_P, e0_P, e1_P, at_P = (np.asarray(c, np.int64) for c in zip(*flat))
     out = {}
-    per_epoch = [(f"signals/{m}", f"sig/{m}") for m in self.modalities]
-    per_epoch += [(f"masks/{m}", f"mask/{m}") for m in self.modalities]
-    per_epoch += [("stage", "stage"), ("events", "events"), ("features", "features")]
-    for key, name in per_epoch:
-      first = decoded[0][0].get(name)
-      if first is None:
-        raise ValueError(f"records lack {name!r} (prepared for other modalities?)")
-      x = out[key] = np.empty((B, W, *first.shape[1:]), first.dtype)
-      for b, (arrays, _) in enumerate(decoded):
-        x[b] = arrays[name][start_B[b]:start_B[b] + W]
-    metas = [meta for _, meta in decoded]
-    out["epoch_index"] = (np.array([m["first_epoch"] for m in metas], np.int32)[:, None]
-                          + start_B[:, None] + np.arange(W, dtype=np.int32))
-    out["age"] = np.array([np.nan if m["age"] is None else m["age"] for m in metas], np.float32)
-    out["sex"] = np.array([-1 if m["sex"] is None else m["sex"] for m in metas], np.int32)
-    out["site"] = np.array([self.site_index[m["site"]] for m in metas], np.int32)
-    out["recording"] = np.array([self.recording_index[m["recording_id"]] for m in metas], np.int32)
-    if pair_B is not None:  # pair-first: the batch trains one pair; mask every other modality
-      keep = {self.modalities[i] for i in self.pairs[int(pair_B[0])]}
-      for m in self.modalities:
-        if m not in keep:
-          out[f"masks/{m}"][:] = False
-    elif self.dropout:
+    alloc = grain.multiprocessing.SharedMemoryArray if self.shared_memory else _recycled
+    for key, name in names:
+      dtype, shape = reader.array(pieces[0][0][0], name)
+      x = out[key] = alloc((B, W, *shape[1:]), dtype)
+      reader.read(name, j_P, e0_P, e1_P,
+                  [x[b, at:at + e1 - e0] for b, _, e0, e1, at in flat])
+    if "epoch_index" in self.fields:
+      out["epoch_index"] = start_B.astype(np.int32)[:, None] + np.arange(W, dtype=np.int32)
+    if "age" in self.fields:
+      out["age"] = np.array([np.nan if (a := reader.meta(j)["age"]) is None else a
+                             for j in index_B.tolist()], np.float32)
+    if "sex" in self.fields:
+      out["sex"] = np.array([-1 if (x := reader.meta(j)["sex"]) is None else x
+                             for j in index_B.tolist()], np.int32)
+    if "site" in self.fields:
+      out["site"] = self.record_site[index_B]
+    if "recording" in self.fields:
+      out["recording"] = self.record_recording[index_B]
+    if pair_B is None and self.dropout:
       sampling_lib.drop_modalities(out, self.modalities, self.dropout, self.min_modalities, rng)
-    if self.caption_len:
-      texts = [[records.texts(arrays["captions"])[g][s:s + W] for g in self.caption_groups]
-               for (arrays, _), s in zip(decoded, start_B)]
-      # [B][G][W] -> flat in (B, W, G) order
-      flat = [text for per_record in texts for per_epoch in zip(*per_record) for text in per_epoch]
-      ids, mask = _load_tokenizer(self.tokenizer_path).encode(flat, self.caption_len)
-      shape = (B, W, len(self.caption_groups), self.caption_len)
-      out["captions"], out["caption_mask"] = ids.reshape(shape), mask.reshape(shape)
+    if "captions" in self.fields:
+      out["captions"], out["caption_mask"] = self._captions(reader, pieces, W)
     return out
+
+  def _captions(self, reader, pieces, W: int):
+    texts = []  # [B][W][G]
+    for row in pieces:
+      per_group = {g: [] for g in self.caption_groups}
+      for j, e0, e1, _ in row:
+        caps = reader.captions(j)
+        for g in self.caption_groups:
+          per_group[g] += caps[g][e0:e1]
+      texts += [per_group[g][w] for w in range(W) for g in self.caption_groups]
+    ids, mask = _load_tokenizer(self.tokenizer_path).encode(texts, self.caption_len)
+    shape = (len(pieces), W, len(self.caption_groups), self.caption_len)
+    return ids.reshape(shape), mask.reshape(shape)
+
+
+def _record_table(manifest: dict, split: str) -> dict:
+  """Per record of the split (shard order): its recording's first record, its first epoch, the
+  recording's epochs in segments, site and recording ids."""
+  E = manifest["segment_epochs"]
+  sites = {s: i for i, s in enumerate(manifest["sites"])}
+  recording_ids = {r: i for i, r in enumerate(sorted(manifest["recordings"]))}
+  head, epoch, span, site, recording = [], [], [], [], []
+  for rid in manifest["splits"][split]["recordings"]:
+    rec, n = manifest["recordings"][rid], manifest["recordings"][rid]["segments"]
+    head += [len(head)] * n
+    epoch += list(range(0, n * E, E))
+    span += [n * E] * n
+    site += [sites[rec["site"]]] * n
+    recording += [recording_ids[rid]] * n
+  as_array = lambda x: np.asarray(x, np.int64)
+  return dict(record_head=as_array(head), record_epoch=as_array(epoch), record_span=as_array(span),
+              record_site=np.asarray(site, np.int32),
+              record_recording=np.asarray(recording, np.int32))
+
+
+def _fields(fields, caption_len: int) -> frozenset:
+  if fields is None:  # everything but captions, which need a caption length
+    return frozenset(DEFAULT_FIELDS + (("captions",) if caption_len else ()))
+  fields = frozenset(fields)
+  if unknown := fields - set(FIELDS):
+    raise ValueError(f"unknown batch fields {sorted(unknown)}; choose from {FIELDS}")
+  if fields & {"captions", "caption_mask"}:
+    if not caption_len:
+      raise ValueError("captions requested but data.caption_len is 0")
+    fields |= {"captions"}
+  return fields
 
 
 def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_batch: int, seed: int,
@@ -117,7 +254,8 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  min_modalities: int = 1, process_index: int = 0, process_count: int = 1,
                  caption_len: int = 0, read_threads: int = 2, prefetch: int = 4,
                  workers: int = 0, verify: str = "stamp",
-                 subject_fraction: float = 1.0) -> grain.IterDataset:
+                 subject_fraction: float = 1.0,
+                 fields: tuple[str, ...] | None = None) -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
   train: this process's slice in a new seeded order every epoch (or pair-first draws), repeated
@@ -125,22 +263,41 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   ordered pass over whole segments keeping the last partial batch. `sampling`: see
   `sleepjax.data.sampling`; `verify`: see `manifest.verify_shards`; `caption_len` > 0 adds the
   epochs' captions of every group, tokenised with the manifest's tokenizer (`sleepjax tokenizer`);
-  `workers` > 0 moves reading and decoding into worker processes (see BENCHMARKS.md);
+  `workers` > 0 moves batch assembly into worker processes (see BENCHMARKS.md);
   `subject_fraction` < 1 keeps a fixed subset of the split's subjects (`sampling.subject_subset`).
+  `fields`: what the step reads beyond signals/masks (`FIELDS`; None = `DEFAULT_FIELDS`, plus
+  captions when `caption_len` > 0). `window` may exceed the segment length (up to the shortest recording);
+  without `train`, a window starts at each record's first epoch (or earlier, to fit the night).
   """
   if sampling not in SAMPLINGS:
     raise ValueError(f"unknown data.modality_sampling {sampling!r}; choose from {SAMPLINGS}")
+  records.check_version(manifest.get("schema_version"), f"{manifest['dir']}: the data's record")
+  fields = _fields(fields, caption_len)
   verify_shards(manifest, split, verify, process_index, process_count)
-  source = grain.sources.ArrayRecordDataSource(shard_paths(manifest, split))
+  paths = shard_paths(manifest, split)
+  source = shard_index.load(paths, manifest["splits"][split]["shards"])
+  if source is None:
+    source = _Decoded(grain.sources.ArrayRecordDataSource(paths))
   presence_RxM = sampling_lib.record_presence(manifest, split, modalities)
   if len(presence_RxM) != len(source):
     raise ValueError(f"{manifest['dir']}: manifest lists {len(presence_RxM)} {split} records, "
                      f"shards hold {len(source)}")
-  read = dict(source=source, modalities=tuple(modalities),
-              site_index={s: i for i, s in enumerate(manifest["sites"])},
-              recording_index={r: i for i, r in enumerate(sorted(manifest["recordings"]))},
-              window=window if train else None)
-  if caption_len:
+  table = _record_table(manifest, split)
+  if isinstance(source, shard_index.Shards):
+    E = manifest["segment_epochs"]
+    expected = [(rid, e) for rid in manifest["splits"][split]["recordings"]
+                for e in range(0, manifest["recordings"][rid]["segments"] * E, E)]
+    found = [(m["recording_id"], m["first_epoch"]) for m in map(source.meta, range(len(source)))]
+    if found != expected:
+      raise ValueError(f"{manifest['dir']}: the {split} shards' records are not the manifest's "
+                       "(recordings, segments); re-run `sleepjax prep`")
+  if window and window > (shortest := int(table["record_span"].min(initial=window))):
+    raise ValueError(f"window of {window} epochs is longer than the shortest {split} recording "
+                     f"({shortest} epochs in segments)")
+  read = dict(source=source, modalities=tuple(modalities), fields=fields, **table,
+              segment_epochs=manifest["segment_epochs"], window=window, train=train,
+              shared_memory=workers > 0)
+  if "captions" in fields:
     if "tokenizer" not in manifest:
       raise ValueError(f"{manifest['dir']}: captions requested but the manifest names no "
                        "tokenizer; run `sleepjax tokenizer` first")
