@@ -247,10 +247,14 @@ def _read_night(path: pathlib.Path, annotation_path, modalities, prep, channel_m
   qc_config = qc.QCConfig(min_duration_s=prep.min_duration_s)
   lengths = None
   stages = None
+  issues = []
   if annotation_path is not None:
-    issues = []
     stages, _ = annotations_lib.read_annotations(annotation_path, n_epochs,
                                                  recording_start=rec.start, issues=issues)
+  elif annotations_lib.has_stages(rec.annotations):  # as prep: the EDF+'s own hypnogram
+    stages, _ = annotations_lib.from_edf_annotations(path, rec.annotations, n_epochs,
+                                                     issues=issues)
+  if stages is not None:
     scored = np.flatnonzero(stages >= 0)
     lengths = qc.check_lengths(n_epochs, int(scored[-1]) + 1 if len(scored) else n_epochs,
                                qc_config)
