@@ -105,9 +105,11 @@ class _Decoded:
       raise ValueError(f"records lack {name!r} (prepared for other modalities?)")
     return a.dtype, a.shape
 
-  def read(self, name: str, j_P, e0_P, e1_P, outs: list):
-    for j, e0, e1, out in zip(j_P.tolist(), e0_P.tolist(), e1_P.tolist(), outs):
-      out[...] = self.decoded[j][0][name][e0:e1]
+  def read(self, name: str, j_P, e0_P, e1_P, out: np.ndarray, dst_P):
+    flat = out.reshape(-1).view(np.uint8)
+    for j, e0, e1, dst in zip(j_P.tolist(), e0_P.tolist(), e1_P.tolist(), dst_P.tolist()):
+      x = self.decoded[j][0][name][e0:e1].reshape(-1).view(np.uint8)
+      flat[dst:dst + len(x)] = x
 
   def meta(self, j: int) -> dict:
     return self.decoded[j][1]
@@ -181,8 +183,7 @@ class ReadBatch(grain.transforms.RandomMap):
     for key, name in names:
       dtype, shape = reader.array(pieces[0][0][0], name)
       x = out[key] = alloc((B, W, *shape[1:]), dtype)
-      reader.read(name, j_P, e0_P, e1_P,
-                  [x[b, at:at + e1 - e0] for b, _, e0, e1, at in flat])
+      reader.read(name, j_P, e0_P, e1_P, x, (b_P * W + at_P) * (x.nbytes // (B * W)))
     if "epoch_index" in self.fields:
       out["epoch_index"] = start_B.astype(np.int32)[:, None] + np.arange(W, dtype=np.int32)
     if "age" in self.fields:

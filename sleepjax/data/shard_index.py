@@ -42,6 +42,17 @@ def read_into(fd: int, d: int, out: memoryview):
     done += k
 
 
+_SCRATCH = memoryview(bytearray(HEADER))  # block headers inside a range are read into this
+_IOV_MAX = 1000  # iovecs per preadv (Linux allows 1024)
+
+
+def _preadv(fd: int, iov: list, pos: int, want: int) -> int:
+  """preadv that must read `want` bytes at file position `pos`; returns the position after."""
+  if (got := os.preadv(fd, iov, pos)) != want:
+    raise ValueError(f"short read of a shard ({got} of {want} bytes at {pos}): truncated?")
+  return pos + want
+
+
 def _read(fd: int, d: int, n: int) -> bytes:
   buf = bytearray(n)
   read_into(fd, d, memoryview(buf))
@@ -141,28 +152,37 @@ class Shards:
       cached = self._placements[name] = np.asarray(offsets, np.int64), sizes.pop() if sizes else 0
     return cached
 
-  def read(self, name: str, j_P: np.ndarray, e0_P: np.ndarray, e1_P: np.ndarray, outs: list):
-    """For each piece p: epochs [e0_P[p], e1_P[p]) of array `name` of record j_P[p] into outs[p]
-    (C-contiguous arrays of exactly those bytes). One `pread` per piece that lies in one block."""
+  def read(self, name: str, j_P: np.ndarray, e0_P: np.ndarray, e1_P: np.ndarray,
+           out: np.ndarray, dst_P: np.ndarray):
+    """For each piece p: epochs [e0_P[p], e1_P[p]) of array `name` of record j_P[p] into the bytes
+    of `out` (C-contiguous) from byte dst_P[p] on. One `preadv` per piece: the block headers
+    inside a range land in a scratch buffer."""
     offset_L, per_epoch = self._placement(name)
     off_P = offset_L[self._rows[j_P, 1]]
     if (off_P < 0).any():
       raise ValueError(f"records lack {name!r} (prepared for other modalities?)")
     d_P = self._rows[j_P, 0] + off_P + e0_P * per_epoch
     n_P = (e1_P - e0_P) * per_epoch
-    single_P = n_P <= PAYLOAD - d_P % PAYLOAD  # no block header inside
+    first_P = np.minimum(n_P, PAYLOAD - d_P % PAYLOAD)  # bytes before the first block header
     pos_P = (d_P // PAYLOAD) * BLOCK + HEADER + d_P % PAYLOAD
     self._fd(0)
     fd_P = np.asarray(self._fds)[self._shard[j_P]]
-    for fd, pos, d, n, single, out in zip(fd_P.tolist(), pos_P.tolist(), d_P.tolist(),
-                                          n_P.tolist(), single_P.tolist(), outs):
-      view = memoryview(out).cast("B")
-      if view.nbytes != n:
-        raise ValueError(f"{name}: {view.nbytes} bytes asked for, the records hold {n}")
-      if not single:
-        read_into(fd, d, view)
-      elif os.preadv(fd, [view], pos) != n:
-        raise ValueError(f"short read of a shard at data position {d}: truncated?")
+    buf = memoryview(out).cast("B")
+    if (dst_P + n_P).max(initial=0) > buf.nbytes:
+      raise ValueError(f"{name}: reads past the end of the batch array")
+    for fd, pos, n, first, dst in zip(fd_P.tolist(), pos_P.tolist(), n_P.tolist(),
+                                      first_P.tolist(), dst_P.tolist()):
+      iov, want = [buf[dst:dst + first]], first
+      done = first
+      while done < n:  # the rest of the range continues after each block header
+        k = min(PAYLOAD, n - done)
+        iov += [_SCRATCH, buf[dst + done:dst + done + k]]
+        want += HEADER + k
+        done += k
+        if len(iov) >= _IOV_MAX - 1 and done < n:  # one syscall's iovec limit: read, go on
+          pos, want, iov = _preadv(fd, iov, pos, want), 0, []
+      if iov:
+        _preadv(fd, iov, pos, want)
 
   def captions(self, j: int) -> dict:
     d, _, c0, cn = self._rows[j]
