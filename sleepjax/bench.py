@@ -89,9 +89,13 @@ def bench_read(config, workdir: str, passes: int = 3) -> dict:
 
 # The shapes that matter: sleep2vec pretraining (pair-first, one hour windows) and a nine-modality
 # all-present step. Both read signals + masks only (what a sleep2vec step reads).
+# step_ms: the measured step time of that shape on one H200 (DESIGN.md anchors, issue 11), used to
+# simulate the step in the device-feed row.
 DATA_SHAPES = {
-    "sleep2vec_pair": dict(batch=128, window=120, sampling="pair_first", pair=("eeg", "ecg")),
-    "nine_modalities": dict(batch=256, window=10, sampling="all_present", pair=None),
+    "sleep2vec_pair": dict(batch=128, window=120, sampling="pair_first", pair=("eeg", "ecg"),
+                           step_ms=59.5),
+    "nine_modalities": dict(batch=256, window=10, sampling="all_present", pair=None,
+                            step_ms=51.2),
 }
 DATA_TARGETS = {"sleep2vec_pair": 80_000, "nine_modalities": 25_000, "vs_memmap": 0.5,
                 "scaling_efficiency_at_2": 0.7}
@@ -176,15 +180,39 @@ def _time_memmap(arrays: dict, modalities, batch: int, window: int, seconds: flo
   return {"epochs_per_s": n * batch * window / dt, "mb_per_s": n * nbytes / dt / 1e6}
 
 
-def _time_pipeline(manifest, shape: dict, *, seconds: float, threads: int, workers: int) -> dict:
+def _dataset(manifest, shape: dict, threads: int, workers: int):
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
   pair = shape["pair"]
-  ds = pipeline.make_dataset(
+  return pipeline.make_dataset(
       manifest, "train", list(manifest["modalities"]), window=shape["window"],
       local_batch=shape["batch"], seed=0, train=True, sampling=shape["sampling"],
       pair_weights={"+".join(pair): 1.0} if pair else None, fields=(), read_threads=threads,
       prefetch=max(2, threads), workers=workers, verify="size")
-  it = iter(ds)
+
+
+def _time_feed(manifest, shape: dict, *, seconds: float, threads: int, workers: int) -> dict:
+  """Pipeline -> `DevicePrefetch` (jax.device_put to the first device) -> a simulated step of
+  `step_ms` (the device computes, the host waits): epochs/s and the fraction of time blocked on
+  input, as the trainer reports it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sleepjax.data.prefetch import DevicePrefetch  # pylint: disable=g-import-not-at-top
+  it = DevicePrefetch(iter(_dataset(manifest, shape, threads, workers)), jax.device_put)
+  jax.block_until_ready(next(it))
+  it.take_wait()
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    jax.block_until_ready(next(it))
+    time.sleep(shape["step_ms"] / 1e3)
+    n += 1
+  dt = time.perf_counter() - t0
+  wait = it.take_wait()
+  it.close()
+  return {"epochs_per_s": n * shape["batch"] * shape["window"] / dt, "data_wait_frac": wait / dt,
+          "step_ms": shape["step_ms"], "device": str(jax.devices()[0].device_kind)}
+
+
+def _time_pipeline(manifest, shape: dict, *, seconds: float, threads: int, workers: int) -> dict:
+  it = iter(_dataset(manifest, shape, threads, workers))
   batch = next(it)  # start-up (worker spawn, first reads) is not throughput
   nbytes = sum(v.nbytes for v in batch.values())
   epochs = shape["batch"] * shape["window"]
@@ -231,6 +259,13 @@ def bench_data(config, workdir: str) -> dict:
     top = max(mine, key=lambda r: r["epochs_per_s"])
     best[name] = {k: top[k] for k in ("epochs_per_s", "mb_per_s", "vs_memmap", "threads",
                                       "workers")}
+    feed = _time_feed(manifest, shape, seconds=settings["seconds"], threads=top["threads"],
+                      workers=top["workers"])
+    rows.append({"shape": name, "reader": "device_feed", "threads": top["threads"],
+                 "workers": top["workers"], **feed})
+    print(f"bench data: {name:<16} + device prefetch to {feed['device']}, simulated "
+          f"{feed['step_ms']} ms step: {feed['epochs_per_s']:.0f} epochs/s, data wait "
+          f"{feed['data_wait_frac']:.1%}", flush=True)
     one = next(r for r in mine if r["threads"] == 1 and r["workers"] == 0)["epochs_per_s"]
     scaling[name] = {}
     for r in mine:  # efficiency: rate with k threads (or worker processes) / (k x rate with 1)
