@@ -2,6 +2,7 @@
 command line from another directory, finds its packaged configs and trains one step."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -20,8 +21,12 @@ def _run(cmd, **kwargs):
 def test_wheel_in_a_fresh_venv_trains_one_step(prepared, tmp_path):
   dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
   pip_env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-  _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(REPO), "-w", str(dist)],
-       env=pip_env)
+  # Built from a copy: an in-tree build would leave build/ behind in the checkout.
+  source = tmp_path / "source"
+  shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+      ".git", ".venv", "build", "runs", "*.egg-info", "__pycache__", ".pytest_cache"))
+  _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(source), "-w",
+        str(dist)], env=pip_env)
   wheel = next(dist.glob("sleepjax-*.whl"))
   _run([sys.executable, "-m", "venv", str(venv)])
   _run([str(venv / "bin" / "pip"), "install", "--quiet", "-c", str(REPO / "requirements.lock"),

@@ -76,7 +76,7 @@ def test_corrupt_or_truncated_shard_is_named(prepared, tmp_path):
     verify_shards(manifest, "train", "size")
 
 
-def test_training_epochs_are_per_process_permutations(prepared):
+def test_training_passes_are_per_process_permutations(prepared):
   manifest = read_manifest(prepared / "data")
   n = manifest["splits"]["train"]["records"]
   key = lambda b: b["signals/eeg"][0, 0, 0, :16].tobytes()
@@ -87,10 +87,10 @@ def test_training_epochs_are_per_process_permutations(prepared):
     assert len(mine) in (n // 2, n - n // 2)
     it = iter(pipeline.make_dataset(manifest, "train", MODS, local_batch=1, seed=0, train=True,
                                     process_index=index, process_count=2))
-    epoch1 = [key(next(it)) for _ in mine]
-    epoch2 = [key(next(it)) for _ in mine]
-    assert sorted(epoch1) == sorted(mine) == sorted(epoch2)  # each epoch: all of it, once
-    assert epoch1 != mine and epoch1 != epoch2  # shuffled, differently every epoch
+    pass1 = [key(next(it)) for _ in mine]
+    pass2 = [key(next(it)) for _ in mine]
+    assert sorted(pass1) == sorted(mine) == sorted(pass2)  # each pass: all of it, once
+    assert pass1 != mine and pass1 != pass2  # shuffled, differently every pass
 
 
 def test_captions_are_tokenised_in_step_with_the_window(prepared):

@@ -1,6 +1,6 @@
 """Grain pipeline: ArrayRecord segments -> local batches of windows -> global jax.Arrays.
 
-record indices (per-process slice + a seeded order per epoch, or pair-first draws) -> batches of
+record indices (per-process slice + a seeded order per pass, or pair-first draws) -> batches of
 indices -> one batch assembly per batch (window crop across segments, only the step's modalities
 and fields) -> prefetch (threads, optionally worker processes) -> `prefetch.DevicePrefetch`.
 
@@ -35,23 +35,24 @@ _PER_EPOCH = ("stage", "events", "features")  # read from the records, like sign
 
 
 @functools.lru_cache(maxsize=2)
-def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
+def _permutation(seed: int, pass_: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, pass_]).permutation(n)
 
 
 @dataclasses.dataclass(frozen=True)
-class EpochShuffle(grain.transforms.MapWithIndex):
-  """Global example index -> record index: a fresh seeded permutation of `index` every epoch.
+class PassShuffle(grain.transforms.MapWithIndex):
+  """Global example index -> record index: a fresh seeded permutation of `index` every pass over
+  the data ("epoch" is reserved for 30-s epochs).
 
   Grain's index_shuffle costs ~0.4 ms per element on small datasets (a few hundred records per
-  process); one cached numpy permutation per epoch costs nothing per element at any size.
+  process); one cached numpy permutation per pass costs nothing per element at any size.
   """
   index: np.ndarray
   seed: int
 
   def map_with_index(self, i: int, _) -> int:
-    epoch, j = divmod(i, len(self.index))
-    return int(self.index[_permutation(self.seed, epoch, len(self.index))[j]])
+    pass_, j = divmod(i, len(self.index))
+    return int(self.index[_permutation(self.seed, pass_, len(self.index))[j]])
 
 
 @functools.lru_cache(maxsize=4)
@@ -259,7 +260,7 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  fields: tuple[str, ...] | None = None) -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
-  train: this process's slice in a new seeded order every epoch (or pair-first draws), repeated
+  train: this process's slice in a new seeded order every pass (or pair-first draws), repeated
   forever, random windows of `window` epochs, the last partial batch dropped. Otherwise one
   ordered pass over whole segments keeping the last partial batch. `sampling`: see
   `sleepjax.data.sampling`; `verify`: see `manifest.verify_shards`; `caption_len` > 0 adds the
@@ -323,7 +324,7 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
     if train:
       # Disjoint slices per process, each in its own seeded order, a new order every epoch.
       ds = grain.MapDataset.range(len(index)).repeat().map_with_index(
-          EpochShuffle(index, seed + 7919 * process_index))
+          PassShuffle(index, seed + 7919 * process_index))
     else:
       ds = grain.MapDataset.source(index)
     if train and sampling == "dropout":
