@@ -48,18 +48,33 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.text.vocab_size = 512  # caption tokenizer (SentencePiece); digits are split one by one
 
   c.model = ml_collections.ConfigDict()
+  c.model.family = "sleep2vec"  # a key of sleepjax.families.FAMILIES
+  c.model.tokenizer = "epoch"  # epoch (sleep2vec: residual MLP on the flattened epoch) | patch
+  c.model.tokenizer_width = 0  # 0 = width; else tokenizers at this width + one projection to width
   c.model.width = 64
   c.model.depth = 2
   c.model.heads = 4
   c.model.mlp = 256
-  c.model.stem_features = 32
-  c.model.patch_seconds = 1
+  c.model.norm = "pre"  # pre | post (LayerNorm placement in the transformer blocks)
+  c.model.stem_features = 32  # patch tokenizer only
+  c.model.patch_seconds = 1  # patch tokenizer only
+  c.model.proj_hidden = 0  # projection head hidden width; 0 = width
   c.model.proj_dim = 64
+  c.model.head_norm = "batch"  # batch (over the global batch's valid tokens) | layer
+  c.model.mask_fraction = 0.15  # present tokens replaced by the modality's mask token in training
   c.model.dtype = "float32"  # bfloat16 on accelerators
 
   c.objective = ml_collections.ConfigDict()
+  c.objective.loss = "dash"  # dash (DAS-H InfoNCE) | info_nce (w = 1, h = 0)
+  c.objective.pair_strategy = "all_pairs"  # pair_first | all_pairs | leave_one_out
+  c.objective.negatives = "per_step"  # per_step (B x B per epoch position) | all_tokens
   c.objective.temperature = 0.2
-  c.objective.pair_strategy = "all_pairs"
+  c.objective.hard_scale = 0.1  # same-night negatives: logit - hard_scale / T
+  c.objective.sigma_age = 20.0
+  c.objective.alpha_sex = 0.8
+  c.objective.gamma_same = 1.3
+  c.objective.gamma_diff = 0.8
+  c.objective.eps = 1e-6
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-3
@@ -76,6 +91,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.log_every = 25
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3
+  c.train.ema_momentum = 0.996  # EMA of the weights: this -> 1 (cosine over train.steps)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.train_split = "train"

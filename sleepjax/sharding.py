@@ -26,6 +26,7 @@ RULES = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("qkv", None),
+    ("kv", None),
     ("patch", None),
     ("features", None),
     ("channels", None),

@@ -1,47 +1,81 @@
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sleepjax.objectives.infonce import info_nce, pairwise_info_nce
+from sleepjax.objectives.dash import dash_info_nce, plain_weights
+from sleepjax.objectives.infonce import contrastive_loss
+
+
+def _objective(**kw):
+  base = dict(loss="info_nce", pair_strategy="all_pairs", negatives="per_step", temperature=0.2,
+              hard_scale=0.1, sigma_age=20.0, alpha_sex=0.8, gamma_same=1.3, gamma_diff=0.8,
+              eps=1e-6)
+  return types.SimpleNamespace(**{**base, **kw})
 
 
 def _unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _reference(za, zb, t):
-  logits = za @ zb.T / t
-  la = -np.diag(logits - np.log(np.exp(logits).sum(1, keepdims=True)))
-  lb = -np.diag(logits - np.log(np.exp(logits).sum(0, keepdims=True)))
-  return 0.5 * (la + lb).mean()
+def _meta(B):
+  return {"age": np.full(B, 40.0), "sex": np.zeros(B, int), "site": np.zeros(B, int),
+          "recording": np.arange(B)}
 
 
-def test_matches_numpy_reference_and_ignores_invalid_rows():
-  rng = np.random.default_rng(0)
-  za, zb = _unit(rng.normal(size=(6, 8))), _unit(rng.normal(size=(6, 8)))
-  valid = np.array([1, 1, 0, 1, 1, 0], bool)
-  loss, _ = info_nce(jnp.asarray(za), jnp.asarray(zb), jnp.asarray(valid), 0.2)
-  np.testing.assert_allclose(loss, _reference(za[valid], zb[valid], 0.2), rtol=1e-5)
+def test_all_pairs_skips_unusable_pairs():
+  rng = np.random.default_rng(2)
+  z = jnp.asarray(_unit(rng.normal(size=(4, 3, 5, 8))))  # B, M, W, P
+  present = np.ones((4, 3, 5), bool)
+  present[:, 2] = False  # modality 2 absent everywhere: pairs (0,2), (1,2) are unusable
+  loss, _ = contrastive_loss(z, jnp.asarray(present), _meta(4), _objective())
+  only_01 = dash_info_nce(z[:, 0], z[:, 1], *plain_weights(4), 0.2, 0.1)
+  np.testing.assert_allclose(loss, only_01, rtol=1e-5)
+
+
+def test_pair_first_and_leave_one_out():
+  rng = np.random.default_rng(3)
+  z = jnp.asarray(_unit(rng.normal(size=(4, 2, 5, 8))))
+  present = jnp.ones((4, 2, 5), bool)
+  first, _ = contrastive_loss(z, present, _meta(4), _objective(pair_strategy="pair_first"))
+  loo, _ = contrastive_loss(z, present, _meta(4), _objective(pair_strategy="leave_one_out"))
+  np.testing.assert_allclose(first, loo, rtol=1e-5)  # two modalities: the other IS the rest
+  z3 = jnp.asarray(_unit(rng.normal(size=(4, 3, 5, 8))))
+  loo3, _ = contrastive_loss(z3, jnp.ones((4, 3, 5), bool), _meta(4),
+                             _objective(pair_strategy="leave_one_out"))
+  expect = np.mean([dash_info_nce(z3[:, m], (z3.sum(1) - z3[:, m]) / 2, *plain_weights(4), 0.2, 0.1)
+                    for m in range(3)])
+  np.testing.assert_allclose(loo3, expect, rtol=1e-5)
+  with pytest.raises(ValueError, match="exactly the two"):
+    contrastive_loss(z3, jnp.ones((4, 3, 5), bool), _meta(4), _objective(pair_strategy="pair_first"))
+
+
+def test_all_tokens_never_uses_same_recording_tokens_as_plain_negatives():
+  rng = np.random.default_rng(4)
+  B, W = 3, 4
+  z = _unit(rng.normal(size=(B, 2, W, 8)))
+  present = jnp.ones((B, 2, W), bool)
+  loss, _ = contrastive_loss(jnp.asarray(z), present, _meta(B),
+                             _objective(negatives="all_tokens", pair_strategy="pair_first"))
+  # Reference: each token against the tokens of the OTHER recordings only (plus its positive).
+  za, zb = z[:, 0].reshape(B * W, 8), z[:, 1].reshape(B * W, 8)
+  rec = np.repeat(np.arange(B), W)
+  total = 0.0
+  for i in range(B * W):
+    keep = (rec != rec[i]) | (np.arange(B * W) == i)
+    for q, keys in ((za[i], zb), (zb[i], za)):
+      logits = keys[keep] @ q / 0.2
+      pos = int(np.flatnonzero(np.flatnonzero(keep) == i)[0])
+      total += 0.5 * (np.log(np.exp(logits).sum()) - logits[pos])
+  np.testing.assert_allclose(float(loss), total / (B * W), rtol=1e-5)
 
 
 def test_aligned_pairs_have_low_loss_and_perfect_retrieval():
-  z = _unit(np.random.default_rng(1).normal(size=(16, 32)))
-  loss, acc = info_nce(jnp.asarray(z), jnp.asarray(z), jnp.ones(16, bool), 0.05)
-  shuffled, _ = info_nce(jnp.asarray(z), jnp.asarray(z[::-1]), jnp.ones(16, bool), 0.05)
-  assert acc == 1.0 and loss < 0.1 < shuffled
-
-
-def test_pair_strategies():
-  rng = np.random.default_rng(2)
-  z = jnp.asarray(_unit(rng.normal(size=(2, 3, 4, 8))))  # B, M, W, P
-  present = np.ones((2, 3, 4), bool)
-  present[:, 2] = False  # modality 2 absent everywhere: pairs (0,2), (1,2) are unusable
-  all_loss, _ = pairwise_info_nce(z, jnp.asarray(present), 0.2, "all_pairs", jax.random.key(0))
-  only_01, _ = info_nce(z[:, 0].reshape(8, 8), z[:, 1].reshape(8, 8), jnp.ones(8, bool), 0.2)
-  np.testing.assert_allclose(all_loss, only_01, rtol=1e-5)
-  for seed in range(5):  # the random pair is always the one usable pair
-    loss, _ = pairwise_info_nce(z, jnp.asarray(present), 0.2, "random_pair", jax.random.key(seed))
-    np.testing.assert_allclose(loss, only_01, rtol=1e-5)
-  with pytest.raises(ValueError, match="strategy"):
-    pairwise_info_nce(z, jnp.asarray(present), 0.2, "nope", jax.random.key(0))
+  z = _unit(np.random.default_rng(1).normal(size=(16, 1, 32)))
+  zz = jnp.asarray(np.stack([z, z], 1))
+  loss, m = contrastive_loss(zz, jnp.ones((16, 2, 1), bool), _meta(16),
+                             _objective(temperature=0.05, pair_strategy="pair_first"))
+  shuffled = dash_info_nce(z, z[::-1], *plain_weights(16), 0.05, 0.1)
+  assert m["retrieval_top1"] == 1.0 and loss < 0.1 < shuffled

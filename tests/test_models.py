@@ -1,17 +1,27 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
+from sleepjax.families import get_family
+from sleepjax.models.sleep2vec import SoftmaxGate
 from sleepjax.train.state import build_model
 
 MODALITIES = {"eeg": (128, 2), "spo2": (4, 1)}
 
 
-def _batch(rng, B=2, W=3):
+def _batch(rng, B=2, W=3, modalities=MODALITIES):
   signals = {m: jnp.asarray(rng.normal(size=(B, W, c, r * 30)), jnp.float16)
-             for m, (r, c) in MODALITIES.items()}
-  masks = {m: jnp.ones((B, W, c), bool) for m, (r, c) in MODALITIES.items()}
+             for m, (r, c) in modalities.items()}
+  masks = {m: jnp.ones((B, W, c), bool) for m, (r, c) in modalities.items()}
   return signals, masks
+
+
+def _config(tiny_config, **model):
+  config = tiny_config.copy_and_resolve_references()
+  config.model.update(model)
+  return config
 
 
 def test_shapes_and_unit_projections(tiny_config):
@@ -40,10 +50,86 @@ def test_absent_channels_and_modalities_are_masked(tiny_config):
   np.testing.assert_allclose(out["fused"], out["tokens"][:, 0], atol=1e-5)
 
 
-def test_jit_matches_eager(tiny_config):
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_masked_epochs_change_nothing_in_present_tokens(tiny_config, norm):
+  """Absent epochs take no part in attention: their values cannot reach present tokens."""
+  model = build_model(_config(tiny_config, norm=norm), MODALITIES, seed=0)
+  rng = np.random.default_rng(2)
+  signals, masks = _batch(rng, B=2, W=6)
+  absent_BxW = np.zeros((2, 6), bool)
+  absent_BxW[0, [1, 4]] = absent_BxW[1, 0] = True
+  masks = {m: jnp.where(absent_BxW[..., None], False, v) for m, v in masks.items()}
+  out = model.encode(signals, masks)
+  noisy = {m: jnp.where(absent_BxW[..., None, None], 1e3 * rng.normal(size=v.shape), v)
+           for m, v in signals.items()}
+  out2 = model.encode(noisy, masks)
+  present = ~absent_BxW
+  for i in range(len(MODALITIES)):
+    np.testing.assert_allclose(out["tokens"][:, i][present], out2["tokens"][:, i][present],
+                               atol=1e-5)
+  # The same change in a present epoch does move the other present tokens (attention is live).
+  moved = {m: v.at[0, 2].set(3.0) for m, v in signals.items()}
+  out3 = model.encode(moved, masks)
+  assert np.abs(np.asarray(out3["tokens"][0, 0, 3] - out["tokens"][0, 0, 3])).max() > 1e-4
+
+
+def test_any_subset_of_modalities(tiny_config):
+  model = build_model(tiny_config, {**MODALITIES, "ecg": (128, 1)}, seed=0)
+  signals, masks = _batch(np.random.default_rng(3))
+  out = model.encode(signals, masks)  # only two of the three modalities in the batch
+  assert out["names"] == ["eeg", "spo2"] and out["tokens"].shape[1] == 2
+  with pytest.raises(ValueError, match="not among"):
+    model.encode({**signals, "emg": signals["spo2"]}, {**masks, "emg": masks["spo2"]})
+
+
+@pytest.mark.parametrize("options", [dict(tokenizer="patch"), dict(head_norm="layer"),
+                                     dict(tokenizer_width=16, norm="post")])
+def test_options_build_and_train(tiny_config, options):
+  config = _config(tiny_config, **options)
+  model = build_model(config, MODALITIES, seed=0)
+  signals, masks = _batch(np.random.default_rng(4), B=4)
+  batch = {"signals": signals, "masks": masks, "age": np.array([30.0, 40, 50, 60]),
+           "sex": np.array([0, 1, 0, 1]), "site": np.array([0, 0, 1, 1]),
+           "recording": np.arange(4)}
+  loss, metrics = get_family(config).loss(model, batch, jax.random.key(0))
+  assert np.isfinite(loss) and 0 <= metrics["retrieval_top1"] <= 1
+
+
+def test_mask_token_only_in_training(tiny_config):
   model = build_model(tiny_config, MODALITIES, seed=0)
-  signals, masks = _batch(np.random.default_rng(2))
+  signals, masks = _batch(np.random.default_rng(5), B=8, W=20)
+  plain = np.asarray(model.encode(signals, masks)["tokens"])
+  masked = model.encode(signals, masks, rng=jax.random.key(0), mask_fraction=0.15)["tokens"]
+  assert np.abs(np.asarray(masked) - plain).max() > 1e-3
+  unmasked = model.encode(signals, masks, rng=jax.random.key(0), mask_fraction=0.0)["tokens"]
+  np.testing.assert_array_equal(np.asarray(unmasked), plain)
+
+
+def test_attention_heads_split_whole(tiny_config):
+  model = build_model(tiny_config, MODALITIES, seed=0)
+  attn = model.encoder.blocks[0].attn
+  d, heads = tiny_config.model.width, tiny_config.model.heads
+  assert attn.q.value.shape == (d, heads, d // heads)
+  assert attn.q.out_sharding == ("embed", "heads", "kv")
+  assert attn.out.out_sharding == ("heads", "kv", "embed")
+
+
+def test_softmax_gate_ignores_absent_modalities():
+  gate = SoftmaxGate(("eeg", "ecg", "spo2"), 4, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 3, 5, 4)), jnp.float32)
+  present = np.ones((2, 3, 5), bool)
+  present[:, 1] = False
+  fused = gate(x, jnp.asarray(present))
+  fused2 = gate(x.at[:, 1].set(1e3), jnp.asarray(present))
+  np.testing.assert_allclose(fused, fused2, atol=1e-5)
+  only = np.zeros((2, 3, 5), bool)
+  only[:, 2] = True
+  np.testing.assert_allclose(gate(x, jnp.asarray(only)), x[:, 2], atol=1e-5)
+
+
+def test_jit_matches_eager(tiny_config):
+  model = build_model(tiny_config, MODALITIES, seed=0)
+  signals, masks = _batch(np.random.default_rng(7))
   graphdef, params = nnx.split(model)
   jitted = jax.jit(lambda p, s, m: nnx.merge(graphdef, p)(s, m)["z"])(params, signals, masks)
   np.testing.assert_allclose(jitted, model(signals, masks)["z"], atol=1e-5)

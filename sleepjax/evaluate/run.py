@@ -14,6 +14,7 @@ from sleepjax import sharding
 from sleepjax.data import pipeline
 from sleepjax.evaluate import metrics
 from sleepjax.evaluate.probe import fit_linear_probe
+from sleepjax.families import get_family
 from sleepjax.modalities import STAGES
 from sleepjax.train import checkpoint, state as state_lib
 from sleepjax.train.trainer import check_batch, setup, train_dir
@@ -29,7 +30,8 @@ def embed_split(graphdef, params, manifest, split, modalities, config, mesh):
   """Fused per-epoch embeddings [N, D] and stages [N] of every whole segment in `split`."""
   local_batch = check_batch(config.data.global_batch, mesh)
   batch_sh = sharding.batch_sharding(mesh)
-  forward = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b["signals"], b["masks"])["fused"],
+  family = get_family(config)
+  forward = jax.jit(lambda p, b: family.embed(nnx.merge(graphdef, p), b)["epoch"],
                     out_shardings=sharding.replicated(mesh))
   ds = pipeline.make_dataset(manifest, split, modalities, window=None, local_batch=local_batch,
                              seed=0, train=False, read_threads=config.data.read_threads)
@@ -64,7 +66,9 @@ def evaluate(config, workdir: str) -> dict:
   mesh, manifest, modalities, tx, _ = setup(config, workdir)
   graphdef, abstract, shardings = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
   init_params = state_lib.init_state(config, modalities, tx, shardings, config.seed).params
-  params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract)
+  # The EMA of the weights when the state has one (sleep2vec evaluates its EMA).
+  params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract,
+                                           field="ema_params" if hasattr(abstract, "ema_params") else "params")
   logging.info("restored step %d", step)
   names = list(modalities)
   report = {

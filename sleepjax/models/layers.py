@@ -1,10 +1,16 @@
-"""Transformer building blocks with logical axis names on every parameter."""
+"""Transformer building blocks with logical axis names on every parameter.
+
+Parameters are float32; matmuls run in the module's `dtype` (bfloat16 on accelerators); norms,
+softmax and RoPE run in float32. One `Block` is the unit a scan/remat wrapper repeats.
+"""
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sleepjax.sharding import constrain
+
+ACT = ("activation_batch", "activation_time", "activation_embed")
 
 
 def dense(d_in: int, d_out: int, axes: tuple[str, str], *, dtype, rngs: nnx.Rngs,
@@ -15,15 +21,16 @@ def dense(d_in: int, d_out: int, axes: tuple[str, str], *, dtype, rngs: nnx.Rngs
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)))
 
 
-def layer_norm(d: int, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(d: int, *, rngs: nnx.Rngs, axis: str = "embed") -> nnx.LayerNorm:
+  """LayerNorm computed in float32 whatever the model's compute dtype."""
   return nnx.LayerNorm(
-      d, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
-      scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)),
-      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)))
+      d, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs,
+      scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), (axis,)),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis,)))
 
 
 def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:
-  """Rotary position embedding over the time axis."""
+  """Rotary position embedding over the time axis (computed in float32)."""
   k = x_BxTxHxK.shape[-1] // 2
   freq_K = max_wavelength ** (-jnp.arange(k, dtype=jnp.float32) / k)
   angle_TxK = positions_T[:, None].astype(jnp.float32) * freq_K[None]
@@ -32,48 +39,80 @@ def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, max_wavelength: float = 1
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BxTxHxK.dtype)
 
 
+def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
+  return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, jnp.float32))
+
+
 class Attention(nnx.Module):
+  """Multi-head self-attention with RoPE. q/k/v kernels are [D, heads, head_dim] (logical axes
+  embed, heads, kv), so tensor parallelism splits whole heads."""
+
   def __init__(self, d: int, heads: int, *, dtype, rngs: nnx.Rngs):
     if d % heads:
       raise ValueError(f"width {d} not divisible by {heads} heads")
-    self.heads, self.head_dim = heads, d // heads
-    self.qkv = dense(d, 3 * d, ("embed", "heads"), dtype=dtype, rngs=rngs)
-    self.out = dense(d, d, ("heads", "embed"), dtype=dtype, rngs=rngs)
+    self.heads, self.head_dim, self.dtype = heads, d // heads, dtype
+    hk = (heads, d // heads)
+    kernel = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+    zeros = nnx.initializers.zeros_init()
+    for name in ("q", "k", "v"):
+      setattr(self, name, _param(rngs, kernel, (d, *hk), ("embed", "heads", "kv")))
+      # Biases stay vectors (no weight decay on vectors); heads-major, so they split whole too.
+      setattr(self, f"{name}_bias", _param(rngs, zeros, (d,), ("heads",)))
+    self.out = _param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), (*hk, d),
+                      ("heads", "kv", "embed"))
+    self.out_bias = _param(rngs, zeros, (d,), ("embed",))
+
+  def _project(self, x_BxTxD, kernel, bias):
+    y = jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(self.dtype), kernel.value.astype(self.dtype))
+    return y + bias.value.reshape(self.heads, self.head_dim).astype(self.dtype)
 
   def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None) -> jax.Array:
-    B, T, D = x_BxTxD.shape
-    qkv = self.qkv(x_BxTxD).reshape(B, T, 3, self.heads, self.head_dim)
-    positions_T = jnp.arange(T)
-    q_BxTxHxK = rope(qkv[:, :, 0], positions_T)
-    k_BxTxHxK = rope(qkv[:, :, 1], positions_T)
-    v_BxTxHxK = qkv[:, :, 2]
-    mask = None if mask_BxT is None else mask_BxT[:, None, None, :]
+    positions_T = jnp.arange(x_BxTxD.shape[1])
+    q_BxTxHxK = rope(self._project(x_BxTxD, self.q, self.q_bias), positions_T)
+    k_BxTxHxK = rope(self._project(x_BxTxD, self.k, self.k_bias), positions_T)
+    v_BxTxHxK = self._project(x_BxTxD, self.v, self.v_bias)
+    mask = None if mask_BxT is None else mask_BxT[:, None, None, :]  # keys only
     y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask)
-    return self.out(y_BxTxHxK.reshape(B, T, D))
+    y_BxTxD = jnp.einsum("bthk,hkd->btd", y_BxTxHxK, self.out.value.astype(self.dtype))
+    return y_BxTxD + self.out_bias.value.astype(self.dtype)
 
 
 class Block(nnx.Module):
-  """Pre-LN transformer block."""
+  """Transformer block: attention + GELU MLP, pre-LN (`norm="pre"`) or post-LN (`"post"`)."""
 
-  def __init__(self, d: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs):
-    self.norm1 = layer_norm(d, dtype=dtype, rngs=rngs)
+  def __init__(self, d: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs, norm: str = "pre"):
+    if norm not in ("pre", "post"):
+      raise ValueError(f"model.norm must be 'pre' or 'post', got {norm!r}")
+    self.post = norm == "post"
+    self.norm1 = layer_norm(d, rngs=rngs)
     self.attn = Attention(d, heads, dtype=dtype, rngs=rngs)
-    self.norm2 = layer_norm(d, dtype=dtype, rngs=rngs)
+    self.norm2 = layer_norm(d, rngs=rngs)
     self.up = dense(d, mlp, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.down = dense(mlp, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
+  def _mlp(self, x_BxTxD):
+    h_BxTxF = constrain(jax.nn.gelu(self.up(x_BxTxD)),
+                        ("activation_batch", "activation_time", "activation_mlp"))
+    return self.down(h_BxTxF)
+
   def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None = None) -> jax.Array:
+    if self.post:
+      x_BxTxD = self.norm1(x_BxTxD + self.attn(x_BxTxD, mask_BxT))
+      return constrain(self.norm2(x_BxTxD + self._mlp(x_BxTxD)), ACT)
     x_BxTxD = x_BxTxD + self.attn(self.norm1(x_BxTxD), mask_BxT)
-    h_BxTxF = constrain(jax.nn.gelu(self.up(self.norm2(x_BxTxD))), ("activation_batch", "activation_time", "activation_mlp"))
-    return constrain(x_BxTxD + self.down(h_BxTxF), ("activation_batch", "activation_time", "activation_embed"))
+    return constrain(x_BxTxD + self._mlp(self.norm2(x_BxTxD)), ACT)
 
 
 class Transformer(nnx.Module):
-  def __init__(self, d: int, depth: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs):
-    self.blocks = nnx.List([Block(d, heads, mlp, dtype=dtype, rngs=rngs) for _ in range(depth)])
-    self.norm = layer_norm(d, dtype=dtype, rngs=rngs)
+  """`depth` blocks; pre-LN stacks end with a final LayerNorm (post-LN blocks already end in one)."""
+
+  def __init__(self, d: int, depth: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs,
+               norm: str = "pre"):
+    self.blocks = nnx.List([Block(d, heads, mlp, dtype=dtype, rngs=rngs, norm=norm)
+                            for _ in range(depth)])
+    self.norm = layer_norm(d, rngs=rngs) if norm == "pre" else None
 
   def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None = None) -> jax.Array:
     for block in self.blocks:
       x_BxTxD = block(x_BxTxD, mask_BxT)
-    return self.norm(x_BxTxD)
+    return x_BxTxD if self.norm is None else self.norm(x_BxTxD)

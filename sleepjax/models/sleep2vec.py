@@ -1,50 +1,178 @@
-"""sleep2vec: per-modality tokenizers, one shared transformer, a projection head for InfoNCE."""
+"""sleep2vec: per-modality tokenizers, one shared transformer, a per-token projection head.
+
+A token is one 30-s epoch of one modality. Each modality's window of W epochs runs through the
+shared transformer separately (late fusion); absent epochs take no part in attention. During
+pretraining a learnable per-modality mask token replaces a fraction of the present tokens.
+The model encodes exactly the modalities it is given (any subset of the ones it was built for).
+"""
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.models.layers import Transformer, dense
-from sleepjax.models.tokenizer import ModalityTokenizer
+from sleepjax.models.layers import Transformer, dense, layer_norm
+from sleepjax.models.tokenizer import make_tokenizer
 from sleepjax.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_TOKENS = ("activation_batch", "activation_time", "activation_embed")
+
+
+def masked_mean(x, valid, axes):
+  """Mean of x over `axes` where `valid` (broadcast against x), safe when nothing is valid."""
+  v = jnp.broadcast_to(valid, x.shape).astype(jnp.float32)
+  return (x * v).sum(axes, keepdims=True) / jnp.maximum(v.sum(axes, keepdims=True), 1.0)
+
+
+class MaskedBatchNorm(nnx.Module):
+  """BatchNorm over every valid token of the batch (no running statistics).
+
+  Under jit with a batch-sharded input the mean over the batch axis is global (XLA reduces over
+  devices and hosts), so statistics come from the global batch, as the reference's synchronised
+  BatchNorm. The projection head is only used by the contrastive loss, so batch statistics are
+  always used, in training and in evaluation alike; embeddings for downstream use come from the
+  encoder, before the head.
+  """
+
+  def __init__(self, d: int, *, rngs: nnx.Rngs, axis: str = "proj", eps: float = 1e-5):
+    self.scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), (axis,))(
+        rngs.params(), (d,), jnp.float32))
+    self.bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), (axis,))(
+        rngs.params(), (d,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x, valid):
+    x = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = masked_mean(x, valid[..., None], axes)
+    var = masked_mean(jnp.square(x - mean), valid[..., None], axes)
+    return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale.value + self.bias.value
+
+
+class ProjectionHead(nnx.Module):
+  """Linear -> Norm -> ReLU -> Linear(proj) -> Norm, per token; `norm` = batch | layer."""
+
+  def __init__(self, d: int, hidden: int, proj: int, *, norm: str, dtype, rngs: nnx.Rngs):
+    if norm not in ("batch", "layer"):
+      raise ValueError(f"model.head_norm must be 'batch' or 'layer', got {norm!r}")
+    self.batch_norm = norm == "batch"
+    self.fc1 = dense(d, hidden, ("embed", "proj"), dtype=dtype, rngs=rngs)
+    self.fc2 = dense(hidden, proj, ("proj", "proj"), dtype=dtype, rngs=rngs)
+    make = ((lambda n: MaskedBatchNorm(n, rngs=rngs)) if self.batch_norm else
+            (lambda n: layer_norm(n, rngs=rngs, axis="proj")))
+    self.norm1, self.norm2 = make(hidden), make(proj)
+
+  def _norm(self, norm, x, valid):
+    return norm(x, valid) if self.batch_norm else norm(x)
+
+  def __call__(self, h, valid):
+    x = jax.nn.relu(self._norm(self.norm1, self.fc1(h), valid))
+    return self._norm(self.norm2, self.fc2(x), valid).astype(jnp.float32)
+
+
+class SoftmaxGate(nnx.Module):
+  """Learned softmax gate over modalities, for fine-tuning: a per-token score (Linear D->1) plus
+  a per-modality bias, softmax over the modalities present at each epoch, weighted sum."""
+
+  def __init__(self, names: tuple[str, ...], d: int, *, rngs: nnx.Rngs):
+    self.names = tuple(names)
+    self.score = dense(d, 1, ("embed", None), dtype=jnp.float32, rngs=rngs)
+    self.bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), ("modality",))(
+        rngs.params(), (len(self.names),), jnp.float32))
+
+  def __call__(self, per_modality_BxMxWxD, present_BxMxW, names=None):
+    idx = jnp.asarray([self.names.index(m) for m in (names or self.names)])
+    logits_BxMxW = self.score(per_modality_BxMxWxD.astype(jnp.float32))[..., 0]
+    logits_BxMxW = logits_BxMxW + self.bias.value[idx][None, :, None]
+    logits_BxMxW = jnp.where(present_BxMxW, logits_BxMxW, -1e9)
+    g_BxMxW = jax.nn.softmax(logits_BxMxW, axis=1) * present_BxMxW
+    return (g_BxMxW[..., None] * per_modality_BxMxWxD.astype(jnp.float32)).sum(1)
 
 
 class Sleep2Vec(nnx.Module):
-  """Encodes each modality's window of epochs; fusion `per_modality` shares one encoder.
-
-  `modalities` maps name -> (rate Hz, number of channels).
-  """
+  """`modalities` maps name -> (rate Hz, number of channels); `config` is `config.model`."""
 
   def __init__(self, modalities: dict[str, tuple[int, int]], config, *, rngs: nnx.Rngs):
     dtype = DTYPES[config.dtype]
     d = config.width
+    dt = config.get("tokenizer_width", 0) or d
     self.names = tuple(modalities)
     self.tokenizers = nnx.Dict({
-        name: ModalityTokenizer(rate, channels, config.stem_features, d, config.patch_seconds,
-                                dtype=dtype, rngs=rngs)
+        name: make_tokenizer(config, rate, channels, dt, dtype=dtype, rngs=rngs)
         for name, (rate, channels) in modalities.items()})
+    # large: tokenizers stay narrower, one shared projection up to the transformer width.
+    self.token_proj = dense(dt, d, ("features", "embed"), dtype=dtype, rngs=rngs) if dt != d else None
     init = nnx.with_partitioning(nnx.initializers.normal(0.02), ("modality", "embed"))
     self.modality_embed = nnx.Param(init(rngs.params(), (len(self.names), d)))
-    self.encoder = Transformer(d, config.depth, config.heads, config.mlp, dtype=dtype, rngs=rngs)
-    self.head = dense(d, config.proj_dim, ("embed", "proj"), dtype=dtype, rngs=rngs)
+    self.mask_token = nnx.Param(init(rngs.params(), (len(self.names), d)))
+    self.encoder = Transformer(d, config.depth, config.heads, config.mlp, dtype=dtype, rngs=rngs,
+                               norm=config.get("norm", "pre"))
+    self.head = ProjectionHead(d, config.get("proj_hidden", 0) or d, config.proj_dim,
+                               norm=config.get("head_norm", "batch"), dtype=dtype, rngs=rngs)
 
-  def __call__(self, signals: dict[str, jax.Array], masks: dict[str, jax.Array]) -> dict:
-    """signals[m]: [B, W, C, S]; masks[m]: [B, W, C] channel presence.
+  def present(self, names, masks) -> jax.Array:
+    return jnp.stack([masks[m].any(-1) for m in names], 1)  # [B, M, W]
 
-    Returns per-modality tokens [B, M, W, D], presence [B, M, W], unit projections z [B, M, W, P]
-    and the fused per-epoch embedding [B, W, D] (mean over present modalities).
+  def token(self, i: int, signals, masks) -> jax.Array:
+    """Modality i's tokens [B, W, D] (tokenized, projected), before masking and embeddings."""
+    m = self.names[i]
+    x_BxWxD = self.tokenizers[m](signals[m], masks[m])
+    return x_BxWxD if self.token_proj is None else self.token_proj(x_BxWxD)
+
+  def encode(self, signals: dict, masks: dict, *, rng: jax.Array | None = None,
+             mask_fraction: float = 0.0, select: jax.Array | None = None) -> dict:
+    """signals[m]: [B, W, C, S]; masks[m]: [B, W, C] channel presence, for the modalities present
+    as keys (in the model's order). `select` (int [K], traced) encodes only K modalities chosen
+    at run time from those keys (one tokenizer runs per slot, under `lax.switch`).
+
+    Returns names (static, or None with `select`), index [M] (modality ids), tokens [B, M, W, D]
+    (the shared transformer's outputs) and present [B, M, W].
     """
-    tokens = [self.tokenizers[m](signals[m], masks[m]) for m in self.names]
-    x_BxMxWxD = jnp.stack(tokens, 1) + self.modality_embed[None, :, None].astype(tokens[0].dtype)
-    present_BxMxW = jnp.stack([masks[m].any(-1) for m in self.names], 1)
+    names = [m for m in self.names if m in signals]
+    if not names:
+      raise ValueError(f"batch holds none of the model's modalities {self.names}")
+    unknown = set(signals) - set(self.names)
+    if unknown:
+      raise ValueError(f"batch modalities {sorted(unknown)} are not among the model's {self.names}")
+    ids = [self.names.index(m) for m in names]
+    if select is None:
+      index = jnp.asarray(ids)
+      x_BxMxWxD = jnp.stack([self.token(i, signals, masks) for i in ids], 1)
+      present_BxMxW = self.present(names, masks)
+    else:
+      branches = [lambda i=i: (self.token(i, signals, masks), masks[self.names[i]].any(-1))
+                  for i in ids]
+      pairs = [jax.lax.switch(s, branches) for s in select]
+      x_BxMxWxD = jnp.stack([p[0] for p in pairs], 1)
+      present_BxMxW = jnp.stack([p[1] for p in pairs], 1)
+      index, names = jnp.asarray(ids)[select], None
     B, M, W, D = x_BxMxWxD.shape
-    h = self.encoder(constrain(x_BxMxWxD.reshape(B * M, W, D), ("activation_batch", "activation_time", "activation_embed")))
-    h_BxMxWxD = h.reshape(B, M, W, D)
-    z_BxMxWxP = self.head(h_BxMxWxD).astype(jnp.float32)
-    z_BxMxWxP = z_BxMxWxP / (jnp.linalg.norm(z_BxMxWxP, axis=-1, keepdims=True) + 1e-6)
+    if rng is not None and mask_fraction > 0:
+      replace_BxMxW = jax.random.bernoulli(rng, mask_fraction, (B, M, W)) & present_BxMxW
+      mask_BxMxWxD = self.mask_token.value[index][None, :, None].astype(x_BxMxWxD.dtype)
+      x_BxMxWxD = jnp.where(replace_BxMxW[..., None], mask_BxMxWxD, x_BxMxWxD)
+    x_BxMxWxD = x_BxMxWxD + self.modality_embed.value[index][None, :, None].astype(x_BxMxWxD.dtype)
+    x_BxMxWxD = jnp.where(present_BxMxW[..., None], x_BxMxWxD, 0)  # absent epochs carry nothing
+    h = self.encoder(constrain(x_BxMxWxD.reshape(B * M, W, D), _TOKENS),
+                     present_BxMxW.reshape(B * M, W))
+    return {"names": names, "index": index, "tokens": h.reshape(B, M, W, D),
+            "present": present_BxMxW}
+
+  def project(self, tokens_BxMxWxD: jax.Array, present_BxMxW: jax.Array) -> jax.Array:
+    """Per-token projections [B, M, W, P] (not normalised; the loss normalises)."""
+    return self.head(tokens_BxMxWxD, present_BxMxW)
+
+  @staticmethod
+  def fuse(tokens_BxMxWxD: jax.Array, present_BxMxW: jax.Array) -> jax.Array:
+    """Fused per-epoch embedding [B, W, D]: mean over present modalities (zero if none)."""
     weight_BxMxW = present_BxMxW.astype(jnp.float32)
-    fused_BxWxD = (h_BxMxWxD.astype(jnp.float32) * weight_BxMxW[..., None]).sum(1) / jnp.maximum(
-        weight_BxMxW.sum(1), 1.0)[..., None]
-    return {"tokens": h_BxMxWxD, "present": present_BxMxW, "z": z_BxMxWxP, "fused": fused_BxWxD}
+    total_BxWxD = (tokens_BxMxWxD.astype(jnp.float32) * weight_BxMxW[..., None]).sum(1)
+    return total_BxWxD / jnp.maximum(weight_BxMxW.sum(1), 1.0)[..., None]
+
+  def __call__(self, signals: dict, masks: dict) -> dict:
+    """Inference: tokens [B, M, W, D], present [B, M, W], unit projections z [B, M, W, P], fused
+    per-epoch embedding [B, W, D]."""
+    out = self.encode(signals, masks)
+    z = self.project(out["tokens"], out["present"])
+    z = z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-6)
+    return {**out, "z": z, "fused": self.fuse(out["tokens"], out["present"])}

@@ -1,14 +1,41 @@
-"""Modality tokenizer: raw 30-s epochs of one modality -> one width-D token per epoch."""
+"""Modality tokenizers: raw 30-s epochs of one modality -> one token per epoch.
+
+`EpochTokenizer` is sleep2vec's (the default, `model.tokenizer="epoch"`); `PatchTokenizer` is the
+earlier sub-epoch filter-bank tokenizer (`model.tokenizer="patch"`). Both zero absent channels
+before any weight sees them.
+"""
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.models.layers import dense
+from sleepjax.models.layers import dense, layer_norm
 from sleepjax.modalities import EPOCH_SECONDS
 
 
-class ModalityTokenizer(nnx.Module):
+class EpochTokenizer(nnx.Module):
+  """sleep2vec: the flattened epoch x (channels * samples values) ->
+  `LayerNorm(Linear(2D->D)(SiLU(Linear(in->2D)(x))) + Linear(in->D)(x))`.
+
+  A multi-channel modality (two EEG derivations) widens the input: in = channels * rate * 30.
+  """
+
+  def __init__(self, rate: int, channels: int, d: int, *, dtype, rngs: nnx.Rngs):
+    n_in = channels * rate * EPOCH_SECONDS
+    self.up = dense(n_in, 2 * d, ("patch", "mlp"), dtype=dtype, rngs=rngs)
+    self.down = dense(2 * d, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.skip = dense(n_in, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
+    self.norm = layer_norm(d, rngs=rngs)
+    self.dtype = dtype
+
+  def __call__(self, x_BxWxCxS: jax.Array, present_BxWxC: jax.Array) -> jax.Array:
+    B, W, C, S = x_BxWxCxS.shape
+    x_BxWxCxS = jnp.where(present_BxWxC[..., None], x_BxWxCxS.astype(self.dtype), 0)
+    x_BxWxI = x_BxWxCxS.reshape(B, W, C * S)
+    return self.norm(self.down(jax.nn.silu(self.up(x_BxWxI))) + self.skip(x_BxWxI))
+
+
+class PatchTokenizer(nnx.Module):
   """Sub-epoch patches (`patch_seconds` long) -> shared MLP -> mean over the epoch -> channel mix.
 
   The patch MLP acts as a learned filter bank whose pooled activations measure band energy, so the
@@ -27,12 +54,22 @@ class ModalityTokenizer(nnx.Module):
 
   def __call__(self, x_BxWxCxS: jax.Array, present_BxWxC: jax.Array) -> jax.Array:
     B, W, C, S = x_BxWxCxS.shape
-    x_BxWxCxNxL = x_BxWxCxS.astype(self.dtype).reshape(B, W, C, S // self.patch, self.patch)
+    x_BxWxCxS = jnp.where(present_BxWxC[..., None], x_BxWxCxS.astype(self.dtype), 0)
+    x_BxWxCxNxL = x_BxWxCxS.reshape(B, W, C, S // self.patch, self.patch)
     h = jax.nn.gelu(self.patch_in(x_BxWxCxNxL))
-    h = jax.nn.gelu(self.patch_mid(h))
+    h = jax.nn.gelu(self.patch_mid(h)).astype(jnp.float32)
     # Mean and log-variance over patches: average energy and how bursty it is within the epoch.
     mean_BxWxCxF = h.mean(axis=3)
     logvar_BxWxCxF = jnp.log(h.var(axis=3) + 1e-4)
     feats_BxWxCx2F = jnp.concatenate([mean_BxWxCxF, logvar_BxWxCxF], -1)
     feats_BxWxCx2F = jnp.where(present_BxWxC[..., None], feats_BxWxCx2F, 0.0)  # absent: zero
     return self.mix(feats_BxWxCx2F.reshape(B, W, -1))
+
+
+def make_tokenizer(config, rate: int, channels: int, d: int, *, dtype, rngs: nnx.Rngs):
+  if config.tokenizer == "epoch":
+    return EpochTokenizer(rate, channels, d, dtype=dtype, rngs=rngs)
+  if config.tokenizer == "patch":
+    return PatchTokenizer(rate, channels, config.stem_features, d, config.patch_seconds,
+                          dtype=dtype, rngs=rngs)
+  raise ValueError(f"model.tokenizer must be 'epoch' or 'patch', got {config.tokenizer!r}")

@@ -1,7 +1,16 @@
-"""Symmetric InfoNCE between modalities, per epoch token, over the global batch.
+"""Cross-modal contrastive objectives over per-token projections: pair strategies x negatives.
 
-Tokens are flattened to N = B*W rows; under jit with a batch-sharded input XLA gathers the other
-devices' rows, so negatives come from every device and host.
+Pair strategies (`objective.pair_strategy`):
+  pair_first     the two modalities the model encoded (sleep2vec: one pair per global batch)
+  all_pairs      mean over every modality pair with at least one token present in both
+  leave_one_out  each modality against the mean of the other present ones (SleepFM)
+Negatives (`objective.negatives`):
+  per_step       at each epoch position, the B x B windows of the global batch (sleep2vec)
+  all_tokens     all N = B*W tokens of the batch; tokens of the same recording (other epochs of
+                 the same window included) are never plain negatives: DAS-H marks them hard with
+                 weight eps, plain InfoNCE excludes them
+Loss (`objective.loss`): `dash` (metadata weights, `sleepjax.objectives.dash`) or `info_nce`
+(w = 1, h = 0).
 """
 
 import itertools
@@ -9,52 +18,84 @@ import itertools
 import jax
 import jax.numpy as jnp
 
-_NEG = -1e9
+from sleepjax.objectives.dash import dash_info_nce_with_accuracy, dash_weights, plain_weights
+
+STRATEGIES = ("pair_first", "all_pairs", "leave_one_out")
+NEGATIVES = ("per_step", "all_tokens")
+LOSSES = ("dash", "info_nce")
 
 
-def info_nce(za_NxP: jax.Array, zb_NxP: jax.Array, valid_N: jax.Array,
-             temperature: float) -> tuple[jax.Array, jax.Array]:
-  """Symmetric InfoNCE where row i of `za` and `zb` are positives; invalid rows are ignored.
-
-  Returns (loss, top-1 retrieval accuracy a->b), both averaged over valid rows.
-  """
-  logits_NxN = za_NxP @ zb_NxP.T / temperature
-  pair_NxN = valid_N[:, None] & valid_N[None, :]
-  logits_NxN = jnp.where(pair_NxN, logits_NxN, _NEG)
-  diag_N = jnp.diagonal(logits_NxN)
-  loss_a = jax.nn.logsumexp(logits_NxN, axis=1) - diag_N
-  loss_b = jax.nn.logsumexp(logits_NxN, axis=0) - diag_N
-  n = jnp.maximum(valid_N.sum(), 1)
-  loss = jnp.where(valid_N, 0.5 * (loss_a + loss_b), 0.0).sum() / n
-  hit_N = jnp.argmax(logits_NxN, axis=1) == jnp.arange(len(valid_N))
-  return loss, jnp.where(valid_N, hit_N, False).sum() / n
+def check(objective):
+  for key, allowed in (("pair_strategy", STRATEGIES), ("negatives", NEGATIVES), ("loss", LOSSES)):
+    if getattr(objective, key) not in allowed:
+      raise ValueError(f"objective.{key}={getattr(objective, key)!r}; choose from {allowed}")
 
 
-def pairwise_info_nce(z_BxMxWxP: jax.Array, present_BxMxW: jax.Array, temperature: float,
-                      strategy: str, rng: jax.Array) -> tuple[jax.Array, dict]:
-  """InfoNCE over modality pairs.
+def metadata_fields(objective) -> tuple[str, ...]:
+  """Batch fields the loss reads besides the signals and masks."""
+  if objective.loss == "dash":
+    return ("age", "sex", "site", "recording")
+  return ("recording",) if objective.negatives == "all_tokens" else ()
 
-  strategy: `all_pairs` (mean over pairs that have valid tokens) or `random_pair` (one pair drawn
-  uniformly per step among those pairs, as sleep2vec).
-  """
+
+def _dash_kwargs(objective) -> dict:
+  return {k: getattr(objective, k) for k in ("sigma_age", "alpha_sex", "gamma_same", "gamma_diff", "eps")}
+
+
+def negative_weights(batch: dict, B: int, W: int, objective) -> tuple[jax.Array, jax.Array]:
+  """(w, h): [B, B] for per-step negatives, [B*W, B*W] (token n = b*W + l) for all_tokens."""
+  if objective.negatives == "per_step":
+    if objective.loss == "info_nce":
+      return plain_weights(B)
+    return dash_weights(batch["age"], batch["sex"], batch["site"], batch["recording"],
+                        **_dash_kwargs(objective))
+  rec_N = jnp.repeat(jnp.asarray(batch["recording"]), W)
+  if objective.loss == "info_nce":
+    same_NxN = (rec_N[:, None] == rec_N[None, :]) & ~jnp.eye(B * W, dtype=bool)
+    w, h = plain_weights(B * W)
+    return jnp.where(same_NxN, 0.0, w), h  # weight 0: excluded from the negatives
+  meta = [jnp.repeat(jnp.asarray(batch[k]), W) for k in ("age", "sex", "site")]
+  return dash_weights(*meta, rec_N, **_dash_kwargs(objective))
+
+
+def contrastive_loss(z_BxMxWxP: jax.Array, present_BxMxW: jax.Array, batch: dict,
+                     objective) -> tuple[jax.Array, dict]:
+  """The configured objective over M encoded modalities' projections (normalised here)."""
   B, M, W, P = z_BxMxWxP.shape
-  pairs = list(itertools.combinations(range(M), 2))
-  if not pairs:
-    raise ValueError("pairwise InfoNCE needs at least two modalities")
-  z_MxNxP = z_BxMxWxP.transpose(1, 0, 2, 3).reshape(M, B * W, P)
-  present_MxN = present_BxMxW.transpose(1, 0, 2).reshape(M, B * W)
-  losses, accs, usable = [], [], []
-  for a, b in pairs:
-    valid_N = present_MxN[a] & present_MxN[b]
-    loss, acc = info_nce(z_MxNxP[a], z_MxNxP[b], valid_N, temperature)
-    losses.append(loss), accs.append(acc), usable.append(valid_N.any())
-  loss_K, acc_K, usable_K = jnp.stack(losses), jnp.stack(accs), jnp.stack(usable).astype(jnp.float32)
-  if strategy == "all_pairs":
-    weight_K = usable_K
-  elif strategy == "random_pair":
-    pick = jax.random.categorical(rng, jnp.log(usable_K + 1e-12))
-    weight_K = jax.nn.one_hot(pick, len(pairs)) * usable_K
+  if M < 2:
+    raise ValueError(f"a cross-modal objective needs at least two modalities, the batch has {M}")
+  z_BxMxWxP = z_BxMxWxP / jnp.maximum(jnp.linalg.norm(z_BxMxWxP, axis=-1, keepdims=True), 1e-12)
+  w, h = negative_weights(batch, B, W, objective)
+
+  def pair(za_BxWxP, zb_BxWxP, valid_BxW):
+    if objective.negatives == "all_tokens":
+      za_BxWxP, zb_BxWxP = za_BxWxP.reshape(B * W, 1, P), zb_BxWxP.reshape(B * W, 1, P)
+      valid_BxW = valid_BxW.reshape(B * W, 1)
+    loss, acc = dash_info_nce_with_accuracy(za_BxWxP, zb_BxWxP, w, h, objective.temperature,
+                                            objective.hard_scale, valid_BxW)
+    return loss, acc, valid_BxW.any()
+
+  strategy = objective.pair_strategy
+  if strategy == "pair_first":
+    if M != 2:
+      raise ValueError(f"pair_first needs exactly the two encoded modalities, got {M}")
+    terms = [pair(z_BxMxWxP[:, 0], z_BxMxWxP[:, 1], present_BxMxW[:, 0] & present_BxMxW[:, 1])]
+  elif strategy == "all_pairs":
+    terms = [pair(z_BxMxWxP[:, a], z_BxMxWxP[:, b], present_BxMxW[:, a] & present_BxMxW[:, b])
+             for a, b in itertools.combinations(range(M), 2)]
+  elif strategy == "leave_one_out":
+    weight_BxMxW = present_BxMxW.astype(jnp.float32)
+    total_BxWxP = (z_BxMxWxP * weight_BxMxW[..., None]).sum(1)
+    count_BxW = weight_BxMxW.sum(1)
+    terms = []
+    for m in range(M):
+      others_BxW = count_BxW - weight_BxMxW[:, m]
+      rest_BxWxP = (total_BxWxP - z_BxMxWxP[:, m] * weight_BxMxW[:, m, :, None]) / jnp.maximum(
+          others_BxW, 1.0)[..., None]
+      terms.append(pair(z_BxMxWxP[:, m], rest_BxWxP, present_BxMxW[:, m] & (others_BxW > 0)))
   else:
-    raise ValueError(f"unknown pair strategy {strategy!r} (all_pairs, random_pair)")
-  denom = jnp.maximum(weight_K.sum(), 1.0)
-  return (loss_K * weight_K).sum() / denom, {"retrieval_top1": (acc_K * weight_K).sum() / denom}
+    raise ValueError(f"objective.pair_strategy={strategy!r}; choose from {STRATEGIES}")
+  loss_K, acc_K = jnp.stack([t[0] for t in terms]), jnp.stack([t[1] for t in terms])
+  usable_K = jnp.stack([t[2] for t in terms]).astype(jnp.float32)
+  denom = jnp.maximum(usable_K.sum(), 1.0)
+  return (loss_K * usable_K).sum() / denom, {"retrieval_top1": (acc_K * usable_K).sum() / denom}

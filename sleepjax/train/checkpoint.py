@@ -43,10 +43,11 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
   return manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
 
-def restore_params(directory: str, abstract_state, step: int | None = None):
-  """Params of the latest (or given) checkpoint under `directory`, for evaluation."""
+def restore_params(directory: str, abstract_state, step: int | None = None, field: str = "params"):
+  """Params (or another state field, e.g. "ema") of the latest (or given) checkpoint, for
+  evaluation."""
   with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{directory}: no checkpoint found")
-    return restore(manager, step, abstract_state).params, step
+    return getattr(restore(manager, step, abstract_state), field), step

@@ -1,4 +1,7 @@
-"""Explicit train state and its sharded creation: abstract init -> shardings -> jitted init."""
+"""Explicit train state and its sharded creation: abstract init -> shardings -> jitted init.
+
+Family-agnostic: the model comes from `FAMILIES[config.model.family].build`.
+"""
 
 import functools
 
@@ -8,7 +11,7 @@ import optax
 from flax import nnx
 
 from sleepjax import sharding
-from sleepjax.models.sleep2vec import Sleep2Vec
+from sleepjax.families import get_family
 
 
 @flax.struct.dataclass
@@ -17,6 +20,7 @@ class TrainState:
   params: nnx.State
   opt_state: optax.OptState
   rng: jax.Array  # raw uint32 key data, so checkpoints hold a plain array
+  ema_params: nnx.State  # exponential moving average of params (evaluation uses it)
 
 
 def model_modalities(manifest: dict, names: list[str]) -> dict[str, tuple[int, int]]:
@@ -24,17 +28,22 @@ def model_modalities(manifest: dict, names: list[str]) -> dict[str, tuple[int, i
           for m in names}
 
 
-def build_model(config, modalities: dict[str, tuple[int, int]], seed: int) -> Sleep2Vec:
+def build_model(config, modalities: dict[str, tuple[int, int]], seed: int) -> nnx.Module:
   # Placement comes from jit's out_shardings (see `create`), not from NNX's eager sharding, so the
   # same code builds the model inside or outside a mesh context.
   with nnx.use_eager_sharding(False):
-    return Sleep2Vec(modalities, config.model, rngs=nnx.Rngs(seed))
+    return get_family(config).build(config, modalities, nnx.Rngs(seed))
 
 
 def _init(config, modalities, tx, seed: int) -> TrainState:
   _, params = nnx.split(build_model(config, modalities, seed))
   return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                    opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed + 1)))
+                    opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed + 1)),
+                    ema_params=jax.tree.map(lambda p: p, params))
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
 
 
 def abstract_state(config, modalities, tx, mesh, seed: int):

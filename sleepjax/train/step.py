@@ -1,30 +1,45 @@
-"""The jitted train step: a pure function of (state, batch) with explicit shardings."""
+"""The jitted train step: a pure function of (state, batch) with explicit shardings.
+
+Family-agnostic: the loss is `FAMILIES[config.model.family].loss(model, batch, rng)`.
+"""
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sleepjax.objectives.infonce import pairwise_info_nce
+from sleepjax.families import get_family
 from sleepjax.train.state import TrainState
 
 
+def ema_momentum(step, total_steps: int, base: float):
+  """EMA momentum: `base` at step 0 rising to 1 on a cosine over `total_steps` (BYOL/sleep2vec)."""
+  progress = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
+  return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+
+
+def ema_update(ema, params, momentum):
+  return jax.tree.map(lambda e, p: momentum * e + (1.0 - momentum) * p, ema, params)
+
+
 def make_train_step(graphdef, tx, schedule, config):
-  """Returns train_step(state, batch) -> (state, metrics) for sleep2vec pairwise InfoNCE."""
+  """Returns train_step(state, batch) -> (state, metrics) for the configured model family."""
+  family = get_family(config)
+  ema_base = config.train.get("ema_momentum", 0.996)
 
   def loss_fn(params, batch, rng):
-    model = nnx.merge(graphdef, params)
-    out = model(batch["signals"], batch["masks"])
-    return pairwise_info_nce(out["z"], out["present"], config.objective.temperature,
-                             config.objective.pair_strategy, rng)
+    return family.loss(nnx.merge(graphdef, params), batch, rng)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    momentum = ema_momentum(state.step, config.train.steps, ema_base)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-               "lr": schedule(state.step)}
+               "lr": schedule(state.step), "ema_momentum": momentum}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                      rng=jax.random.key_data(rng)), metrics
+                      rng=jax.random.key_data(rng),
+                      ema_params=ema_update(state.ema_params, params, momentum)), metrics
 
   return train_step

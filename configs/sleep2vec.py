@@ -1,0 +1,91 @@
+"""sleep2vec presets (arXiv 2602.13857): the published encoder, DAS-H InfoNCE, pair-first sampling.
+
+  --config=configs/sleep2vec.py:dense        768 x 12, 16 heads, MLP 3072 (~134 M parameters)
+  --config=configs/sleep2vec.py:large        1024 x 16, 16 heads, tokenizers 768 -> 1024 (~217 M)
+  --config=configs/sleep2vec.py:size=<S>     a row of SIZES (scaling sweeps), e.g. size=20m
+  --config=configs/sleep2vec.py:smoke        CPU demo size (configs/smoke.py's data and model),
+                                             with the preset's objective and sampling
+
+Parameter counts are for sleep2vec's own inputs: eeg, eog, emg, ecg as single-channel 3840-sample
+epochs and heart_rate, spo2, airflow, nasal_pressure, resp_effort as 120-sample ones. A
+multi-channel modality (two EEG derivations) widens its tokenizer's input (channels x samples),
+which adds tokenizer parameters.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+# name -> (width, depth, heads, mlp, tokenizer_width; 0 = width). Approximate parameter counts
+# with sleep2vec's inputs in the comments (tokenizers dominate the smallest sizes: the nine
+# tokenizers read 4 x 3840 + 5 x 120 input values).
+SIZES = {
+    "1m": (16, 2, 2, 64, 0),  # 0.8 M
+    "5m": (64, 4, 4, 256, 0),  # 3.4 M
+    "20m": (192, 6, 6, 768, 0),  # 14 M
+    "50m": (384, 8, 8, 1536, 0),  # 42 M
+    "dense": (768, 12, 16, 3072, 0),  # 133 M (paper: 134 M)
+    "large": (1024, 16, 16, 3072, 768),  # 217 M (paper: 217 M)
+    "600m": (1536, 20, 16, 6144, 768),  # 620 M
+    "1b": (2048, 24, 16, 8192, 1024),  # 1.26 B
+}
+NINE = ("eeg", "eog", "emg", "ecg", "heart_rate", "spo2", "airflow", "nasal_pressure",
+        "resp_effort")
+
+
+def _smoke(arg: str = "") -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smoke.py")
+  spec = importlib.util.spec_from_file_location("sleepjax_smoke_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
+  if arg == "smoke":
+    c = _smoke()
+    c.objective.pair_strategy = "pair_first"
+    c.objective.loss = "dash"
+    c.data.modality_sampling = "pair_first"
+    return c
+  if arg.startswith("size="):
+    size = arg.partition("=")[2]
+  elif arg in ("dense", "large"):
+    size = arg
+  else:
+    raise ValueError(f"configs/sleep2vec.py: unknown arg {arg!r} (dense, large, smoke, "
+                     f"size=<{'|'.join(SIZES)}>)")
+  if size not in SIZES:
+    raise ValueError(f"configs/sleep2vec.py: unknown size {size!r}; choose from {list(SIZES)}")
+
+  c = _smoke()
+  width, depth, heads, mlp, tokenizer_width = SIZES[size]
+  c.model.update(dict(family="sleep2vec", tokenizer="epoch", tokenizer_width=tokenizer_width,
+                      width=width, depth=depth, heads=heads, mlp=mlp, norm="pre", proj_hidden=0,
+                      proj_dim=128, head_norm="batch", mask_fraction=0.15, dtype="bfloat16"))
+  c.objective.update(dict(loss="dash", pair_strategy="pair_first", negatives="per_step",
+                          temperature=0.2, hard_scale=0.1, sigma_age=20.0, alpha_sex=0.8,
+                          gamma_same=1.3, gamma_diff=0.8, eps=1e-6))
+
+  c.prep.modalities = NINE
+  c.prep.segment_epochs = 120  # >= the training window
+  c.prep.min_duration_s = 3600
+  c.data.window_epochs = 120  # one hour of context
+  c.data.global_batch = 320  # per device in the paper: scale with the mesh (--config.data.global_batch)
+  c.data.modality_sampling = "pair_first"
+
+  # Paper optimizer: AdamW b = (0.9, 0.95), lr 5e-5, wd 0.01 (not on norms/biases), warmup 3 %,
+  # cosine to 0.1 lr, clip 1.0.
+  c.train.steps = 100_000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 2000
+  c.train.ema_momentum = 0.996
+  c.optim.lr = 5e-5
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.weight_decay = 0.01
+  c.optim.grad_clip = 1.0
+  c.optim.warmup_fraction = 0.03  # of train.steps
+  c.optim.end_lr_fraction = 0.1
+  return c

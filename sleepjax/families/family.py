@@ -1,0 +1,28 @@
+"""The interface every model family implements; the trainer and evaluator only see this."""
+
+import dataclasses
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A model family.
+
+  build(config, modalities, rngs) -> nnx.Module
+      `modalities`: name -> (rate Hz, channels); the module must accept any subset of them.
+  loss(model, batch, rng) -> (loss scalar, metrics dict)
+      train mode; `batch` is the nested batch (`sleepjax.data.pipeline.nest`); the model encodes
+      exactly the modalities whose `signals`/`masks` keys the batch carries.
+  embed(model, batch) -> dict
+      at least "epoch": [B, W, D] fused per-epoch embedding, plus family extras.
+  flops(config, modalities, global_batch, window) -> float
+      analytic training FLOPs per step (forward + backward = 3 x forward matmul FLOPs).
+  fields(config) -> tuple[str, ...]
+      batch fields the loss reads beyond signals and masks.
+  """
+  name: str
+  build: Callable[..., Any]
+  loss: Callable[..., Any]
+  embed: Callable[..., Any]
+  flops: Callable[..., float]
+  fields: Callable[..., tuple]
