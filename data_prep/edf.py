@@ -378,6 +378,11 @@ def read_edf(path: str | os.PathLike, *, labels: Collection[str] | None = None,
                        f"of record {bad - 1} ({rel[bad - 1] + hdr.record_duration:.6g} s)")
     span = float(rel[-1] + hdr.record_duration)
     data_s = hdr.n_records * hdr.record_duration
+    typical = float(np.median(step)) if len(step) else hdr.record_duration
+    if typical > 1.5 * hdr.record_duration + 1e-6:
+      raise ValueError(
+          f"{path}: the data records are typically {typical:.6g} s apart (time-keeping onsets) "
+          f"but the header says each lasts {hdr.record_duration:g} s; one of the two is wrong")
     if span > MAX_SPAN_S or span - data_s > max(3 * data_s, MAX_GAP_S):
       last = int(np.argmax(rel))
       raise ValueError(

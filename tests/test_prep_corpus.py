@@ -286,6 +286,7 @@ FAULTS = {
     # --- EDF+ time keeping
     "record-at-1e9": Fault(bytes_fault(_record_onsets(lambda n: [f"+{r}" for r in range(n - 1)] + ["+1000000000"])), "skip", r"data record 359 starts at 1e\+09 s: .* would span", kind=P),
     "record-onset-nan": Fault(bytes_fault(_record_onsets(lambda n: ["+0", "+nan"] + [f"+{r}" for r in range(2, n)])), "skip", r"data record 1: time-keeping onset nan s is not a finite number", kind=P),
+    "records-apart": Fault(bytes_fault(lambda r: _record_onsets(lambda n: [f"+{10 * r}" for r in range(n)])(setf("duration", "0.5")(r))), "skip", r"records are typically 10 s apart .* says each lasts 0\.5 s", kind=P),
     "records-overlap": Fault(bytes_fault(_record_onsets(lambda n: ["+0", "+0.5"] + [f"+{r}" for r in range(2, n)])), "skip", r"data record 1 starts at 0\.5 s, before the end of record 0", kind=P),
     "no-time-keeping": Fault(bytes_fault(_record_onsets(lambda n: ["xyz"] + [f"+{r}" for r in range(1, n)])), "skip", r"data record 0 has no time-keeping annotation", kind=P),
     "gap-d": Fault(bytes_fault(_record_onsets(lambda n: [f"+{r + (60 if r >= 120 else 0)}" for r in range(n)])), "ok", r"^$", kind=P),
@@ -525,3 +526,30 @@ def test_changed_config_reconverts_and_the_pipeline_refuses_mixed_records(corpus
   capsys.readouterr()
   prep.prepare(root / "good", tmp_path / "data", changed)
   assert "the prep config changed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("error,expected", [
+    (TypeError("boom"), r"^edf/r1\.edf: unexpected TypeError while quality control and "
+                        r"harmonisation: boom\. The file is malformed"),
+    (MemoryError(), r"^edf/r1\.edf: out of memory while quality control and harmonisation"),
+    (KeyError("x"), r"^edf/r1\.edf: unexpected KeyError while quality control")])
+def test_any_exception_is_a_skip_naming_the_file(tmp_path, tiny_config, monkeypatch, error,
+                                                 expected):
+  raw = tmp_path / "raw"
+  for d in ("edf", "annotations"):
+    (raw / d).mkdir(parents=True)
+  write_metadata(raw, good(raw, "r1", 0))
+  metas, _, notes, _ = prep.read_metadata(raw / "metadata.csv")
+
+  def fail(*args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(prep.harmonise, "harmonise", fail)
+  stamp = {"source": [], "conversion_hash": "", "conversion": {}, "meta_notes": notes["r1"]}
+  summary = prep._stage_recording(raw, tmp_path / "data", metas[0], _config(tiny_config.prep),
+                                  stamp)
+  assert summary["verdict"] == "skip" and re.search(expected, summary["reasons"][0])
+  assert summary["qc"]["reasons"] == summary["reasons"]
+  staged = json.loads((tmp_path / "data" / STAGING / "r1.json").read_text())
+  assert staged["verdict"] == "skip"
+  assert "Traceback" in staged["traceback"]  # for a bug report; not in the QC files
