@@ -378,10 +378,18 @@ def read_csv_annotations(path: str | os.PathLike, n_epochs: int, *,
   as in the module docstring; rows with other labels are ignored.
   """
   try:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      text = f.read()
-  except (OSError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: cannot read as text ({e})") from e
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read ({e})") from e
+  note = None
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    if b"\x00" in data:
+      raise ValueError(f"{path}: not a text table (binary data, byte {e.start})") from None
+    text = data.decode("latin-1")
+    note = f"not UTF-8 (byte {data[e.start]:#04x}); read as Latin-1"
   first_line = text.split("\n", 1)[0]
   delimiter = max(",;\t", key=first_line.count)
   rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
@@ -396,6 +404,8 @@ def read_csv_annotations(path: str | os.PathLike, n_epochs: int, *,
   if label_col is None:
     raise ValueError(f"{path}: no label column; header {rows[0]} has none of {list(_LABEL)}")
   out = _Builder(path, n_epochs, issues)
+  if note:
+    out.report(note)
   for line, row in enumerate(rows[1:], start=2):
     if not any(cell.strip() for cell in row):
       continue

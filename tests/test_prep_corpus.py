@@ -314,7 +314,8 @@ FAULTS = {
     "csv-bad-duration": Fault(annotation_fault("a.csv", "onset,duration,label\n0,thirty,W\n"), "skip", r"line 2: duration 'thirty' is not a number", kind=C),
     "csv-empty": Fault(annotation_fault("a.csv", ""), "skip", r"\.csv: empty annotation table", kind=C),
     "csv-ragged": Fault(annotation_fault("a.csv", "onset,duration,label\n0,30,W\n30,N1\n"), "skip", r"line 3 has 2 fields, the header 3", kind=C),
-    "csv-latin1": Fault(annotation_fault("a.csv", "onset,duration,label\n0,30,Wäke\n", "latin-1"), "skip", r"\.csv: cannot read as text", kind=C),
+    "csv-latin1": Fault(annotation_fault("a.csv", "onset,duration,label\n" + "".join(f"{30 * k},30,N2\n" for k in range(12)) + "100,0,Lichter aus (Jürgen)\n", "latin-1"), "ok", r"csv-latin1\.csv: not UTF-8 \(byte 0xfc\); read as Latin-1", kind=C),
+    "csv-binary": Fault(annotation_fault("a.csv", "onset\x00\xff\xfe,label\n", "latin-1"), "skip", r"\.csv: not a text table", kind=C),
     "csv-bad-time": Fault(annotation_fault("a.csv", "onset,duration,label\nmidnight,30,W\n"), "skip", r"line 2: onset 'midnight' is neither seconds", kind=C),
     # --- annotation / signal pairing
     "embedded-stages": Fault(_embedded, "ok", r"no annotation file; using the stages annotated in", kind=P),
