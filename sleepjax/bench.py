@@ -196,7 +196,8 @@ def _time_feed(manifest, shape: dict, *, seconds: float, threads: int, workers: 
   input, as the trainer reports it."""
   import jax  # pylint: disable=g-import-not-at-top
   from sleepjax.data.prefetch import DevicePrefetch  # pylint: disable=g-import-not-at-top
-  it = DevicePrefetch(iter(_dataset(manifest, shape, threads, workers)), jax.device_put)
+  it = DevicePrefetch(iter(_dataset(manifest, shape, threads, workers)), jax.device_put,
+                      thread=not workers)  # Grain worker iterators: pulled in this thread
   jax.block_until_ready(next(it))
   it.take_wait()
   n, t0 = 0, time.perf_counter()

@@ -13,17 +13,18 @@ def _dataset(manifest):
                                train=True, fields=("stage",))
 
 
-def test_prefetch_keeps_order_and_resumes_where_the_caller_is(prepared):
+@pytest.mark.parametrize("thread", [True, False])
+def test_prefetch_keeps_order_and_resumes_where_the_caller_is(prepared, thread):
   manifest = read_manifest(prepared / "data")
   expected = [b["signals/eeg"] for _, b in zip(range(6), iter(_dataset(manifest)))]
-  it = DevicePrefetch(iter(_dataset(manifest)), depth=3)
+  it = DevicePrefetch(iter(_dataset(manifest)), depth=3, thread=thread)
   for want in expected[:2]:
     np.testing.assert_array_equal(next(it)["signals/eeg"], want)
   time.sleep(0.5)  # let it read ahead: the state is still that of the batches handed out
   state = it.get_state()
   assert isinstance(state, bytes)
   np.testing.assert_array_equal(next(it)["signals/eeg"], expected[2])
-  resumed = DevicePrefetch(iter(_dataset(manifest)))
+  resumed = DevicePrefetch(iter(_dataset(manifest)), thread=thread)
   resumed.set_state(state)
   for want in expected[2:]:
     np.testing.assert_array_equal(next(resumed)["signals/eeg"], want)
@@ -55,3 +56,5 @@ def test_wait_counts_only_time_blocked_on_input():
   assert [next(it), next(it)] == [20, 30]
   with pytest.raises(StopIteration):
     next(it)
+  inline = DevicePrefetch(Iter(), put=lambda x: x * 10, thread=False)  # the caller's thread reads
+  assert list(inline) == [0, 10, 20, 30] and inline.wait_s > 0.7
