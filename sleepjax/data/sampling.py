@@ -4,7 +4,7 @@ Strategies (`data.modality_sampling`):
   all          every record, masks as recorded
   all_present  only records whose recording has every requested modality
   pair_first   sleep2vec: each global batch picks a modality pair (uniform or `data.pair_weights`),
-               then draws records that have both; the other modalities are masked out
+               then draws records that have both; the batch carries only that pair's keys
   dropout      every record; each present modality is masked with prob `data.modality_dropout`,
                keeping at least `data.min_modalities`
 Recording-level presence comes from the manifest, so choosing records reads no data.
