@@ -34,6 +34,7 @@
 
 import dataclasses
 import datetime
+import hashlib
 import math
 import os
 from collections.abc import Collection
@@ -88,6 +89,9 @@ class Recording:
   annotations: list[Annotation] = dataclasses.field(default_factory=list)
   gaps: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # EDF+D, NaN-filled
   warnings: list[str] = dataclasses.field(default_factory=list)
+  # BLAKE2b of every raw sample read (and the record onsets), computed while decoding with numpy:
+  # the same night under two names. Empty when pyedflib decoded the samples.
+  sample_hash: str = ""
 
 
 @dataclasses.dataclass
@@ -288,9 +292,12 @@ def _columns(hdr: Header, records: np.ndarray, index: int) -> np.ndarray:
   return records[:, offset:offset + width]
 
 
-def _decode(hdr: Header, records: np.ndarray, index: int) -> np.ndarray:
-  """Physical values of signal `index`, records concatenated, decoded with numpy."""
+def _decode(hdr: Header, records: np.ndarray, index: int, hasher=None) -> np.ndarray:
+  """Physical values of signal `index`, records concatenated, decoded with numpy (the raw sample
+  bytes also go into `hasher`, when given)."""
   raw = np.ascontiguousarray(_columns(hdr, records, index)).reshape(-1)
+  if hasher is not None:
+    hasher.update(raw.data)
   if hdr.bytes_per_sample == 2:
     digital = raw.view("<i2").astype(np.float64)
   else:
@@ -403,8 +410,12 @@ def read_edf(path: str | os.PathLike, *, labels: Collection[str] | None = None,
       data = _read_pyedflib(hdr, indices)
     except OSError as e:
       warnings.append(f"{path}: pyedflib refused the file ({e}); decoded with numpy")
+  sample_hash = ""
   if data is None:
-    data = [_decode(hdr, records, i) for i in indices]
+    hasher = hashlib.blake2b(digest_size=32)
+    hasher.update(np.asarray(rel, np.float64).tobytes())
+    data = [_decode(hdr, records, i, hasher) for i in indices]
+    sample_hash = hasher.hexdigest()
   gaps = []
   duration = hdr.n_records * hdr.record_duration
   if not contiguous:
@@ -420,7 +431,7 @@ def read_edf(path: str | os.PathLike, *, labels: Collection[str] | None = None,
                     hdr.signals[i].samples_per_record / hdr.record_duration,
                     hdr.signals[i].unit, x) for x, i in zip(data, indices)]
   return Recording(path, float(duration), signals, start, hdr.file_type, annotations, gaps,
-                   warnings)
+                   warnings, sample_hash)
 
 
 def _place(x: np.ndarray, sig: SignalHeader, hdr: Header, rel: np.ndarray,

@@ -192,7 +192,7 @@ SIGNAL_EXTENSIONS = (".edf", ".bdf", ".rec")
 ANNOTATION_EXTENSIONS = (".xml", ".csv", ".tsv", ".txt", ".edf")
 POSITION_LABELS = ("position", "pos", "bodyposition", "body")  # SHHS coding 0..3, 1 Hz or more
 # Bump when a change of prep's code changes what a recording converts to: resumed runs redo all.
-CONVERSION_VERSION = 2
+CONVERSION_VERSION = 3
 # Config keys that change a recording's conversion; the others (splits, shards, compression,
 # workers) only change the assembly, which every run redoes.
 CONVERSION_KEYS = ("modalities", "channel_map", "segment_epochs", "min_duration_s", "seed")
@@ -301,7 +301,7 @@ def convert_recording(raw: pathlib.Path, meta: dict, config, where: dict | None 
              "site": meta["site"], "epochs": n_epochs, "scored_epochs": int((stages >= 0).sum()),
              "present": {m: h.present[m].tolist() for m in modalities},
              "normalisation": h.stats, "unmatched_labels": h.unmatched,
-             "signal_sha": _signal_hash(rec)}
+             "signal_sha": rec.sample_hash or _signal_hash(rec)}
   if verdict != "ok":
     return [], summary
 
