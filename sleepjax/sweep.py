@@ -142,8 +142,8 @@ def grid(config, sizes: dict):
         raise ValueError(f"modality count {count}: the pool has {len(pool)} ({', '.join(pool)})")
       for subset in modality_subsets(pool, count, s.subsets_per_count):
         mods = "all" if len(subset) == len(pool) else "+".join(subset)
-        for fraction in s.subject_fractions:
-          for budget in s.budgets_flops or (0,):
+        for fraction in map(float, s.subject_fractions):
+          for budget in map(float, s.budgets_flops or (0,)):  # "1e17" from the command line
             for seed in s.seeds:
               name = f"{size}-m{count}-{mods}-f{fraction:g}"
               if budget:
@@ -155,7 +155,7 @@ def grid(config, sizes: dict):
               overrides.update({"data.modalities": subset, "data.subject_fraction": fraction,
                                 "seed": seed})
               if budget:
-                overrides["budget_flops"] = float(budget)
+                overrides["budget_flops"] = budget
               yield overrides
 
 

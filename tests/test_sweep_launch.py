@@ -109,3 +109,37 @@ def test_modality_subsets_are_deterministic_and_distinct():
     assert subsets == sweep.modality_subsets(mods, count, 3)
     assert len(set(subsets)) == len(subsets) == min(3, len(list(__import__("itertools").combinations(mods, count))))
     assert all(len(s) == count and list(s) == [m for m in mods if m in s] for s in subsets)
+
+
+def test_local_runner_splits_devices_between_parallel_runs():
+  settings = _settings()
+  settings.local.parallel, settings.local.gpus = 2, 8
+  assert [sweep._slot_env(i, settings)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == [  # pylint: disable=protected-access
+      "0,1,2,3", "4,5,6,7"]
+  settings.local.gpus, settings.local.cpu_devices = 0, 4
+  assert sweep._slot_env(1, settings)["XLA_FLAGS"].endswith("=4")  # pylint: disable=protected-access
+  settings.local.processes = 2
+  cmd = sweep.member_command("/w/runs/a", settings, python="python")
+  assert cmd[:2] == ["python", str(REPO / "launch" / "local.py")] and "--num_processes=2" in cmd
+  assert cmd[-3:] == ["sweep-run", "--config=/w/runs/a/config.py", "--workdir=/w/runs/a"]
+
+
+@pytest.mark.parametrize("preset,n_runs", [("size", 8), ("compute", 24), ("modalities", 22),
+                                           ("data", 5)])
+def test_sleep2vec_presets_expand_with_flop_matched_steps(preset, n_runs, tmp_path):
+  from sleepjax.cli import load_config  # pylint: disable=g-import-not-at-top
+  path = REPO / "configs" / "sweeps" / "sleep2vec.py"
+  config = load_config(f"{path}:{preset}")
+  runs = sweep.expand(str(path), config, str(tmp_path))
+  assert len(runs) == n_runs
+  for run in runs:
+    member = sweep.read_run_config(pathlib.Path(run["dir"], "config.json"))
+    spent = member.train.steps * sweep.flops_per_step(member)
+    budget = run["overrides"]["budget_flops"]
+    assert abs(spent - budget) <= 0.5 * sweep.flops_per_step(member) + 1e-9 * budget
+  if preset == "size":  # bigger models get fewer steps for the same compute
+    steps = [r["steps"] for r in runs]
+    assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]
+  if preset == "modalities":
+    counts = [len(r["overrides"]["data.modalities"]) for r in runs]
+    assert sorted(set(counts)) == list(range(2, 10))

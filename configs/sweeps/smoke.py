@@ -6,7 +6,7 @@
   sleepjax sweep-report --workdir=runs/sweep-smoke
 
 The sizes are CPU-sized stand-ins for the family size table (configs/sweeps/sleep2vec.py uses the
-real one). `--config.sweep.sizes="('xs','s')"`, `--config.train.steps=40`, ... change the sweep
+real one). `--config.sweep.sizes=xs,s`, `--config.train.steps=40`, ... change the sweep
 before it starts; a started run keeps the config it started with.
 """
 
