@@ -1,9 +1,9 @@
 """SLURM: one `sbatch` array job per sweep, one array task per run (a line of runs.txt).
 
-Each task runs `srun` with `tasks_per_node` JAX processes per node; `jax.distributed.initialize()`
-finds the coordinator, the process count and its own rank in the variables `srun` sets
-(SLURM_JOB_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID; see sleepjax/distributed.py), so
-the command line carries no addresses. A finished run (result.json) exits at once; an unfinished one
+Each task runs `srun` with `tasks_per_node` JAX processes per node, by default one per GPU:
+`jax.distributed.initialize()` finds the coordinator, the process count and its own rank in the
+variables `srun` sets (SLURM_JOB_NODELIST, SLURM_NTASKS, SLURM_PROCID; see sleepjax/distributed.py)
+and gives each process the GPU numbered SLURM_LOCALID, so the command line carries no addresses. A finished run (result.json) exits at once; an unfinished one
 resumes from its checkpoints, so resubmitting the script, or `--requeue` after a preemption,
 continues the sweep. With `stop_after_steps`, every task trains a chunk and requeues itself until
 its run is finished (for partitions with short time limits).
@@ -20,7 +20,7 @@ HEADER = """#!/bin/bash
 #
 # Each task: {nodes} node(s) x {tasks_per_node} JAX process(es), {gpus_per_node} GPU(s) per node.
 # jax.distributed reads the job layout from the variables srun sets (SLURM_JOB_NODELIST,
-# SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID); nothing else to configure.
+# SLURM_NTASKS, SLURM_PROCID) and gives each process GPU number SLURM_LOCALID; nothing to configure.
 """
 
 

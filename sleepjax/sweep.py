@@ -66,7 +66,9 @@ def launch_config() -> ml_collections.ConfigDict:
       ),
       slurm=dict(
           job_name="sleepjax-sweep", partition="", account="", qos="", time="24:00:00",
-          nodes=1, gpus_per_node=8, tasks_per_node=1, cpus_per_task=16, mem="0",
+          # one JAX process per GPU: on SLURM, jax.distributed gives process i of a node the GPU
+          # SLURM_LOCALID=i (tasks_per_node = gpus_per_node)
+          nodes=1, gpus_per_node=8, tasks_per_node=8, cpus_per_task=8, mem="0",
           max_concurrent=0,  # array throttle (%N); 0 = no limit
           setup=("source .venv/bin/activate",),  # shell lines run before training, in the repo
       ),
