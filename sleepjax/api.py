@@ -88,9 +88,11 @@ def _family(config):
 class Model:
   """A restored checkpoint on the available devices; see the module docstring."""
 
-  def __init__(self, config, graphdef, params, mesh, step: int, workdir: pathlib.Path | None):
+  def __init__(self, config, graphdef, params, mesh, step: int, workdir: pathlib.Path | None,
+               ema: bool = False):
     self.config, self.graphdef, self.params, self.mesh = config, graphdef, params, mesh
     self.step, self.workdir = step, workdir
+    self.ema = ema  # the parameters are the train state's exponential moving average
     self.modalities = tuple(config.data.modalities)
     self.family = _family(config)
     self._forward = jax.jit(self._embed_batch)
@@ -235,8 +237,9 @@ def load(path: str | os.PathLike, *, step: int | None = None) -> Model:
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))["state"]
   ema = getattr(state, "ema_params", None)
-  params = ema if ema is not None and jax.tree.leaves(ema) else state.params
-  return Model(config, graphdef, params, mesh, int(step), workdir)
+  use_ema = ema is not None and bool(jax.tree.leaves(ema))
+  return Model(config, graphdef, ema if use_ema else state.params, mesh, int(step), workdir,
+               ema=use_ema)
 
 
 # ------------------------------------------------------------------------------- one night

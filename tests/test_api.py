@@ -39,6 +39,7 @@ def _test_recording(prepared):
 
 def test_load_restores_its_own_config(model, workdir, tiny_config):
   assert model.step == 1 and model.workdir == workdir
+  assert model.ema  # the train state keeps an EMA of the parameters; the API uses it
   assert model.config.model.width == tiny_config.model.width
   # The trainer saved the modalities it resolved from the manifest (data.modalities was empty).
   assert model.modalities == tuple(tiny_config.prep.modalities)

@@ -1,1 +1,1 @@
-"""Flax NNX models: modality tokenizers, signal encoder, sleep2vec."""
+"""Flax NNX models: signal tokenizers (signal_tokenizer.py), signal encoder, sleep2vec."""

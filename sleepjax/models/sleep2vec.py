@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sleepjax.models.layers import Transformer, dense, layer_norm
-from sleepjax.models.tokenizer import make_tokenizer
+from sleepjax.models.signal_tokenizer import make_signal_tokenizer
 from sleepjax.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -98,7 +98,7 @@ class Sleep2Vec(nnx.Module):
     dt = config.get("tokenizer_width", 0) or d
     self.names = tuple(modalities)
     self.tokenizers = nnx.Dict({
-        name: make_tokenizer(config, rate, channels, dt, dtype=dtype, rngs=rngs)
+        name: make_signal_tokenizer(config, rate, channels, dt, dtype=dtype, rngs=rngs)
         for name, (rate, channels) in modalities.items()})
     # large: tokenizers stay narrower, one shared projection up to the transformer width.
     self.token_proj = dense(dt, d, ("features", "embed"), dtype=dtype, rngs=rngs) if dt != d else None

@@ -1,8 +1,9 @@
-"""Modality tokenizers: raw 30-s epochs of one modality -> one token per epoch.
+"""Signal tokenizers: raw 30-s epochs of one modality -> one token per epoch (the caption
+tokenizer, SentencePiece over text, is `sleepjax.caption_tokenizer`).
 
-`EpochTokenizer` is sleep2vec's (the default, `model.tokenizer="epoch"`); `PatchTokenizer` is the
-earlier sub-epoch filter-bank tokenizer (`model.tokenizer="patch"`). Both zero absent channels
-before any weight sees them.
+`EpochSignalTokenizer` is sleep2vec's (the default, `model.tokenizer="epoch"`);
+`PatchSignalTokenizer` is the earlier sub-epoch filter-bank tokenizer (`model.tokenizer="patch"`).
+Both zero absent channels before any weight sees them.
 """
 
 import jax
@@ -13,7 +14,7 @@ from sleepjax.models.layers import dense, layer_norm
 from sleepjax.modalities import EPOCH_SECONDS
 
 
-class EpochTokenizer(nnx.Module):
+class EpochSignalTokenizer(nnx.Module):
   """sleep2vec: the flattened epoch x (channels * samples values) ->
   `LayerNorm(Linear(2D->D)(SiLU(Linear(in->2D)(x))) + Linear(in->D)(x))`.
 
@@ -35,7 +36,7 @@ class EpochTokenizer(nnx.Module):
     return self.norm(self.down(jax.nn.silu(self.up(x_BxWxI))) + self.skip(x_BxWxI))
 
 
-class PatchTokenizer(nnx.Module):
+class PatchSignalTokenizer(nnx.Module):
   """Sub-epoch patches (`patch_seconds` long) -> shared MLP -> mean over the epoch -> channel mix.
 
   The patch MLP acts as a learned filter bank whose pooled activations measure band energy, so the
@@ -66,10 +67,10 @@ class PatchTokenizer(nnx.Module):
     return self.mix(feats_BxWxCx2F.reshape(B, W, -1))
 
 
-def make_tokenizer(config, rate: int, channels: int, d: int, *, dtype, rngs: nnx.Rngs):
+def make_signal_tokenizer(config, rate: int, channels: int, d: int, *, dtype, rngs: nnx.Rngs):
   if config.tokenizer == "epoch":
-    return EpochTokenizer(rate, channels, d, dtype=dtype, rngs=rngs)
+    return EpochSignalTokenizer(rate, channels, d, dtype=dtype, rngs=rngs)
   if config.tokenizer == "patch":
-    return PatchTokenizer(rate, channels, config.stem_features, d, config.patch_seconds,
+    return PatchSignalTokenizer(rate, channels, config.stem_features, d, config.patch_seconds,
                           dtype=dtype, rngs=rngs)
   raise ValueError(f"model.tokenizer must be 'epoch' or 'patch', got {config.tokenizer!r}")
