@@ -33,8 +33,8 @@ def collect(workdir: str | os.PathLike) -> list[dict]:
   for path in sorted(pathlib.Path(workdir, RUNS).glob(f"*/{RESULT}")):
     row = {"name": path.parent.name, **json.loads(path.read_text())}
     report = path.parent / "eval" / "report.json"
-    if report.exists():
-      row["probe_macro_f1"] = json.loads(report.read_text())["pretrained"]["macro_f1"]
+    if report.exists():  # `sleepjax eval`: the staging probe's numbers at the top level
+      row["probe_macro_f1"] = json.loads(report.read_text()).get("pretrained", {}).get("macro_f1")
     rows.append(row)
   return rows
 
