@@ -33,6 +33,8 @@ RULES = (
     ("modality", None),
     ("time", None),
     ("proj", None),
+    ("vocab", "tensor"),
+    ("recon", None),
 )
 
 

@@ -1,0 +1,1 @@
+"""SleepLM (ReCoCa): a sleep-language model (signal encoder, text tower, caption and reconstruction decoders)."""

@@ -1,0 +1,51 @@
+"""SleepLM (ReCoCa): signal encoder + text tower + caption decoder + reconstruction decoder.
+
+One sample is one 30-s epoch: a batch of windows [B, W] is N = B*W samples.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sleepjax.models.sleeplm import inputs
+from sleepjax.models.sleeplm.signal import ReconDecoder, SignalEncoder
+from sleepjax.models.sleeplm.text import CaptionDecoder, TextTower
+from sleepjax.modalities import EPOCH_SECONDS
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Caption groups, one learnable decoder prefix each, in the order batches carry them
+# (`data_prep.captions.GROUPS`, the manifest's `caption_groups`).
+GROUPS = ("stage_event", "brain", "cardiac", "respiratory", "somatic")
+
+
+class SleepLM(nnx.Module):
+  def __init__(self, c, vocab: int, *, rngs: nnx.Rngs):
+    """c: config.model (signal, text, decoder, recon sub-configs; see configs/sleeplm.py)."""
+    dtype = DTYPES[c.dtype]
+    self.channels = inputs.parse_channels(c.channels)
+    self.rate = c.rate
+    n = len(self.channels)
+    self.signal = SignalEncoder(n, c.signal, c.embed_dim, dtype=dtype, rngs=rngs)
+    self.text = TextTower(vocab, c.text, c.embed_dim, dtype=dtype, rngs=rngs)
+    self.decoder = CaptionDecoder(vocab, c.decoder, len(GROUPS), dtype=dtype, rngs=rngs)
+    self.recon = (ReconDecoder(c.signal.width, c.signal.heads, c.recon_depth, n,
+                               c.rate * EPOCH_SECONDS, dtype=dtype, rngs=rngs)
+                  if c.recon_depth else None)
+    self.logit_scale = nnx.Param(jnp.asarray(np.log(1 / 0.07), jnp.float32))
+
+  def inputs(self, signals: dict, masks: dict) -> tuple[jax.Array, jax.Array]:
+    """-> x [B, W, K, rate*30] z-scored, present [B, W, K]."""
+    return inputs.assemble(signals, masks, self.channels, self.rate)
+
+  def encode_signal(self, x_NxKxS, present_NxK) -> dict:
+    return self.signal(x_NxKxS, present_NxK)
+
+  def encode_text(self, tokens_NxL, valid_NxL) -> dict:
+    return self.text(tokens_NxL, valid_NxL)
+
+  def caption_logits(self, tokens_NxL, valid_NxL, group_N, memory_NxMxD) -> jax.Array:
+    return self.decoder(self.text(tokens_NxL, valid_NxL)["states"], group_N, memory_NxMxD)
+
+  def reconstruct(self, memory_NxMxD) -> jax.Array:
+    return self.recon(memory_NxMxD)

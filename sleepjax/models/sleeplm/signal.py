@@ -1,0 +1,100 @@
+"""SleepLM signal encoder: per-channel patching, dual (channel, temporal) attention blocks,
+attentional poolers; and the reconstruction decoder that maps the pooled tokens back to signals.
+
+Tokens are [N, C, T, D]: N epochs, C channels, T = 1920 / 16 = 120 patches. Absent channels are
+keys nobody attends to in channel attention and take no part in pooling.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sleepjax.models.layers import dense
+from sleepjax.models.sleeplm.layers import (AttentionalPooler, LearnedRope, MultiHeadAttention,
+                                            ResidualBlock, RMSNorm, SwiGLU, fixed_rope_angles)
+from sleepjax.sharding import constrain
+
+
+class DualBlock(nnx.Module):
+  """Channel attention (learnable-frequency RoPE over channel index) + SwiGLU, then temporal
+  attention (RoPE theta 1e4 over patches) + SwiGLU; post-norm RMSNorm after each residual."""
+
+  def __init__(self, d: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs):
+    self.channel_attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs, qkv_bias=False)
+    self.channel_norm = RMSNorm(d)
+    self.channel_mlp = SwiGLU(d, mlp, dtype=dtype, rngs=rngs)
+    self.channel_mlp_norm = RMSNorm(d)
+    self.temporal_attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs, qkv_bias=False)
+    self.temporal_norm = RMSNorm(d)
+    self.temporal_mlp = SwiGLU(d, mlp, dtype=dtype, rngs=rngs)
+    self.temporal_mlp_norm = RMSNorm(d)
+
+  def __call__(self, x_NxCxTxD, present_NxC, channel_angle, time_angle):
+    N, C, T, D = x_NxCxTxD.shape
+    x = x_NxCxTxD.transpose(0, 2, 1, 3).reshape(N * T, C, D)
+    mask = jnp.broadcast_to(present_NxC[:, None, None, :], (N, T, 1, C)).reshape(N * T, 1, C)
+    x = self.channel_norm(x + self.channel_attn(x, mask=mask, angle=channel_angle))
+    x = self.channel_mlp_norm(x + self.channel_mlp(x))
+    x = x.reshape(N, T, C, D).transpose(0, 2, 1, 3).reshape(N * C, T, D)
+    x = constrain(x, ("activation_batch", "activation_time", "activation_embed"))
+    x = self.temporal_norm(x + self.temporal_attn(x, angle=time_angle))
+    x = self.temporal_mlp_norm(x + self.temporal_mlp(x))
+    return x.reshape(N, C, T, D)
+
+
+class SignalEncoder(nnx.Module):
+  def __init__(self, n_channels: int, c, embed_dim: int, *, dtype, rngs: nnx.Rngs):
+    d, heads = c.width, c.heads
+    self.patch = c.patch
+    self.patch_embed = dense(c.patch, c.conv_dim, ("patch", "features"), dtype=dtype, rngs=rngs)
+    self.embed = dense(c.conv_dim, d, ("features", "embed"), dtype=dtype, rngs=rngs)
+    init = nnx.with_partitioning(nnx.initializers.normal(1.0), ("channels", "embed"))
+    self.channel_embed = nnx.Param(init(rngs.params(), (n_channels, d)))
+    self.channel_rope = LearnedRope(d // heads, rngs=rngs)  # shared by all blocks
+    self.blocks = nnx.List([DualBlock(d, heads, int(d * c.mlp_ratio), dtype=dtype, rngs=rngs)
+                            for _ in range(c.depth)])
+    self.norm = RMSNorm(d)
+    self.contrastive_pool = AttentionalPooler(d, heads, 1, dtype=dtype, rngs=rngs)
+    self.decoder_pool = AttentionalPooler(d, heads, c.decoder_tokens, dtype=dtype, rngs=rngs)
+    self.global_attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs)
+    self.proj = dense(d, embed_dim, ("embed", "proj"), dtype=dtype, rngs=rngs)
+    self.dtype, self.heads = dtype, heads
+
+  def __call__(self, x_NxCxS: jax.Array, present_NxC: jax.Array) -> dict:
+    """-> latent [N, P] (unnormalised contrastive embedding), pooled [N, D] (global token),
+    memory [N, M, D] (decoder tokens)."""
+    N, C, S = x_NxCxS.shape
+    T = S // self.patch
+    patches = x_NxCxS.astype(self.dtype).reshape(N, C, T, self.patch)
+    x = self.embed(self.patch_embed(patches))
+    x = x + self.channel_embed[...][None, :, None].astype(x.dtype)
+    head_dim = x.shape[-1] // self.heads
+    channel_angle = self.channel_rope(jnp.arange(C))
+    time_angle = fixed_rope_angles(jnp.arange(T), head_dim)
+    for block in self.blocks:
+      x = block(x, present_NxC, channel_angle, time_angle)
+    x = self.norm(x).reshape(N, C * T, -1)
+    valid = jnp.repeat(present_NxC, T, axis=1)
+    memory = self.decoder_pool(x, valid)  # [N, M, D]
+    token = self.contrastive_pool(x, valid)  # [N, 1, D]
+    pooled = self.global_attn(token, memory)[:, 0]  # the global token attends to the memory
+    return {"latent": self.proj(pooled).astype(jnp.float32), "pooled": pooled, "memory": memory}
+
+
+class ReconDecoder(nnx.Module):
+  """Two pre-LN layers (ReLU MLP x2) over the pooled tokens -> mean -> MLP -> [C, S]."""
+
+  def __init__(self, d: int, heads: int, depth: int, n_channels: int, samples: int, *, dtype,
+               rngs: nnx.Rngs):
+    self.blocks = nnx.List([ResidualBlock(d, heads, 2 * d, dtype=dtype, rngs=rngs, act=jax.nn.relu)
+                            for _ in range(depth)])
+    self.hidden = dense(d, d // 2, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.out = dense(d // 2, n_channels * samples, ("mlp", "recon"), dtype=dtype, rngs=rngs)
+    self.shape = (n_channels, samples)
+
+  def __call__(self, memory_NxMxD: jax.Array) -> jax.Array:
+    x = memory_NxMxD
+    for block in self.blocks:
+      x = block(x)
+    h = jax.nn.relu(self.hidden(x.mean(1)))
+    return self.out(h).astype(jnp.float32).reshape(-1, *self.shape)

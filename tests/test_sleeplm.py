@@ -1,0 +1,247 @@
+"""SleepLM (ReCoCa): parameter parity, masks, absent channels, losses vs NumPy, KV-cache decoding."""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sleepjax.cli import load_config
+from sleepjax.families import sleeplm as family
+from sleepjax.models.sleeplm import inputs
+from sleepjax.models.sleeplm.text import causal_mask
+from sleepjax.objectives import sleeplm as objectives
+from tests.conftest import REPO
+
+MODALITIES = {"eeg": (128, 2), "eog": (128, 2), "emg": (128, 1), "ecg": (128, 1),
+              "airflow": (32, 1), "resp_effort": (32, 2)}
+
+
+def config(size="tiny"):
+  return load_config(f"{REPO / 'configs' / 'sleeplm.py'}:{size}")
+
+
+def make_batch(c, B=2, W=2, seed=0):
+  rng = np.random.default_rng(seed)
+  L, G = c.data.caption_len, 5
+  batch = {"signals": {}, "masks": {}}
+  for m, (rate, ch) in MODALITIES.items():
+    batch["signals"][m] = rng.normal(size=(B, W, ch, rate * 30)).astype(np.float32)
+    batch["masks"][m] = np.ones((B, W, ch), bool)
+  caps = rng.integers(4, 60, size=(B, W, G, L)).astype(np.int32)
+  lengths = rng.integers(5, L, size=(B, W, G))
+  pos = np.arange(L)
+  caps[..., 0] = 2
+  caps = np.where(pos == lengths[..., None], 3, caps)
+  caps = np.where(pos > lengths[..., None], 0, caps)
+  batch["captions"], batch["caption_mask"] = caps, caps != 0
+  return batch
+
+
+loss_fn = nnx.jit(family.loss)
+embed_fn = nnx.jit(family.embed)
+caption_logits = nnx.jit(lambda m, tok, valid, group, memory: m.caption_logits(tok, valid, group,
+                                                                             memory))
+memory_fn = nnx.jit(lambda m, b: m.encode_signal(*family.flat_inputs(m, b))["memory"])
+
+
+def build(c, seed=0):
+  with nnx.use_eager_sharding(False):
+    return family.build(c, MODALITIES, nnx.Rngs(seed))
+
+
+# ------------------------------------------------------------------------------- parameter count
+def expected_counts(c) -> dict:
+  """SleepLM parameter counts from the architecture (the released model's layer shapes)."""
+  m, V = c.model, c.text.vocab_size
+  s, t, dec = m.signal, m.text, m.decoder
+  K, S, P = len(m.channels), m.rate * 30, m.embed_dim
+  d = s.width
+  mha = 4 * d * d + 4 * d  # q, k, v, out with biases
+  enc_attn = 4 * d * d + d  # q, k, v without bias, out with bias
+  swiglu = 3 * d * int(d * s.mlp_ratio)
+  signal = (s.patch * s.conv_dim + s.conv_dim) + (s.conv_dim * d + d) + K * d + (d // s.heads) // 2
+  signal += s.depth * 2 * (enc_attn + swiglu + 2 * d) + d  # dual blocks, final RMSNorm
+  signal += (d + mha) + (s.decoder_tokens * d + mha) + mha + (d * P + P)  # poolers, global, proj
+  block = lambda w, h: 4 * w + mha_w(w) + (w * h + h) + (h * w + w)  # two LayerNorms, attn, MLP
+  mha_w = lambda w: 4 * w * w + 4 * w
+  tw, dw = t.width, dec.width
+  text = V * tw + (t.context + 1) * tw + tw + t.depth * block(tw, 4 * tw) + 2 * tw + tw * P
+  decoder = (5 * dec.prefix_len * dw + dec.depth * (2 * block(dw, 4 * dw) + 2 * dw)
+             + 2 * dw + dw * V)
+  recon = m.recon_depth * block(d, 2 * d) + (d * (d // 2) + d // 2) + (d // 2 * K * S + K * S)
+  return {"signal": signal, "text": text, "decoder": decoder, "recon": recon,
+          "total": signal + text + decoder + 1}
+
+
+def count(module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+@pytest.mark.parametrize("size", ["tiny", "base"])
+def test_parameter_count_matches_architecture(size):
+  c = config(size)
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: build(c))
+  want = expected_counts(c)
+  got = {"signal": count(model.signal), "text": count(model.text), "decoder": count(model.decoder),
+         "recon": count(model.recon)}
+  got["total"] = count(model) - got["recon"]
+  assert got == want
+  if size == "base":  # SleepLM-Base as released: 385.4 M (+ 17.1 M reconstruction decoder)
+    assert c.text.vocab_size == 49_408
+    for key, ref in {"total": 385.4e6, "text": 123.6e6, "decoder": 208.1e6, "signal": 53.7e6,
+                     "recon": 17.1e6}.items():
+      assert abs(got[key] - ref) / ref < 0.01, (key, got[key])
+
+
+def test_groups_match_captions():
+  from data_prep.captions import GROUPS  # pylint: disable=g-import-not-at-top
+  from sleepjax.models.sleeplm.model import GROUPS as MODEL_GROUPS  # pylint: disable=g-import-not-at-top
+  assert MODEL_GROUPS == GROUPS
+
+
+# ------------------------------------------------------------------------------------ masks
+def test_prefix_causal_mask():
+  P, L = 2, 4
+  pos = jnp.arange(P + L)
+  m = np.asarray(causal_mask(pos, pos, P))
+  assert m[:P, :P].all()  # the prefix sees itself (both ways)
+  assert not m[:P, P:].any()  # ... and never the text
+  assert m[P:, :P].all()  # text sees the whole prefix
+  assert (m[P:, P:] == np.tril(np.ones((L, L), bool))).all()  # causal text
+
+
+def test_caption_token_never_sees_later_tokens():
+  c = config()
+  model = build(c)
+  batch = make_batch(c, B=1, W=2)
+  memory = memory_fn(model, batch)
+  tok = jnp.asarray(batch["captions"][0, :, 0])
+  valid = jnp.ones_like(tok, bool)
+  group = jnp.array([0, 1])
+  base = caption_logits(model, tok, valid, group, memory)
+  changed = caption_logits(model, tok.at[:, 10].set(7), valid, group, memory)
+  np.testing.assert_allclose(base[:, :10], changed[:, :10], atol=1e-5)
+  assert not np.allclose(base[:, 10:], changed[:, 10:])
+  other_group = caption_logits(model, tok, valid, group + 1, memory)
+  assert not np.allclose(base[:, 0], other_group[:, 0])  # the group prefix conditions every token
+
+
+# ------------------------------------------------------------------------------- inputs
+def test_resampling_keeps_a_sine():
+  t128 = np.arange(128 * 30) / 128
+  t64 = np.arange(64 * 30) / 64
+  down = inputs.resample(jnp.sin(2 * np.pi * 3 * t128), 64 * 30)
+  np.testing.assert_allclose(down, np.sin(2 * np.pi * 3 * t64), atol=1e-4)
+  t32 = np.arange(32 * 30) / 32
+  up = inputs.resample(jnp.sin(2 * np.pi * 0.5 * t32), 64 * 30)
+  np.testing.assert_allclose(up, np.sin(2 * np.pi * 0.5 * t64), atol=1e-4)
+
+
+def test_absent_channel_values_change_nothing():
+  c = config()
+  model = build(c)
+  batch = make_batch(c)
+  batch["masks"]["eeg"][:, :, 1] = False
+  batch["masks"]["ecg"][0, 1] = False
+  other = jax.tree.map(np.copy, batch)
+  other["signals"]["eeg"][:, :, 1] = 1e3 * np.random.default_rng(1).normal(
+      size=other["signals"]["eeg"][:, :, 1].shape)
+  other["signals"]["ecg"][0, 1] = 55.0
+  key = jax.random.key(0)
+  for fn in (lambda b: embed_fn(model, b), lambda b: loss_fn(model, b, key)):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 fn(batch), fn(other))
+  x, present = nnx.jit(lambda m, b: m.inputs(b["signals"], b["masks"]))(model, batch)
+  assert x.shape == (2, 2, 10, 1920)
+  assert not present[..., 9].any()  # position: not a canonical modality -> absent
+  assert not present[..., 6].any()  # EEG C3 (eeg:1) masked above
+  assert (x[..., 9, :] == 0).all()
+
+
+def test_batch_without_a_modality():
+  c = config()
+  model = build(c)
+  batch = make_batch(c)
+  for key in ("signals", "masks"):
+    for m in ("eeg", "ecg", "emg"):
+      del batch[key][m]
+  loss, metrics = loss_fn(model, batch, jax.random.key(0))
+  assert np.isfinite(loss) and all(np.isfinite(v) for v in metrics.values())
+
+
+# ------------------------------------------------------------------------------- losses vs NumPy
+def _np_logsumexp(x, axis):
+  mx = x.max(axis, keepdims=True)
+  return (mx + np.log(np.exp(x - mx).sum(axis, keepdims=True))).squeeze(axis)
+
+
+def test_clip_loss_matches_numpy():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+  valid = np.array([1, 1, 0, 1, 1, 1], bool)
+  scale = np.log(1 / 0.07)
+  got, _ = objectives.clip_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(valid), scale)
+  an = a[valid] / np.linalg.norm(a[valid], axis=1, keepdims=True)
+  bn = b[valid] / np.linalg.norm(b[valid], axis=1, keepdims=True)
+  logits = (1 / 0.07) * an @ bn.T
+  diag = np.diag(logits)
+  want = 0.5 * ((_np_logsumexp(logits, 1) - diag).mean() + (_np_logsumexp(logits, 0) - diag).mean())
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+  clipped, _ = objectives.clip_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(valid), 10.0)
+  logits100 = 100.0 * an @ bn.T  # exp(10) > 100: the scale is clipped at 100
+  d100 = np.diag(logits100)
+  want100 = 0.5 * ((_np_logsumexp(logits100, 1) - d100).mean()
+                   + (_np_logsumexp(logits100, 0) - d100).mean())
+  np.testing.assert_allclose(clipped, want100, rtol=1e-4)
+
+
+def test_caption_loss_matches_numpy():
+  rng = np.random.default_rng(0)
+  N, L, V = 3, 6, 11
+  logits = rng.normal(size=(N, L, V))
+  tokens = rng.integers(0, V, size=(N, L))
+  valid = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]], bool)
+  row = np.array([True, True, False])
+  got, _ = objectives.caption_loss(jnp.asarray(logits), jnp.asarray(tokens), jnp.asarray(valid),
+                                   jnp.asarray(row))
+  nll = []
+  for n in range(N):
+    for i in range(L - 1):
+      if valid[n, i + 1] and row[n]:
+        lp = logits[n, i] - _np_logsumexp(logits[n, i], 0)
+        nll.append(-lp[tokens[n, i + 1]])
+  np.testing.assert_allclose(got, np.mean(nll), rtol=1e-5)
+
+
+def test_recon_loss_matches_numpy():
+  rng = np.random.default_rng(0)
+  pred, target = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5))
+  present = np.array([[1, 0, 1], [0, 0, 1]], bool)
+  got = objectives.recon_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(present))
+  want = np.mean([((pred[n, k] - target[n, k]) ** 2).mean() for n in range(2) for k in range(3)
+                  if present[n, k]])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_loss_terms_and_weights():
+  c = config()
+  model = build(c)
+  loss, m = loss_fn(model, make_batch(c), jax.random.key(0))
+  want = 1.0 * m["loss_con"] + 2.0 * m["loss_cap"] + 1.0 * m["loss_rec"]
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  c.objective.caption_groups = "all"
+  model = build(c)
+  loss_all, m_all = loss_fn(model, make_batch(c), jax.random.key(0))
+  assert np.isfinite(loss_all) and set(m_all) == set(m)
+
+
+def test_flops_positive_and_scale_with_batch():
+  c = config("base")
+  f1 = family.flops(c, MODALITIES, 8, 1)
+  f2 = family.flops(c, MODALITIES, 16, 1)
+  assert 1.9 < f2 / f1 < 2.1
+  # ~6 x params x tokens is a floor for the encoder alone (1200 tokens per epoch, 46M block params)
+  assert f1 > 8 * 6 * 46e6 * 1200
