@@ -8,6 +8,8 @@ the signal memory are computed once. Sequences are [N, max_len]: BOS, tokens, EO
 
 import functools
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -109,3 +111,119 @@ def caption(model, x_NxKxS, present_NxK, group_N, *, max_len: int, beams: int = 
   if beams == 1:
     return greedy(model, memory, group_N, max_len)
   return beam_search(model, memory, group_N, max_len, beams)[0]
+
+
+# ------------------------------------------------------------------------------ from checkpoints
+def _groups(group: str) -> list[int]:
+  from sleepjax.models.sleeplm.model import GROUPS  # pylint: disable=g-import-not-at-top
+  if group == "all":
+    return list(range(len(GROUPS)))
+  if group not in GROUPS:
+    raise ValueError(f"caption group {group!r}; choose from {', '.join(GROUPS)} or 'all'")
+  return [GROUPS.index(group)]
+
+
+def caption_epochs(model, tokenizer, signals: dict, masks: dict, group: str = "stage_event", *,
+                   max_len: int = 48, beams: int = 1, chunk: int = 10) -> list[dict[str, str]]:
+  """Generated captions of consecutive epochs: signals[m] [E, C, S], masks[m] [E, C] ->
+  one {group: text} per epoch. Epochs run in windows of `chunk` (the input stage resamples a
+  window as one continuous recording)."""
+  from sleepjax.models.sleeplm.model import GROUPS  # pylint: disable=g-import-not-at-top
+  assemble = nnx.jit(lambda m, s, k: m.inputs(s, k))
+  n = len(next(iter(masks.values())))
+  out = [{} for _ in range(n)]
+  for start in range(0, n, chunk):
+    sl = slice(start, min(start + chunk, n))
+    x, present = assemble(model, {m: jnp.asarray(s[sl], jnp.float32)[None] for m, s in signals.items()},
+                          {m: jnp.asarray(k[sl])[None] for m, k in masks.items()})
+    x, present = x[0], present[0]
+    for g in _groups(group):
+      ids = caption(model, x, present, jnp.full((x.shape[0],), g), max_len=max_len, beams=beams)
+      for i, text in enumerate(tokenizer.decode(jax.device_get(ids))):
+        out[start + i][GROUPS[g]] = text
+  return out
+
+
+def caption_night(api_model, signals: dict, masks: dict, *, group: str = "stage_event",
+                  max_len: int = 48, beams: int = 1) -> list[dict[str, str]]:
+  """`sleepjax.api.Model.caption`: one {group: text} per epoch of a prepared night."""
+  import os  # pylint: disable=g-import-not-at-top
+  from sleepjax.data.manifest import read_manifest  # pylint: disable=g-import-not-at-top
+  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  config = api_model.config
+  data = config.data.dir or os.path.join(str(api_model.workdir), "data")
+  manifest = read_manifest(data)
+  tokenizer = Tokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
+  model = nnx.merge(api_model.graphdef, jax.device_get(api_model.params))
+  return caption_epochs(model, tokenizer, signals, masks, group, max_len=max_len, beams=beams)
+
+
+def restore_model(config, workdir: str):
+  """(SleepLM model with the latest checkpoint's parameters on the host, manifest, tokenizer)."""
+  import os  # pylint: disable=g-import-not-at-top
+  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import checkpoint, state as state_lib  # pylint: disable=g-import-not-at-top
+  from sleepjax.train.trainer import setup, train_dir  # pylint: disable=g-import-not-at-top
+  if config.model.get("family") != "sleeplm":
+    raise ValueError(f"captions need a SleepLM config (model.family='sleeplm'), got "
+                     f"{config.model.get('family', 'sleep2vec')!r}")
+  mesh, manifest, modalities, tx, _ = setup(config, workdir)
+  graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract)
+  if "tokenizer" not in manifest:
+    raise ValueError(f"{manifest['dir']}: no caption tokenizer; run `sleepjax tokenizer`")
+  tokenizer = Tokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
+  return nnx.merge(graphdef, jax.device_get(params)), manifest, tokenizer, step
+
+
+def recording_records(manifest: dict, recording: str | None) -> tuple[str, list]:
+  """(recording id, its decoded records in epoch order); default: the first test recording."""
+  from data_prep import writer  # pylint: disable=g-import-not-at-top
+  from sleepjax import records  # pylint: disable=g-import-not-at-top
+  from sleepjax.data.manifest import shard_paths  # pylint: disable=g-import-not-at-top
+  if recording is None:
+    recording = sorted(manifest["splits"]["test"]["recordings"])[0]
+  if recording not in manifest["recordings"]:
+    raise ValueError(f"recording {recording!r} is not in {manifest['dir']} "
+                     f"(e.g. {', '.join(sorted(manifest['recordings'])[:3])})")
+  found = []
+  for split in manifest["splits"]:
+    if recording not in manifest["splits"][split].get("recordings", [recording]):
+      continue
+    for path in shard_paths(manifest, split):
+      for rec in writer.read_records(path):
+        arrays, meta = records.decode(rec)
+        if meta["recording_id"] == recording:
+          found.append((meta["first_epoch"], arrays))
+  return recording, [a for _, a in sorted(found, key=lambda x: x[0])]
+
+
+def caption_recording(config, workdir: str, recording: str | None = None) -> dict:
+  """Generated captions per epoch of one recording beside its reference captions (the first
+  `eval.caption_epochs` epochs; 0 = all)."""
+  from sleepjax import records  # pylint: disable=g-import-not-at-top
+  model, manifest, tokenizer, step = restore_model(config, workdir)
+  recording, recs = recording_records(manifest, recording)
+  limit = config.eval.get("caption_epochs", 0) or None
+  names = [m for m in config.prep.modalities if f"sig/{m}" in recs[0]]
+  signals = {m: np.concatenate([a[f"sig/{m}"] for a in recs])[:limit] for m in names}
+  masks = {m: np.concatenate([a[f"mask/{m}"] for a in recs])[:limit] for m in names}
+  refs = {}
+  for a in recs:
+    for g, texts in records.texts(a["captions"]).items():
+      refs.setdefault(g, []).extend(texts)
+  generated = caption_epochs(model, tokenizer, signals, masks, config.eval.caption_group,
+                             max_len=config.eval.max_caption_len, beams=config.eval.beams,
+                             chunk=int(config.prep.segment_epochs))
+  rows = [{"epoch": e, "group": g, "generated": text, "reference": refs[g][e]}
+          for e, per in enumerate(generated) for g, text in per.items()]
+  return {"recording": recording, "checkpoint_step": step, "rows": rows}
+
+
+def format_captions(report: dict) -> str:
+  lines = [f"captions of {report['recording']} (checkpoint step {report['checkpoint_step']}); "
+           "gen = generated, ref = reference"]
+  for r in report["rows"]:
+    lines.append(f"epoch {r['epoch']:>4} {r['group']:<12} gen: {r['generated']}")
+    lines.append(f"{'':<23} ref: {r['reference']}")
+  return "\n".join(lines)

@@ -245,3 +245,26 @@ def test_flops_positive_and_scale_with_batch():
   assert 1.9 < f2 / f1 < 2.1
   # ~6 x params x tokens is a floor for the encoder alone (1200 tokens per epoch, 46M block params)
   assert f1 > 8 * 6 * 46e6 * 1200
+
+
+def test_caption_loss_falls_in_a_short_training_run():
+  import optax  # pylint: disable=g-import-not-at-top
+  c = config()
+  graphdef, params = nnx.split(build(c))
+  batch = make_batch(c, B=2, W=2)
+  tx = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    f = lambda p: family.loss(nnx.merge(graphdef, p), batch, key)
+    (_, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  opt_state, history = tx.init(params), []
+  for i in range(12):
+    params, opt_state, metrics = step(params, opt_state, jax.random.key(i))
+    history.append({k: float(v) for k, v in metrics.items()})
+  first, last = history[0], history[-1]
+  assert last["loss_cap"] < 0.85 * first["loss_cap"], (first, last)
+  assert last["loss_rec"] < first["loss_rec"], (first, last)

@@ -72,8 +72,8 @@ def loss(model: SleepLM, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
   x, present = flat_inputs(model, batch)
   N = x.shape[0]
   sig = model.encode_signal(x, present)
-  captions = batch["captions"].reshape(N, *batch["captions"].shape[2:])
-  cmask = batch["caption_mask"].reshape(captions.shape)
+  captions = jnp.asarray(batch["captions"]).reshape(N, *batch["captions"].shape[2:])
+  cmask = jnp.asarray(batch["caption_mask"]).reshape(captions.shape)
   avail_NxG = available_groups(cmask) & present.any(-1)[:, None]
   if obj.caption_groups == "random":
     group = jax.random.categorical(rng, jnp.where(avail_NxG, 0.0, -1e9))
@@ -183,3 +183,67 @@ def retrieval_top1(signal_NxP: np.ndarray, text_NxP: np.ndarray) -> float:
 
 
 FAMILY = Family(name="sleeplm", build=build, loss=loss, embed=embed, flops=flops, fields=fields)
+
+
+def text_report(config, workdir: str, split: str | None = None, pool: int = 32) -> dict:
+  """Zero-shot staging and signal->text retrieval on a held-out split (default eval.test_split),
+  from the latest checkpoint.
+
+  Retrieval: pools of `pool` epochs, each epoch's signal against the pool's stage_event captions;
+  a hit when the retrieved caption's text equals the epoch's own (identical texts are equally
+  right); `chance` is the same measure for a random pick.
+  """
+  from sleepjax import generate  # pylint: disable=g-import-not-at-top
+  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from sleepjax.evaluate import metrics  # pylint: disable=g-import-not-at-top
+  from sleepjax.modalities import STAGES  # pylint: disable=g-import-not-at-top
+  split = split or config.eval.test_split
+  model, manifest, tokenizer, step = generate.restore_model(config, workdir)
+  group = GROUPS.index("stage_event")
+  L = config.data.caption_len
+  signal_fn = nnx.jit(lambda m, b: embed(m, b)["signal"])
+  text_fn = nnx.jit(lambda m, i, k: objectives.l2_normalize(m.encode_text(i, k)["latent"]))
+  ds = pipeline.make_dataset(manifest, split, list(config.prep.modalities), local_batch=8, seed=0,
+                             train=False, caption_len=L, read_threads=config.data.read_threads)
+  sig, txt, ids, stages = [], [], [], []
+  for local in ds:
+    batch = pipeline.nest(local)
+    sig.append(np.asarray(signal_fn(model, batch)).reshape(-1, config.model.embed_dim))
+    cap = local["captions"][:, :, group].reshape(-1, L)
+    txt.append(np.asarray(text_fn(model, cap, cap != 0)))
+    ids.append(cap)
+    stages.append(local["stage"].reshape(-1))
+  sig, txt, ids, stages = map(np.concatenate, (sig, txt, ids, stages))
+  predicted = zero_shot_stage(sig, stage_classifier(model, tokenizer, L))
+  k = len(STAGES)
+  rng = np.random.default_rng(0)
+  order = rng.permutation(len(sig))
+  hits, chance = [], []
+  for start in range(0, len(order) - pool + 1, pool):
+    idx = order[start:start + pool]
+    same = (ids[idx][:, None, :] == ids[idx][None, :, :]).all(-1)  # [pool, pool] same text
+    pick = np.argmax(sig[idx] @ txt[idx].T, 1)
+    hits.extend(same[np.arange(pool), pick])
+    chance.extend(same.mean(1))
+  scored = stages >= 0
+  return {
+      "checkpoint_step": step, "split": split, "epochs": int(len(sig)),
+      "zero_shot": {"accuracy": metrics.accuracy(stages, predicted),
+                    "macro_f1": metrics.macro_f1(stages, predicted, k),
+                    "kappa": metrics.cohen_kappa(stages, predicted, k),
+                    "chance_accuracy": float(np.bincount(stages[scored], minlength=k).max()
+                                             / max(scored.sum(), 1))},
+      "retrieval": {"pool": pool, "top1": float(np.mean(hits)) if hits else float("nan"),
+                    "chance": float(np.mean(chance)) if chance else float("nan")},
+  }
+
+
+def format_text_report(r: dict) -> str:
+  z, t = r["zero_shot"], r["retrieval"]
+  return "\n".join([
+      f"SleepLM on held-out {r['split']} epochs ({r['epochs']}, checkpoint step "
+      f"{r['checkpoint_step']})",
+      f"zero-shot staging (stage prompts, cosine): accuracy {z['accuracy']:.3f} (majority class "
+      f"{z['chance_accuracy']:.3f}), macro-F1 {z['macro_f1']:.3f}, kappa {z['kappa']:.3f}",
+      f"signal->text retrieval, pools of {t['pool']}: top-1 {t['top1']:.3f} (chance "
+      f"{t['chance']:.3f})"])
