@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from sleepjax.caption_tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 _NEG = -1e9
 
@@ -149,11 +149,11 @@ def caption_night(api_model, signals: dict, masks: dict, *, group: str = "stage_
   """`sleepjax.api.Model.caption`: one {group: text} per epoch of a prepared night."""
   import os  # pylint: disable=g-import-not-at-top
   from sleepjax.data.manifest import read_manifest  # pylint: disable=g-import-not-at-top
-  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
   config = api_model.config
   data = config.data.dir or os.path.join(str(api_model.workdir), "data")
   manifest = read_manifest(data)
-  tokenizer = Tokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
+  tokenizer = CaptionTokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
   model = nnx.merge(api_model.graphdef, jax.device_get(api_model.params))
   return caption_epochs(model, tokenizer, signals, masks, group, max_len=max_len, beams=beams)
 
@@ -161,7 +161,7 @@ def caption_night(api_model, signals: dict, masks: dict, *, group: str = "stage_
 def restore_model(config, workdir: str):
   """(SleepLM model with the latest checkpoint's parameters on the host, manifest, tokenizer)."""
   import os  # pylint: disable=g-import-not-at-top
-  from sleepjax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
   from sleepjax.train import checkpoint, state as state_lib  # pylint: disable=g-import-not-at-top
   from sleepjax.train.trainer import setup, train_dir  # pylint: disable=g-import-not-at-top
   if config.model.get("family") != "sleeplm":
@@ -172,7 +172,7 @@ def restore_model(config, workdir: str):
   params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract)
   if "tokenizer" not in manifest:
     raise ValueError(f"{manifest['dir']}: no caption tokenizer; run `sleepjax tokenizer`")
-  tokenizer = Tokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
+  tokenizer = CaptionTokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
   return nnx.merge(graphdef, jax.device_get(params)), manifest, tokenizer, step
 
 

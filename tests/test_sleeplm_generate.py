@@ -8,7 +8,7 @@ from flax import nnx
 
 from sleepjax import generate
 from sleepjax.families import sleeplm as family
-from sleepjax.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from sleepjax.caption_tokenizer import BOS_ID, EOS_ID, PAD_ID
 from tests.test_sleeplm import build, caption_logits, config, make_batch
 
 
