@@ -69,7 +69,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.data.modality_dropout = 0.0
   c.data.min_modalities = 1
   c.data.verify_shards = "stamp"
-  c.data.caption_len = 96  # tokens per caption (BOS + pieces + EOS, cut beyond)
+  c.data.caption_len = 128  # tokens per caption (BOS + pieces + EOS, cut beyond)
   c.data.read_threads = 2
   c.data.prefetch = 4
   c.data.workers = 0
@@ -110,7 +110,13 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.eval.caption_group = "stage_event"  # `sleepjax caption`: which group to write (or "all")
   c.eval.beams = 1  # 1 = greedy
   c.eval.max_caption_len = 48
+  c.eval.caption_epochs = 6  # `sleepjax caption`: the first epochs of the recording (0 = all)
 
+  if size in ("smoke", "tiny"):  # CPU: 1-s patches (4x fewer signal tokens), one epoch per window
+    c.model.signal.patch = 64
+    c.data.window_epochs = 1
+    c.train.steps, c.optim.lr = 150, 2e-3
+    c.train.ema_momentum = 0.0  # evaluate what was trained last (the schedule is short)
   if size == "tiny":
     c.synthetic = dict(n_subjects=6, n_sites=2, hours=1.0, seed=0)
     c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
@@ -118,6 +124,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3
     c.optim.warmup_steps = 2
     c.eval.probe_steps = 50
+    c.eval.caption_epochs, c.eval.max_caption_len = 2, 16
   elif size not in ("smoke", "tiny"):  # accelerator sizes: the released model's text length
     c.text.vocab_size = 49_408
     c.data.caption_len = 256 if size == "base" else 128

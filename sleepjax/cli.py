@@ -10,6 +10,7 @@ Commands:
   demo       synth -> prep -> tokenizer -> train -> eval (in a separate process), smoke config
   bench      `sleepjax bench prep|read|data`: measurements as JSON in <workdir>/bench
   config     print the resolved config (`--diff`: only what differs from the preset)
+  caption    SleepLM: generated captions per epoch of --recording=ID beside the references
   sweep      expand a sweep file (configs/sweeps/*.py) into <workdir>/runs/<name>/ and run it:
              --runner=local (here), slurm (sbatch array script) or xpk (TPU slices); resumable
   sweep-run  train one sweep member (resuming), then its validation loss -> <workdir>/result.json
@@ -35,6 +36,8 @@ from sleepjax import config_tools, distributed
 from sleepjax.config_tools import ConfigError, load_config  # pylint: disable=unused-import  (API)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: raw/, data/, train/, eval/ live here.")
+_RECORDING = flags.DEFINE_string("recording", None, "`caption`: the recording id (default: the "
+                                 "first test recording).")
 _RUNNER = flags.DEFINE_enum("runner", "local", ["local", "slurm", "xpk"],
                             "`sweep`: run here, write (and submit) a SLURM array, or write xpk commands.")
 
@@ -147,12 +150,22 @@ def cmd_demo(config, workdir: str):
   # Evaluation restores the checkpoint in a fresh process, as a researcher would.
   subprocess.run([sys.executable, "-m", "sleepjax", "eval", *_INVOCATION.config_args(),
                   f"--workdir={workdir}"], check=True)
+  if config.model.get("family") == "sleeplm":
+    from sleepjax.families import sleeplm  # pylint: disable=g-import-not-at-top
+    print(sleeplm.format_text_report(sleeplm.text_report(config, workdir)))
+    cmd_caption(config, workdir)
   print(f"\noutputs in {os.path.abspath(workdir)}:\n"
         f"  raw cohort      raw/ (EDF+, NSRR XML, metadata.csv)\n"
         f"  shards          data/ (ArrayRecord + manifest.json)\n"
         f"  checkpoints     train/checkpoints/ (Orbax)\n"
         f"  TensorBoard     train/tb/   (tensorboard --logdir {os.path.join(workdir, 'train', 'tb')})\n"
         f"  report          eval/report.json")
+
+
+def cmd_caption(config, workdir: str):
+  """SleepLM: generated captions per epoch of --recording=ID beside the reference captions."""
+  from sleepjax import generate  # pylint: disable=g-import-not-at-top
+  print(generate.format_captions(generate.caption_recording(config, workdir, _RECORDING.value)))
 
 
 def cmd_config(config, workdir: str | None = None):
@@ -193,7 +206,7 @@ def cmd_sweep_report(config, workdir: str):
 COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep, "tokenizer": cmd_tokenizer,
             "train": cmd_train, "eval": cmd_eval,
             "demo": cmd_demo, "config": cmd_config, "sweep": cmd_sweep, "sweep-run": cmd_sweep_run,
-            "sweep-report": cmd_sweep_report}
+            "sweep-report": cmd_sweep_report, "caption": cmd_caption}
 
 
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.cli import load_config
+from sleepjax.config_tools import load_config
 from sleepjax.families import sleeplm as family
 from sleepjax.models.sleeplm import inputs
 from sleepjax.models.sleeplm.text import causal_mask
