@@ -166,8 +166,11 @@ def text_embeddings(model: SleepLM, tokenizer, texts, max_len: int) -> np.ndarra
 def stage_classifier(model: SleepLM, tokenizer, max_len: int) -> np.ndarray:
   """[stages, P]: per stage the normalised mean of its prompts' unit embeddings."""
   prompts = stage_prompts()
-  rows = [text_embeddings(model, tokenizer, prompts[k], max_len).mean(0) for k in sorted(prompts)]
-  rows = np.stack(rows)
+  stages = sorted(prompts)
+  texts = [t for k in stages for t in prompts[k]]
+  owner = np.array([k for k in stages for _ in prompts[k]])
+  unit = text_embeddings(model, tokenizer, texts, max_len)  # one call: one compilation
+  rows = np.stack([unit[owner == k].mean(0) for k in stages])
   return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
 
 
