@@ -4,10 +4,10 @@ The train step, train state and evaluation only go through this dict, so a new f
 by adding one entry.
 """
 
-from sleepjax.families import sleep2vec
+from sleepjax.families import sleep2vec, sleeplm
 from sleepjax.families.family import Family
 
-FAMILIES: dict[str, Family] = {"sleep2vec": sleep2vec.FAMILY}
+FAMILIES: dict[str, Family] = {"sleep2vec": sleep2vec.FAMILY, "sleeplm": sleeplm.FAMILY}
 
 
 def get_family(config) -> Family:
