@@ -92,6 +92,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3
   c.train.ema_momentum = 0.996  # EMA of the weights: this -> 1 (cosine over train.steps)
+  c.train.max_nonfinite_steps = 10  # skipped (non-finite) updates in a row before the run stops
+  c.train.allow_config_change = False  # resume even if model/data-defining keys changed
+  c.train.profile_steps = 0  # > 0: trace that many steps (after compilation) into train/tb
+  c.train.inject_nan_steps = ()  # tests: steps whose batch is poisoned with NaN
 
   c.eval = ml_collections.ConfigDict()
   c.eval.train_split = "train"

@@ -4,6 +4,8 @@
   read   records/s of the two read paths over the same shards: native records vs TFDS
   data   the training input pipeline at the sleep2vec pair-first and nine-modality shapes vs a
          numpy memmap of the same bytes; reader threads and worker processes, 1 to every core
+  step   the jitted train step on synthetic batches: compile time, step time, MFU, memory per
+         device; `--aot_devices=N` compiles for N devices (see sleepjax/bench_step.py)
 """
 
 import json
@@ -280,7 +282,13 @@ def bench_data(config, workdir: str) -> dict:
           "rows": rows, "best": best, "scaling_efficiency": scaling, "targets": DATA_TARGETS}
 
 
-BENCHMARKS = {"prep": bench_prep, "read": bench_read, "data": bench_data}
+def bench_step(config, workdir: str) -> dict:
+  """The jitted train step on synthetic batches: see `sleepjax.bench_step`."""
+  from sleepjax import bench_step as step  # pylint: disable=g-import-not-at-top
+  return step.bench_step(config, workdir)
+
+
+BENCHMARKS = {"prep": bench_prep, "read": bench_read, "data": bench_data, "step": bench_step}
 
 
 def run(what: str, config, workdir: str) -> pathlib.Path:

@@ -63,6 +63,8 @@ def probe_report(graphdef, params, manifest, modalities, config, mesh) -> dict:
 
 def evaluate(config, workdir: str) -> dict:
   """Probe on the latest checkpoint vs. on the same architecture at initialisation."""
+  # The architecture comes from the checkpoint's own config; the command line only sets eval keys.
+  config = checkpoint.config_for_eval(config, os.path.join(train_dir(workdir), "checkpoints"))
   mesh, manifest, modalities, tx, _ = setup(config, workdir)
   graphdef, abstract, shardings = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
   init_params = state_lib.init_state(config, modalities, tx, shardings, config.seed).params

@@ -1,10 +1,34 @@
-"""Orbax checkpoints holding the train state, the Grain iterator state and the config."""
+"""Orbax checkpoints: train state, Grain iterator state, the full config and run metadata.
 
+The config saved with a checkpoint is the truth about the model: a resume that would change what
+the run means (model shape, modalities, global batch, window, sampling, seed) is refused with the
+differing keys listed, and evaluation rebuilds the model from the saved config.
+"""
+
+import json
 import os
 
 import grain
 import jax
+import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+
+# Keys (or key prefixes) that define shapes or the data a run sees: a resume may not change them.
+FROZEN_KEYS = ("model", "objective", "data.modalities", "data.global_batch", "data.window_epochs",
+               "data.modality_sampling", "data.pair_weights", "data.modality_dropout",
+               "data.min_modalities", "data.caption_len", "seed")
+# Model keys that change how a step computes, not what the parameters are: free to change on resume
+# and taken from the command line by `eval` (e.g. evaluating a bf16/cuDNN-trained model on a CPU).
+RUNTIME_MODEL_KEYS = ("dtype", "attention", "remat", "scan_layers")
+# What `eval` takes from its own command line; everything else comes from the checkpoint's config.
+EVAL_SIDE_KEYS = ("eval", "mesh", "data.dir", "data.global_batch", "data.read_threads",
+                  "data.prefetch", "data.workers", "data.verify_shards")
+
+
+class NonFiniteStateError(RuntimeError):
+  """A state with non-finite parameters was about to be checkpointed."""
 
 
 def make_manager(directory: str, config) -> ocp.CheckpointManager:
@@ -15,11 +39,28 @@ def make_manager(directory: str, config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config, *, force=False) -> bool:
+_all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
+    [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    or [jnp.bool_(True)])))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config, *, meta=None,
+         force=False) -> bool:
+  """Saves at the manager's interval (or `force`); never a state whose parameters are not finite.
+
+  Every checkpoint on disk is finite, so `keep_checkpoints` can never push out the last good one.
+  """
+  if not force and not manager.should_save(step):
+    return False
+  if not bool(_all_finite(state.params)):
+    raise NonFiniteStateError(
+        f"step {step}: parameters are not finite; not checkpointing (last checkpoint: step "
+        f"{manager.latest_step()})")
   return manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(data_iter),
-      config=ocp.args.JsonSave(config.to_dict())), force=force)
+      config=ocp.args.JsonSave(config.to_dict()),
+      meta=ocp.args.JsonSave(meta or {})), force=force)
 
 
 def check_process_count(manager: ocp.CheckpointManager, step: int):
@@ -43,11 +84,129 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
   return manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
 
-def restore_params(directory: str, abstract_state, step: int | None = None, field: str = "params"):
-  """Params (or another state field, e.g. "ema") of the latest (or given) checkpoint, for
-  evaluation."""
+def _read_json(directory, step: int, item: str) -> dict | None:
+  path = os.path.join(os.fspath(directory), str(step), item, "metadata")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def saved_config(directory, step: int) -> dict | None:
+  """The config dict saved with checkpoint `step` (None for checkpoints that carry none)."""
+  return _read_json(directory, step, "config")
+
+
+def saved_meta(directory, step: int) -> dict:
+  """Run metadata saved with checkpoint `step`: schedule segments, skipped-update counts."""
+  return _read_json(directory, step, "meta") or {}
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict) and v:
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def _normalise(v):
+  """JSON round trip: tuples become lists, so saved and live values compare equal."""
+  return json.loads(json.dumps(v, sort_keys=True, default=str))
+
+
+def _frozen(key: str) -> bool:
+  if key.startswith("model.") and key.split(".", 1)[1] in RUNTIME_MODEL_KEYS:
+    return False
+  return any(key == k or key.startswith(k + ".") for k in FROZEN_KEYS)
+
+
+def config_diff(saved: dict, current: dict) -> dict[str, tuple]:
+  """{key: (saved, current)} for the shape- or data-defining keys that differ."""
+  a, b = _flatten(_normalise(saved)), _flatten(_normalise(current))
+  return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
+          if _frozen(k) and a.get(k, "<absent>") != b.get(k, "<absent>")}
+
+
+def check_resume_config(saved: dict | None, config, where: str):
+  """Refuses a resume that changes what the run means, unless `train.allow_config_change`."""
+  if saved is None:
+    return
+  diff = config_diff(saved, config.to_dict())
+  if not diff:
+    return
+  listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+  if config.train.get("allow_config_change", False):
+    logging.warning("resuming %s with changed keys (train.allow_config_change): %s", where, listing)
+    return
+  raise ValueError(
+      f"{where} was trained with another configuration; a resume may not change {listing}. "
+      "Use a new --workdir, or pass --config.train.allow_config_change=true to resume anyway.")
+
+
+def _set(config: ml_collections.ConfigDict, key: str, value):
+  *path, last = key.split(".")
+  node = config
+  for p in path:
+    node = node[p]
+  node[last] = value
+
+
+def _get(config, key: str):
+  node = config
+  for p in key.split("."):
+    node = node[p]
+  return node
+
+
+def config_for_eval(config, directory: str, step: int | None = None):
+  """The checkpoint's own config, with the command line's eval-side keys (and runtime model keys).
+
+  Evaluation needs no model flags: the architecture comes from the checkpoint.
+  """
+  with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+    step = manager.latest_step() if step is None else step
+  saved = None if step is None else saved_config(directory, step)
+  if saved is None:
+    return config
+  merged = ml_collections.ConfigDict(_normalise(saved))
+  for key in EVAL_SIDE_KEYS + tuple(f"model.{k}" for k in RUNTIME_MODEL_KEYS):
+    try:
+      value = _get(config, key)
+    except (KeyError, AttributeError):
+      continue
+    value = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    _set(merged, key, ml_collections.ConfigDict(value) if isinstance(value, dict) else value)
+  # Keys the current code knows but an older checkpoint lacks keep the command line's defaults.
+  for key, value in _flatten(config.to_dict()).items():
+    try:
+      _get(merged, key)
+    except (KeyError, AttributeError):
+      try:
+        _set(merged, key, value)
+      except (KeyError, AttributeError):
+        pass
+  return merged
+
+
+def restore_params(directory: str, abstract_state, step: int | None = None,
+                   field: str | None = None):
+  """Parameters (`field`; default: EMA parameters when the state has them) of the latest (or
+  given) checkpoint.
+
+  Only the parameter arrays are read: the optimizer state is never restored for evaluation.
+  """
   with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{directory}: no checkpoint found")
-    return getattr(restore(manager, step, abstract_state), field), step
+    name = field or (
+        "ema_params" if getattr(abstract_state, "ema_params", None) is not None else "params")
+    target = {name: getattr(abstract_state, name)}
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                     partial_restore=True)))["state"]
+    return restored[name], step

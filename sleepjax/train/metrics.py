@@ -105,3 +105,44 @@ def create_writer(logdir: str) -> LoggingWriter:
   if jax.process_index() != 0:
     return LoggingWriter()
   return MultiWriter([LoggingWriter(), TensorBoardWriter(logdir)])
+
+
+# Dense bf16 peak TFLOP/s per chip (vendor figures, no sparsity), matched against device_kind.
+PEAK_TFLOPS = (("h100", 989.0), ("h200", 989.0), ("gh200", 989.0), ("a100", 312.0),
+               ("v4", 275.0), ("v5 lite", 197.0), ("v5e", 197.0), ("v5p", 459.0), ("v5", 459.0),
+               ("v6 lite", 918.0), ("v6e", 918.0))
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Peak bf16 FLOP/s of one device of this kind; None where unknown (CPUs, other chips)."""
+  kind = device_kind.lower()
+  for key, tflops in sorted(PEAK_TFLOPS, key=lambda kv: -len(kv[0])):
+    if key in kind:
+      return tflops * 1e12
+  return None
+
+
+def mfu(flops_per_step: float | None, step_seconds: float, devices=None) -> float | None:
+  """Model FLOPs utilisation: analytic FLOPs per step over the devices' peak, or None."""
+  devices = jax.devices() if devices is None else devices
+  peak = peak_flops(devices[0].device_kind)
+  if not flops_per_step or peak is None or step_seconds <= 0:
+    return None
+  return flops_per_step / step_seconds / (peak * len(devices))
+
+
+class IntervalMeans:
+  """Host-side running means of per-step scalar metrics over one log interval."""
+
+  def __init__(self):
+    self.sums, self.counts = {}, {}
+
+  def add(self, values: dict, weight: float = 1.0):
+    for k, v in values.items():
+      self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
+      self.counts[k] = self.counts.get(k, 0.0) + weight
+
+  def pop(self) -> dict:
+    out = {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
+    self.sums, self.counts = {}, {}
+    return out

@@ -1,0 +1,149 @@
+"""Trainer faults and bookkeeping: SIGTERM, NaN, config mismatch, eval config, schedule extension."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import REPO
+
+
+def _losses(workdir) -> dict[int, float]:
+  events = EventAccumulator(str(workdir / "train" / "tb"))
+  events.Reload()
+  return {e.step: e.value for e in events.Scalars("loss")}
+
+
+def _workdir(prepared, tmp_path, name):
+  workdir = tmp_path / name
+  workdir.mkdir()
+  os.symlink(prepared / "data", workdir / "data")
+  return workdir
+
+
+def _config(tiny_config, **train):
+  config = tiny_config.copy_and_resolve_references()
+  config.train.log_every = 1
+  config.train.checkpoint_every = 100
+  for k, v in train.items():
+    config.train[k] = v
+  return config
+
+
+def test_schedule_extension_continues_the_decay():
+  from sleepjax.train import optim  # pylint: disable=g-import-not-at-top
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  cfg = ConfigDict(dict(lr=1.0, warmup_steps=2))
+  assert optim.extend_segments([[0, 10]], 10, 10) == [[0, 10]]
+  assert optim.extend_segments([[0, 10]], 0, 20) == [[0, 20]]  # nothing trained yet: replace
+  # A finished run extended: the learning rate stays at the end value, never jumps back up.
+  finished = optim.make_schedule(cfg, optim.extend_segments([[0, 10]], 10, 20))
+  assert np.allclose([finished(s) for s in range(10, 21)], optim.END_FRACTION)
+  # Extended midway: continuous at the resume step, then monotonically down to the end value.
+  base = optim.make_schedule(cfg, 10)
+  mid = optim.make_schedule(cfg, optim.extend_segments([[0, 10]], 5, 30))
+  assert np.allclose([mid(s) for s in range(6)], [base(s) for s in range(6)])
+  tail = np.array([mid(s) for s in range(5, 31)])
+  assert np.all(np.diff(tail) <= 1e-7) and np.isclose(tail[-1], optim.END_FRACTION)
+  assert tail[1] > base(6)  # the rest of the decay is stretched over the longer run
+
+
+def test_config_diff_lists_meaning_changing_keys(tiny_config):
+  from sleepjax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  saved = tiny_config.to_dict()
+  config = tiny_config.copy_and_resolve_references()
+  config.data.global_batch = 32
+  config.model.width = 48
+  config.model.dtype = "bfloat16"  # runtime key: free to change
+  config.optim.lr = 1.0  # not shape- or data-defining
+  diff = checkpoint.config_diff(saved, config.to_dict())
+  assert set(diff) == {"data.global_batch", "model.width"}, diff
+  with pytest.raises(ValueError, match="data.global_batch: 16 -> 32; model.width: 32 -> 48"):
+    checkpoint.check_resume_config(saved, config, "somewhere")
+  config.train.allow_config_change = True
+  checkpoint.check_resume_config(saved, config, "somewhere")
+
+
+def test_nan_skipped_then_named_error_and_refused_resume(prepared, tiny_config, tmp_path):
+  from sleepjax.train import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  workdir = _workdir(prepared, tmp_path, "nan")
+  config = _config(tiny_config, steps=4, inject_nan_steps=(3,))
+  last = trainer.train(config, str(workdir))
+  assert last["skipped_total"] == 1 and np.isfinite(last["loss"])
+  assert 3 not in _losses(workdir) and {1, 2, 4} <= set(_losses(workdir))
+  ckpt = trainer.checkpoint_dir(str(workdir))
+  assert checkpoint.saved_meta(ckpt, 4)["skipped_total"] == 1
+
+  # K non-finite steps in a row: a named error, and no checkpoint past the last good one.
+  config = _config(tiny_config, steps=8, inject_nan_steps=(5, 6), max_nonfinite_steps=2,
+                   checkpoint_every=1)
+  with pytest.raises(trainer.NonFiniteError, match="2 steps in a row"):
+    trainer.train(config, str(workdir))
+  assert sorted(int(s) for s in os.listdir(ckpt) if s.isdigit())[-1] == 5  # step 5 kept step 4's state
+
+  # A resume that changes the global batch or the model is refused, naming the keys.
+  config = _config(tiny_config, steps=8)
+  config.data.global_batch = 8
+  with pytest.raises(ValueError, match=r"data\.global_batch: 16 -> 8"):
+    trainer.train(config, str(workdir))
+
+
+def test_eval_config_comes_from_the_checkpoint(prepared, tiny_config, tmp_path):
+  """A model trained at a non-default width restores with no model flags on the command line."""
+  from sleepjax.train import checkpoint, state as state_lib, trainer  # pylint: disable=g-import-not-at-top
+  workdir = _workdir(prepared, tmp_path, "eval")
+  config = _config(tiny_config, steps=2)
+  config.model.width, config.model.heads = 48, 4
+  trainer.train(config, str(workdir))
+  cli_config = _config(tiny_config, steps=2)  # default width 32, another mesh, another probe
+  cli_config.mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+  cli_config.eval.probe_steps = 7
+  merged = checkpoint.config_for_eval(cli_config, trainer.checkpoint_dir(str(workdir)))
+  assert merged.model.width == 48 and merged.eval.probe_steps == 7 and merged.mesh.tensor == 2
+  mesh, _, modalities, tx, _ = trainer.setup(merged, str(workdir))
+  _, abstract, _ = state_lib.abstract_state(merged, modalities, tx, mesh, merged.seed)
+  params, step = checkpoint.restore_params(trainer.checkpoint_dir(str(workdir)), abstract)
+  assert step == 2
+  leaves = jax.tree.leaves(params)
+  assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted(prepared, tiny_config, tmp_path):
+  from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
+  steps = 8
+  workdir = _workdir(prepared, tmp_path, "killed")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "sleepjax.cli", "train", f"--config={REPO}/configs/smoke.py:tiny",
+       f"--config.train.steps={steps}", "--config.train.log_every=1",
+       "--config.train.checkpoint_every=100", f"--workdir={workdir}"],
+      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  output, deadline = [], time.time() + 600
+  for line in proc.stdout:  # wait until step 2 has been logged, then preempt
+    output.append(line)
+    if re.search(r"\[2\].*loss", line):
+      proc.send_signal(signal.SIGTERM)
+      break
+    assert time.time() < deadline, "".join(output[-20:])
+  rest, _ = proc.communicate(timeout=600)
+  output.append(rest)
+  assert proc.returncode == 0, "".join(output)[-3000:]
+  assert "SIGTERM at step" in rest and "checkpoint saved" in rest, rest[-2000:]
+  saved = sorted(int(s) for s in os.listdir(workdir / "train" / "checkpoints") if s.isdigit())
+  assert saved and 2 <= saved[-1] < steps, saved
+
+  config = _config(tiny_config, steps=steps)
+  trainer.train(config, str(workdir))  # resumes after the signal
+  straight = _workdir(prepared, tmp_path, "straight")
+  trainer.train(config, str(straight))
+  resumed, uninterrupted = _losses(workdir), _losses(straight)
+  assert set(resumed) == set(uninterrupted) == set(range(1, steps + 1))
+  for step, loss in uninterrupted.items():
+    assert abs(resumed[step] - loss) <= 1e-6 * abs(loss), (step, resumed[step], loss)
