@@ -15,6 +15,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from sleepjax import config_tools
+
 # Keys (or key prefixes) that define shapes or the data a run sees: a resume may not change them.
 FROZEN_KEYS = ("model", "objective", "data.modalities", "data.global_batch", "data.window_epochs",
                "data.modality_sampling", "data.pair_weights", "data.modality_dropout",
@@ -102,17 +104,6 @@ def saved_meta(directory, step: int) -> dict:
   return _read_json(directory, step, "meta") or {}
 
 
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict) and v:
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
 def _normalise(v):
   """JSON round trip: tuples become lists, so saved and live values compare equal."""
   return json.loads(json.dumps(v, sort_keys=True, default=str))
@@ -126,7 +117,7 @@ def _frozen(key: str) -> bool:
 
 def config_diff(saved: dict, current: dict) -> dict[str, tuple]:
   """{key: (saved, current)} for the shape- or data-defining keys that differ."""
-  a, b = _flatten(_normalise(saved)), _flatten(_normalise(current))
+  a, b = config_tools.flatten(_normalise(saved)), config_tools.flatten(_normalise(current))
   return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
           if _frozen(k) and a.get(k, "<absent>") != b.get(k, "<absent>")}
 
@@ -172,7 +163,7 @@ def config_for_eval(config, directory: str, step: int | None = None):
   saved = None if step is None else saved_config(directory, step)
   if saved is None:
     return config
-  merged = ml_collections.ConfigDict(_normalise(saved))
+  merged = config_tools.from_dict(saved)
   for key in EVAL_SIDE_KEYS + tuple(f"model.{k}" for k in RUNTIME_MODEL_KEYS):
     try:
       value = _get(config, key)
@@ -181,7 +172,7 @@ def config_for_eval(config, directory: str, step: int | None = None):
     value = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
     _set(merged, key, ml_collections.ConfigDict(value) if isinstance(value, dict) else value)
   # Keys the current code knows but an older checkpoint lacks keep the command line's defaults.
-  for key, value in _flatten(config.to_dict()).items():
+  for key, value in config_tools.flatten(config.to_dict()).items():
     try:
       _get(merged, key)
     except (KeyError, AttributeError):

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from sleepjax import sharding
-from sleepjax.data import pipeline
+from sleepjax.data import pipeline, prefetch
 from sleepjax.data.manifest import read_manifest, training_modalities
 from sleepjax.train import checkpoint, metrics, optim, state as state_lib
 from sleepjax.train.step import make_train_step
@@ -174,7 +174,18 @@ def train(config, workdir: str) -> dict:
     logging.info("learning-rate schedule segments %s (decay continues, see train/optim.py)", segments)
 
   local_batch = check_batch(config.data.global_batch, mesh)
-  it = iter(pipeline.make_dataset(
+  batch_sh = sharding.batch_sharding(mesh)
+  inject = set(config.train.get("inject_nan_steps", ()))
+  next_step = [0]  # the step the next batch read ahead will feed
+
+  def to_device(local):
+    next_step[0] += 1
+    if next_step[0] in inject:
+      local = _poison(local)
+    return pipeline.to_global(local, batch_sh)
+
+  # Batches are read and copied to the devices in a background thread while the step runs.
+  it = prefetch.DevicePrefetch(iter(pipeline.make_dataset(
       manifest, "train", list(modalities), window=config.data.window_epochs,
       local_batch=local_batch, seed=config.seed, train=True,
       sampling=config.data.modality_sampling, pair_weights=dict(config.data.pair_weights) or None,
@@ -183,7 +194,8 @@ def train(config, workdir: str) -> dict:
       process_index=jax.process_index(), process_count=jax.process_count(),
       read_threads=config.data.read_threads, prefetch=config.data.prefetch,
       workers=config.data.workers, verify=config.data.verify_shards,
-      subject_fraction=config.data.get("subject_fraction", 1.0)))
+      subject_fraction=config.data.get("subject_fraction", 1.0))), to_device,
+      depth=config.data.get("device_prefetch", 2))
 
   manager = checkpoint.make_manager(ckpt, config)
   if latest is not None:
@@ -191,8 +203,8 @@ def train(config, workdir: str) -> dict:
     logging.info("resumed from step %d", latest)
   else:
     state = state_lib.init_state(config, modalities, tx, state_sh, config.seed)
+  next_step[0] = int(state.step)
 
-  batch_sh = sharding.batch_sharding(mesh)
   step_fn = jax.jit(skip_nonfinite(make_train_step(graphdef, tx, schedule, config)),
                     in_shardings=(state_sh, batch_sh),
                     out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
@@ -208,7 +220,6 @@ def train(config, workdir: str) -> dict:
   if train_cfg.stop_after_steps:
     stop = min(stop, step + train_cfg.stop_after_steps)
   max_bad = train_cfg.get("max_nonfinite_steps", 10)
-  inject = set(train_cfg.get("inject_nan_steps", ()))
   profile_steps = train_cfg.get("profile_steps", 0)
   profile_start = step + 3 if profile_steps else -1  # past compilation
   flops = _flops_per_step(config, modalities)
@@ -254,10 +265,7 @@ def train(config, workdir: str) -> dict:
     with preempt, jax.set_mesh(mesh):
       while step < stop:
         t0 = time.perf_counter()
-        local = next(it)
-        if step + 1 in inject:
-          local = _poison(local)
-        batch = pipeline.to_global(local, batch_sh)
+        batch = next(it)  # blocks only when input is slower than the step
         t1 = time.perf_counter()
         clock["data"] += t1 - t0
         interval["data"] += t1 - t0
@@ -309,6 +317,7 @@ def train(config, workdir: str) -> dict:
         if stopping and step < stop:
           break
   finally:
+    it.close()
     if tracing:
       jax.profiler.stop_trace()
     t2 = time.perf_counter()
