@@ -176,7 +176,8 @@ def train(config, workdir: str) -> dict:
   local_batch = check_batch(config.data.global_batch, mesh)
   batch_sh = sharding.batch_sharding(mesh)
   inject = set(config.train.get("inject_nan_steps", ()))
-  next_step = [0]  # the step the next batch read ahead will feed
+  # The step the last batch read ahead feeds (restoring the iterator starts the read-ahead).
+  next_step = [latest or 0]
 
   def to_device(local):
     next_step[0] += 1
@@ -203,7 +204,6 @@ def train(config, workdir: str) -> dict:
     logging.info("resumed from step %d", latest)
   else:
     state = state_lib.init_state(config, modalities, tx, state_sh, config.seed)
-  next_step[0] = int(state.step)
 
   step_fn = jax.jit(skip_nonfinite(make_train_step(graphdef, tx, schedule, config)),
                     in_shardings=(state_sh, batch_sh),
