@@ -2,11 +2,11 @@
 
 Extending a run (a resume with a larger `train.steps`) continues the decay from where it was: the
 schedule is a list of segments `[start, end]`. The first is warmup + cosine from `lr` to
-`optim.end_lr_fraction` (0.01) x lr over `[0, train.steps]`; a resume at step k that changes `train.steps` to S appends
-`[k, S]`, over which the learning rate follows a cosine from its value at step k down to the same
-end value. It never jumps back up: extending a finished run continues at the end value, extending
-a run midway stretches the rest of its decay over the new length. The segments are saved with
-every checkpoint (`meta.schedule`).
+`optim.end_lr_fraction` (0.01) x `lr` over `[0, train.steps]`; a resume at step k that changes
+`train.steps` to S appends `[k, S]`, over which the learning rate follows a cosine from its value
+at step k down to the same end value. It never jumps back up: extending a finished run continues
+at the end value, extending a run midway stretches the rest of its decay over the new length. The
+segments are saved with every checkpoint (`meta.schedule`).
 """
 
 import jax

@@ -127,11 +127,14 @@ def _poison(local: dict) -> dict:
   return {k: (v * np.nan if k.startswith("signals/") else v) for k, v in local.items()}
 
 
+def _fields(config) -> tuple[str, ...] | None:
+  """The batch fields the family's loss reads (the pipeline reads only those)."""
+  from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
+  return tuple(get_family(config).fields(config))
+
+
 def _flops_per_step(config, modalities) -> float | None:
-  try:
-    from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
+  from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
   try:
     return float(get_family(config).flops(config, modalities, config.data.global_batch,
                                           config.data.window_epochs))
@@ -195,7 +198,8 @@ def train(config, workdir: str) -> dict:
       process_index=jax.process_index(), process_count=jax.process_count(),
       read_threads=config.data.read_threads, prefetch=config.data.prefetch,
       workers=config.data.workers, verify=config.data.verify_shards,
-      subject_fraction=config.data.get("subject_fraction", 1.0))), to_device,
+      subject_fraction=config.data.get("subject_fraction", 1.0), fields=_fields(config))),
+      to_device,
       depth=config.data.get("device_prefetch", 2))
 
   manager = checkpoint.make_manager(ckpt, config)
