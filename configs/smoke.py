@@ -63,6 +63,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.head_norm = "batch"  # batch (over the global batch's valid tokens) | layer
   c.model.mask_fraction = 0.15  # present tokens replaced by the modality's mask token in training
   c.model.dtype = "float32"  # bfloat16 on accelerators
+  c.model.attention = "xla"  # xla | cudnn (flash attention, GPU, bf16) | auto (cudnn on GPU in bf16)
+  c.model.remat = "none"  # none | full | save_dots | save_attn_proj (activation memory vs compute)
 
   c.objective = ml_collections.ConfigDict()
   c.objective.loss = "dash"  # dash (DAS-H InfoNCE) | info_nce (w = 1, h = 0)
@@ -92,6 +94,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3
   c.train.ema_momentum = 0.996  # EMA of the weights: this -> 1 (cosine over train.steps)
+  c.train.microbatches = 1  # > 1: GradCache accumulation over that many micro-batches
   c.train.max_nonfinite_steps = 10  # skipped (non-finite) updates in a row before the run stops
   c.train.allow_config_change = False  # resume even if model/data-defining keys changed
   c.train.profile_steps = 0  # > 0: trace that many steps (after compilation) into train/tb

@@ -19,6 +19,10 @@ class Family:
       analytic training FLOPs per step (forward + backward = 3 x forward matmul FLOPs).
   fields(config) -> tuple[str, ...]
       batch fields the loss reads beyond signals and masks.
+  encode(model, batch, rng) -> embeddings pytree;  loss_from(model, embeddings, batch, rng) ->
+      (loss, metrics): optional split of `loss` (loss == loss_from(encode(...))) that gradient
+      accumulation with global negatives needs (`train.microbatches`, sleepjax/train/gradcache.py):
+      `encode` is per example, `loss_from` sees the whole batch.
   """
   name: str
   build: Callable[..., Any]
@@ -26,3 +30,5 @@ class Family:
   embed: Callable[..., Any]
   flops: Callable[..., float]
   fields: Callable[..., tuple]
+  encode: Callable[..., Any] | None = None
+  loss_from: Callable[..., Any] | None = None

@@ -56,13 +56,24 @@ def pick_pair(model: Sleep2Vec, masks: dict) -> jax.Array | None:
   return jnp.stack([jnp.minimum(a, b), jnp.maximum(a, b)])
 
 
-def loss(model: Sleep2Vec, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+def encode(model: Sleep2Vec, batch: dict, rng: jax.Array) -> dict:
+  """Per-example part of the loss: the transformer's tokens [B, M, W, D] and presence [B, M, W]."""
   objective = model.objective
   select = pick_pair(model, batch["masks"]) if objective.pair_strategy == "pair_first" else None
   out = model.encode(batch["signals"], batch["masks"], rng=rng,
                      mask_fraction=objective.mask_fraction, select=select)
-  z_BxMxWxP = model.project(out["tokens"], out["present"])
-  return infonce.contrastive_loss(z_BxMxWxP, out["present"], batch, objective)
+  return {"tokens": out["tokens"], "present": out["present"]}
+
+
+def loss_from(model: Sleep2Vec, emb: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+  """Whole-batch part: the projection head (its BatchNorm needs the whole batch) and the loss."""
+  del rng
+  z_BxMxWxP = model.project(emb["tokens"], emb["present"])
+  return infonce.contrastive_loss(z_BxMxWxP, emb["present"], batch, model.objective)
+
+
+def loss(model: Sleep2Vec, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+  return loss_from(model, encode(model, batch, rng), batch, rng)
 
 
 def embed(model: Sleep2Vec, batch: dict) -> dict:
@@ -123,4 +134,5 @@ def fields(config) -> tuple[str, ...]:
   return infonce.metadata_fields(Objective.from_config(config))
 
 
-FAMILY = Family(name="sleep2vec", build=build, loss=loss, embed=embed, flops=flops, fields=fields)
+FAMILY = Family(name="sleep2vec", build=build, loss=loss, embed=embed, flops=flops, fields=fields,
+                encode=encode, loss_from=loss_from)

@@ -7,8 +7,29 @@ softmax and RoPE run in float32. One `Block` is the unit a scan/remat wrapper re
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from sleepjax.sharding import constrain
+
+# model.remat: what a block keeps for the backward pass (the rest is recomputed).
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation: fastest, most memory
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+    "save_attn_proj": jax.checkpoint_policies.save_only_these_names("attn_proj"),  # q, k, v, out
+}
+# model.attention: jax.nn.dot_product_attention's implementation; "auto" = cuDNN flash attention on
+# GPUs in bf16/fp16, XLA elsewhere.
+ATTENTION = ("auto", "xla", "cudnn")
+
+
+def attention_implementation(name: str, dtype) -> str | None:
+  if name not in ATTENTION:
+    raise ValueError(f"model.attention must be one of {ATTENTION}, got {name!r}")
+  if name == "auto":
+    low_precision = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if jax.default_backend() == "gpu" and low_precision else None
+  return None if name == "xla" else name
 
 ACT = ("activation_batch", "activation_time", "activation_embed")
 
@@ -47,10 +68,11 @@ class Attention(nnx.Module):
   """Multi-head self-attention with RoPE. q/k/v kernels are [D, heads, head_dim] (logical axes
   embed, heads, kv), so tensor parallelism splits whole heads."""
 
-  def __init__(self, d: int, heads: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, d: int, heads: int, *, dtype, rngs: nnx.Rngs, attention: str = "xla"):
     if d % heads:
       raise ValueError(f"width {d} not divisible by {heads} heads")
     self.heads, self.head_dim, self.dtype = heads, d // heads, dtype
+    self.implementation = attention_implementation(attention, dtype)
     hk = (heads, d // heads)
     kernel = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
     zeros = nnx.initializers.zeros_init()
@@ -68,24 +90,31 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None) -> jax.Array:
     positions_T = jnp.arange(x_BxTxD.shape[1])
-    q_BxTxHxK = rope(self._project(x_BxTxD, self.q, self.q_bias), positions_T)
-    k_BxTxHxK = rope(self._project(x_BxTxD, self.k, self.k_bias), positions_T)
-    v_BxTxHxK = self._project(x_BxTxD, self.v, self.v_bias)
+    q_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.q, self.q_bias), positions_T))
+    k_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.k, self.k_bias), positions_T))
+    v_BxTxHxK = _saved(self._project(x_BxTxD, self.v, self.v_bias))
     mask = None if mask_BxT is None else mask_BxT[:, None, None, :]  # keys only
-    y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask)
+    y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask,
+                                             implementation=self.implementation)
     y_BxTxD = jnp.einsum("bthk,hkd->btd", y_BxTxHxK, self.out.value.astype(self.dtype))
-    return y_BxTxD + self.out_bias.value.astype(self.dtype)
+    return _saved(y_BxTxD + self.out_bias.value.astype(self.dtype))
+
+
+def _saved(x):
+  """Names an attention projection for the `save_attn_proj` remat policy."""
+  return checkpoint_name(x, "attn_proj")
 
 
 class Block(nnx.Module):
   """Transformer block: attention + GELU MLP, pre-LN (`norm="pre"`) or post-LN (`"post"`)."""
 
-  def __init__(self, d: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs, norm: str = "pre"):
+  def __init__(self, d: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs, norm: str = "pre",
+               attention: str = "xla"):
     if norm not in ("pre", "post"):
       raise ValueError(f"model.norm must be 'pre' or 'post', got {norm!r}")
     self.post = norm == "post"
     self.norm1 = layer_norm(d, rngs=rngs)
-    self.attn = Attention(d, heads, dtype=dtype, rngs=rngs)
+    self.attn = Attention(d, heads, dtype=dtype, rngs=rngs, attention=attention)
     self.norm2 = layer_norm(d, rngs=rngs)
     self.up = dense(d, mlp, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.down = dense(mlp, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
@@ -103,16 +132,30 @@ class Block(nnx.Module):
     return constrain(x_BxTxD + self._mlp(self.norm2(x_BxTxD)), ACT)
 
 
+def _call_block(block, x_BxTxD, mask_BxT):
+  return block(x_BxTxD, mask_BxT)
+
+
 class Transformer(nnx.Module):
-  """`depth` blocks; pre-LN stacks end with a final LayerNorm (post-LN blocks already end in one)."""
+  """`depth` blocks; pre-LN stacks end with a final LayerNorm (post-LN blocks already end in one).
+
+  `remat`: a name in REMAT_POLICIES (each block rematerialised under that policy, or not at all);
+  `attention`: see `attention_implementation`.
+  """
 
   def __init__(self, d: int, depth: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs,
-               norm: str = "pre"):
-    self.blocks = nnx.List([Block(d, heads, mlp, dtype=dtype, rngs=rngs, norm=norm)
-                            for _ in range(depth)])
+               norm: str = "pre", remat: str = "none", attention: str = "xla"):
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    self.remat = remat
+    self.blocks = nnx.List([Block(d, heads, mlp, dtype=dtype, rngs=rngs, norm=norm,
+                                  attention=attention) for _ in range(depth)])
     self.norm = layer_norm(d, rngs=rngs) if norm == "pre" else None
 
   def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None = None) -> jax.Array:
+    call = _call_block
+    if self.remat != "none":
+      call = nnx.remat(_call_block, policy=REMAT_POLICIES[self.remat])
     for block in self.blocks:
-      x_BxTxD = block(x_BxTxD, mask_BxT)
+      x_BxTxD = call(block, x_BxTxD, mask_BxT)
     return x_BxTxD if self.norm is None else self.norm(x_BxTxD)

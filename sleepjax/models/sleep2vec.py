@@ -106,7 +106,8 @@ class Sleep2Vec(nnx.Module):
     self.modality_embed = nnx.Param(init(rngs.params(), (len(self.names), d)))
     self.mask_token = nnx.Param(init(rngs.params(), (len(self.names), d)))
     self.encoder = Transformer(d, config.depth, config.heads, config.mlp, dtype=dtype, rngs=rngs,
-                               norm=config.get("norm", "pre"))
+                               norm=config.get("norm", "pre"), remat=config.get("remat", "none"),
+                               attention=config.get("attention", "xla"))
     self.head = ProjectionHead(d, config.get("proj_hidden", 0) or d, config.proj_dim,
                                norm=config.get("head_norm", "batch"), dtype=dtype, rngs=rngs)
 

@@ -6,9 +6,9 @@ Family-agnostic: the loss is `FAMILIES[config.model.family].loss(model, batch, r
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from sleepjax.families import get_family
+from sleepjax.train import gradcache
 from sleepjax.train.state import TrainState
 
 
@@ -27,12 +27,11 @@ def make_train_step(graphdef, tx, schedule, config):
   family = get_family(config)
   ema_base = config.train.get("ema_momentum", 0.996)
 
-  def loss_fn(params, batch, rng):
-    return family.loss(nnx.merge(graphdef, params), batch, rng)
-
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
+    # train.microbatches > 1: GradCache accumulation, negatives stay global (train/gradcache.py).
+    (loss, metrics), grads = gradcache.value_and_grad(
+        family, graphdef, state.params, batch, step_rng, config.train.get("microbatches", 1))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     momentum = ema_momentum(state.step, config.train.steps, ema_base)
