@@ -88,4 +88,8 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
   c.optim.grad_clip = 1.0
   c.optim.warmup_fraction = 0.03  # of train.steps
   c.optim.end_lr_fraction = 0.1
+  if size in ("600m", "1b"):
+    # FSDP: parameters and AdamW state sharded over every device (ZeRO-3); a 1b model's f32
+    # params + two moments + EMA are ~20 GB, too much to replicate on every chip.
+    c.mesh = dict(data=1, fsdp=-1, tensor=1)
   return c

@@ -11,8 +11,9 @@ from sleepjax.train.optim import make_optimizer
 
 
 def test_accumulated_gradients_equal_single_batch(tiny_config):
-  """2 micro-batches vs the whole batch of 16 on 8 devices: loss to 1e-5, every gradient leaf to
-  1e-4 relative (+ 1e-6 of its largest entry) in float32. Mask tokens off (their random draws are
+  """2 micro-batches vs the whole batch of 16 on 8 devices: loss to 1e-5, every gradient entry to
+  1e-4 relative + 1e-5 of the largest gradient entry (float32 round-off; some leaves, e.g. biases
+  ahead of a BatchNorm, have analytically zero gradients that come out as ~1e-8 noise). Mask tokens off (their random draws are
   per micro-batch); DAS-H weights, the BatchNorm head and all negatives see the whole batch."""
   config = tiny_config.copy_and_resolve_references()
   config.model.mask_fraction = 0.0
@@ -33,9 +34,10 @@ def test_accumulated_gradients_equal_single_batch(tiny_config):
     (loss2, metrics2), g2 = grad(params, batch, 2)
   assert np.isclose(loss1, loss2, rtol=1e-5), (loss1, loss2)
   assert set(metrics1) == set(metrics2)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(g1))
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     a, b = np.asarray(a), np.asarray(b)
-    assert np.allclose(b, a, rtol=1e-4, atol=1e-6 * np.abs(a).max() + 1e-12), np.abs(a - b).max()
+    assert np.allclose(b, a, rtol=1e-4, atol=1e-5 * scale), (np.abs(a - b).max(), scale)
 
 
 def test_remat_policies_give_the_same_gradients():
@@ -47,7 +49,8 @@ def test_remat_policies_give_the_same_gradients():
   mask = jnp.ones((2, 8), bool).at[1, 5:].set(False)
   grads = {}
   for name in REMAT_POLICIES:
-    model = Transformer(32, 2, 4, 64, dtype=jnp.float32, rngs=nnx.Rngs(0), remat=name)
+    with nnx.use_eager_sharding(False):
+      model = Transformer(32, 2, 4, 64, dtype=jnp.float32, rngs=nnx.Rngs(0), remat=name)
     graphdef, params = nnx.split(model)
     loss = lambda p: jnp.square(nnx.merge(graphdef, p)(x, mask)).mean()  # pylint: disable=cell-var-from-loop
     grads[name] = jax.jit(jax.grad(loss))(params)
