@@ -38,7 +38,8 @@ CAPTION_GROUPS = 5  # data_prep.captions.GROUPS
 def modality_shapes(config) -> dict[str, tuple[int, int]]:
   """name -> (rate, channels) of the config's modalities, from the canonical table."""
   from sleepjax.modalities import CANONICAL  # pylint: disable=g-import-not-at-top
-  return {m: (CANONICAL[m].rate, len(CANONICAL[m].channels)) for m in config.prep.modalities}
+  names = tuple(config.data.get("modalities", ())) or tuple(config.prep.modalities)
+  return {m: (CANONICAL[m].rate, len(CANONICAL[m].channels)) for m in names}
 
 
 def synthetic_batch(config, modalities: dict, local_batch: int, seed: int = 0) -> dict:
@@ -95,6 +96,18 @@ def _xla_flops(compiled) -> float | None:
   return float(cost["flops"]) if cost and "flops" in cost else None
 
 
+def _flops(config, modalities: dict, local: dict) -> float | None:
+  """The family's analytic FLOPs for exactly the modalities this batch carries."""
+  from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
+  encoded = tuple(k.split("/", 1)[1] for k in local if k.startswith("signals/"))
+  flops = get_family(config).flops
+  try:
+    return float(flops(config, modalities, config.data.global_batch, config.data.window_epochs,
+                       encoded=encoded))
+  except TypeError:  # a family without the `encoded` argument
+    return float(flops(config, modalities, config.data.global_batch, config.data.window_epochs))
+
+
 def compile_step(config, *, run: bool):
   """(result dict, compiled step, state, batch): compiled for the config's mesh on the devices."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -123,7 +136,7 @@ def compile_step(config, *, run: bool):
   device = jax.devices()[0]
   result = {
       "what": "step", "params": int(sum(x.size for x in jax.tree.leaves(abstract.params))),
-      "flops_per_step": trainer._flops_per_step(config, modalities),  # pylint: disable=protected-access
+      "flops_per_step": _flops(config, modalities, local),
       "xla_flops_per_step": _xla_flops(compiled), "compile_seconds": compile_seconds,
       "device_kind": device.device_kind, "platform": device.platform,
       "devices": jax.device_count(), "mesh": dict(mesh.shape),
