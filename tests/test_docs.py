@@ -28,6 +28,13 @@ def test_references_are_generated_from_the_current_code():
   assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
 
+def test_every_config_key_of_every_preset_has_a_meaning():
+  text = (REPO / "docs" / "reference" / "config.md").read_text()
+  rows = [line for line in text.splitlines() if line.startswith("| `")]
+  assert len(rows) > 100
+  assert not [r for r in rows if r.rstrip().endswith("|  |")], "keys without a meaning"
+
+
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_links_stay_inside_the_repository(path):
   for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
