@@ -1,7 +1,7 @@
 import numpy as np
 
 from sleepjax.evaluate import metrics
-from sleepjax.evaluate.probe import fit_linear_probe
+from sleepjax.evaluate.probes import fit_linear_probe
 
 
 def test_macro_f1_and_kappa_by_hand():

@@ -1,0 +1,148 @@
+"""Restore a checkpoint for evaluation and embed whole segments of a split into numpy tables.
+
+Several processes: each reads its own slice of the split's records, all run the same number of
+global batches (short slices are padded with invalid rows), the outputs come back replicated, so
+every process ends with the same complete table, in an order independent of the process count.
+"""
+
+import dataclasses
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from sleepjax import sharding
+from sleepjax.data import pipeline
+from sleepjax.train import checkpoint, state as state_lib
+from sleepjax.train.trainer import check_batch, setup, train_dir
+
+LABELS = ("stage", "events", "features", "epoch_index", "age", "sex", "site", "recording")
+
+
+@dataclasses.dataclass
+class Encoder:
+  """What evaluation needs of a model: its graph, parameters and an embed function."""
+  name: str
+  graphdef: object
+  params: object
+  embed: object  # (model, batch) -> {"epoch": [B, W, D], optional "per_modality", "present", ...}
+
+
+def saved_config(checkpoint_dir: str, step: int):
+  """The config a checkpoint was trained with (None for checkpoints that carry none)."""
+  path = os.path.join(os.path.abspath(checkpoint_dir), str(step), "config")
+  if not os.path.isdir(path):
+    return None
+  with ocp.CheckpointManager(os.path.abspath(checkpoint_dir)) as manager:
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  return ml_collections.ConfigDict(saved)
+
+
+def model_config(config, workdir: str):
+  """The command line's config with the model/objective sections of the checkpoint's own config
+  (what the parameters were trained as); eval/data/mesh stay as given."""
+  ckpt_dir = os.path.join(train_dir(workdir), "checkpoints")
+  with ocp.CheckpointManager(os.path.abspath(ckpt_dir)) as manager:
+    step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint found")
+  saved = saved_config(ckpt_dir, step)
+  config = ml_collections.ConfigDict(config.to_dict())
+  if saved is not None:
+    for section in ("model", "objective", "prep", "text"):
+      if section in saved:
+        config[section] = saved[section]
+  return config, ckpt_dir, step
+
+
+def _legacy_embed(model, batch):
+  """sleep2vec before the family interface: every modality must be present as a key."""
+  out = model(batch["signals"], batch["masks"])
+  return {"epoch": out["fused"], "per_modality": out["tokens"], "present": out["present"],
+          "z": out["z"]}
+
+
+def embed_function(config):
+  try:
+    from sleepjax.families import FAMILIES  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return _legacy_embed
+  return FAMILIES[config.model.get("family", "sleep2vec")].embed
+
+
+def restore(config, workdir: str):
+  """(config, setup, pretrained Encoder, random-init Encoder, checkpoint step).
+
+  Parameters restore onto the current mesh (any topology); EMA parameters when the state has them.
+  """
+  config, ckpt_dir, _ = model_config(config, workdir)
+  mesh, manifest, modalities, tx, _ = setup(config, workdir)
+  graphdef, abstract, shardings = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  init = state_lib.init_state(config, modalities, tx, shardings, config.seed)
+  with ocp.CheckpointManager(os.path.abspath(ckpt_dir)) as manager:
+    step = manager.latest_step()
+    state = checkpoint.restore(manager, step, abstract)
+  params = getattr(state, "ema_params", None) or getattr(state, "ema", None) or state.params
+  embed = embed_function(config)
+  return (config, (mesh, manifest, modalities), Encoder("pretrained", graphdef, params, embed),
+          Encoder("random_init", graphdef, init.params, embed), step)
+
+
+def _with_subset(batch: dict, modalities: list[str], subset) -> dict:
+  """Keep only `subset`'s signals/masks (absent modalities: zero signal, all-False mask, for models
+  that need every key)."""
+  if subset is None:
+    return batch
+  out = dict(batch)
+  for m in modalities:
+    if m not in subset:
+      out[f"signals/{m}"] = np.zeros_like(batch[f"signals/{m}"])
+      out[f"masks/{m}"] = np.zeros_like(batch[f"masks/{m}"])
+  return out
+
+
+def embed_split(encoder: Encoder, manifest: dict, split: str, modalities: list[str], config, mesh,
+                *, subset=None, keep=("epoch", "per_modality", "present", "z")) -> dict:
+  """Every whole segment of `split`: embeddings (`keep` of what the family returns) and LABELS,
+  one row per segment, ordered by (recording, first epoch)."""
+  local_batch = check_batch(config.data.global_batch, mesh)
+  n_records = manifest["splits"][split]["records"]
+  P, p = jax.process_count(), jax.process_index()
+  n_batches = -(-(-(-n_records // P)) // local_batch)
+  batch_sh = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+
+  def forward(params, batch):
+    out = encoder.embed(nnx.merge(encoder.graphdef, params), batch)
+    out = {k: v for k, v in out.items() if k in keep}
+    return out, {k: batch[k] for k in (*LABELS, "valid")}
+
+  forward = jax.jit(forward, out_shardings=replicated)
+  ds = pipeline.make_dataset(manifest, split, modalities, window=None, local_batch=local_batch,
+                             seed=0, train=False, read_threads=config.data.read_threads,
+                             process_index=p, process_count=P, verify=config.data.verify_shards)
+  it, template, rows = iter(ds), None, []
+  with jax.set_mesh(mesh):
+    for _ in range(n_batches):
+      local = next(it, None)
+      if local is None:  # this process's slice is exhausted: an invalid batch keeps step with others
+        local = {k: np.zeros_like(v) for k, v in template.items()}
+        n = 0
+      else:
+        local = _with_subset(local, modalities, subset)
+        n = len(local["stage"])
+        if n < local_batch:
+          local = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)])
+                   for k, v in local.items()}
+        template = template or local
+      local["valid"] = np.arange(local_batch) < n
+      out, labels = jax.device_get(forward(encoder.params, pipeline.to_global(local, batch_sh)))
+      rows.append({**out, **labels})
+  table = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+  valid = table.pop("valid")
+  table = {k: v[valid] for k, v in table.items()}
+  order = np.lexsort((table["epoch_index"][:, 0], table["recording"]))
+  return {k: np.asarray(v[order]) for k, v in table.items()}

@@ -1,0 +1,109 @@
+"""Heads fitted on frozen embeddings: linear classifiers (class-balanced softmax or per-output
+sigmoid), closed-form ridge regression, label-fraction subsampling, regularisation chosen on val.
+
+Every fit standardises features with the training rows' mean and sd and is deterministic given its
+seed; predictions are numpy.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def _standardise(x_NxD: np.ndarray):
+  mu_D, sd_D = x_NxD.mean(0), x_NxD.std(0) + 1e-6
+  return lambda x: ((x - mu_D) / sd_D).astype(np.float32)
+
+
+def _fit_adam(loss_fn, shape, *, steps: int, lr: float, seed: int):
+  params = {"w": 0.01 * jax.random.normal(jax.random.key(seed), shape),
+            "b": jnp.zeros(shape[1])}
+  tx = optax.adam(lr)
+
+  @jax.jit
+  def fit(p):
+    def body(carry, _):
+      p, opt = carry
+      updates, opt = tx.update(jax.grad(loss_fn)(p), opt)
+      return (optax.apply_updates(p, updates), opt), None
+    (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=steps)
+    return p
+
+  return jax.device_get(fit(params))
+
+
+def fit_linear_probe(x_NxD: np.ndarray, y_N: np.ndarray, n_classes: int, *, steps: int, lr: float,
+                     l2: float, seed: int = 0):
+  """Class-balanced multinomial logistic regression (full-batch Adam); returns predict(x) -> labels
+  (with predict.proba(x) -> probabilities)."""
+  keep = y_N >= 0
+  x_NxD, y_N = x_NxD[keep], y_N[keep]
+  norm = _standardise(x_NxD)
+  counts_K = np.bincount(y_N, minlength=n_classes)
+  weight_K = jnp.asarray(np.where(counts_K > 0, len(y_N) / (n_classes * np.maximum(counts_K, 1)), 0))
+  xs, ys = jnp.asarray(norm(x_NxD)), jnp.asarray(y_N)
+
+  def loss_fn(p):
+    ce = optax.softmax_cross_entropy_with_integer_labels(xs @ p["w"] + p["b"], ys)
+    return (ce * weight_K[ys]).sum() / weight_K[ys].sum() + l2 * jnp.sum(p["w"] ** 2)
+
+  params = _fit_adam(loss_fn, (x_NxD.shape[1], n_classes), steps=steps, lr=lr, seed=seed)
+
+  def logits(x):
+    return norm(x) @ params["w"] + params["b"]
+
+  def predict(x: np.ndarray) -> np.ndarray:
+    return np.argmax(logits(x), -1)
+
+  predict.proba = lambda x: np.asarray(jax.nn.softmax(logits(x), -1))
+  return predict
+
+
+def fit_sigmoid_probe(x_NxD: np.ndarray, y_NxK: np.ndarray, *, steps: int, lr: float, l2: float,
+                      seed: int = 0):
+  """Independent logistic outputs (multi-label, positives re-weighted to balance each output);
+  returns scores(x) -> probabilities [N, K]."""
+  norm = _standardise(x_NxD)
+  xs, ys = jnp.asarray(norm(x_NxD)), jnp.asarray(y_NxK, jnp.float32)
+  pos_K = jnp.asarray(np.clip(y_NxK.mean(0), 1e-3, 1 - 1e-3), jnp.float32)
+  w_pos, w_neg = 0.5 / pos_K, 0.5 / (1 - pos_K)
+
+  def loss_fn(p):
+    z = xs @ p["w"] + p["b"]
+    bce = -(ys * w_pos * jax.nn.log_sigmoid(z) + (1 - ys) * w_neg * jax.nn.log_sigmoid(-z))
+    return bce.mean() + l2 * jnp.sum(p["w"] ** 2)
+
+  params = _fit_adam(loss_fn, (x_NxD.shape[1], y_NxK.shape[1]), steps=steps, lr=lr, seed=seed)
+  return lambda x: np.asarray(jax.nn.sigmoid(norm(x) @ params["w"] + params["b"]))
+
+
+def fit_ridge(x_NxD: np.ndarray, y_N: np.ndarray, alpha: float):
+  """Closed-form ridge regression on standardised features (intercept unpenalised)."""
+  keep = np.isfinite(y_N)
+  x_NxD, y_N = x_NxD[keep], y_N[keep]
+  norm = _standardise(x_NxD)
+  xs = norm(x_NxD).astype(np.float64)
+  y_mean = y_N.mean()
+  w = np.linalg.solve(xs.T @ xs + alpha * np.eye(xs.shape[1]), xs.T @ (y_N - y_mean))
+  return lambda x: norm(x).astype(np.float64) @ w + y_mean
+
+
+def label_fraction(y_N: np.ndarray, fraction: float, seed: int, n_classes: int) -> np.ndarray:
+  """Indices of a random `fraction` of the labelled rows (at least one per class present, so a
+  1 % probe can still name every stage)."""
+  labelled = np.flatnonzero(y_N >= 0)
+  rng = np.random.default_rng(seed)
+  n = max(int(round(fraction * len(labelled))), 1)
+  chosen = set(rng.choice(labelled, size=min(n, len(labelled)), replace=False).tolist())
+  for k in range(n_classes):
+    rows = labelled[y_N[labelled] == k]
+    if len(rows) and not chosen.intersection(rows.tolist()):
+      chosen.add(int(rng.choice(rows)))
+  return np.array(sorted(chosen), np.int64)
+
+
+def choose(candidates, score):
+  """The candidate with the highest score (first one on ties) and all scores, for the report."""
+  scores = [float(score(c)) for c in candidates]
+  return candidates[int(np.nanargmax(scores))], dict(zip(map(str, candidates), scores))

@@ -1,0 +1,205 @@
+"""The evaluation report: report.json (everything), report.md (tables a person reads) and PNGs
+(`plots`), plus the headline table the CLI prints."""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from sleepjax.evaluate import plots
+
+
+def split_summary(manifest: dict) -> dict:
+  """Subjects, sites and recordings of every split (for the report and the disjointness checks)."""
+  out = {}
+  for name, s in manifest["splits"].items():
+    recs = s["recordings"]
+    out[name] = {"subjects": s["subjects"], "recordings": len(recs),
+                 "sites": sorted({manifest["recordings"][r]["site"] for r in recs})}
+  return out
+
+
+def _get(d, *keys):
+  for k in keys:
+    if not isinstance(d, dict) or k not in d:
+      return None
+    d = d[k]
+  return d
+
+
+def _smallest(curve: dict | None) -> tuple[str | None, dict | None]:
+  if not curve:
+    return None, None
+  f = min(curve, key=float)
+  return f, curve[f]
+
+
+def headline(report: dict) -> list[dict]:
+  """One row per encoder (and YASA): the number each task is summarised by."""
+  t = report["tasks"]
+  rows = []
+  for enc in report["encoders"]:
+    row = {"encoder": enc,
+           "staging_macro_f1": _get(t, "staging", enc, "macro_f1"),
+           "staging_kappa": _get(t, "staging", enc, "kappa")}
+    frac, point = _smallest(_get(t, "few_shot", enc))
+    if point:
+      row[f"few_shot_{frac}_macro_f1"] = point["macro_f1"]
+    frac, point = _smallest(_get(t, "site", enc, "curve"))
+    if point:
+      row[f"cross_site_{frac}_macro_f1"] = point["macro_f1"]
+    if rob := _get(t, "robustness", enc):
+      row["robustness_mean_macro_f1"] = float(np.mean([r["macro_f1"] for r in rob]))
+    row["events_mean_f1"] = _get(t, "events", enc, "mean_f1")
+    row["ahi_mae"] = _get(t, "clinical", enc, "ahi", "mae")
+    row["age_mae"] = _get(t, "clinical", enc, "age", "mae")
+    row["sex_auroc"] = _get(t, "clinical", enc, "sex", "auroc")
+    row["retrieval_mean_R@1"] = _get(t, "retrieval", enc, "mean", "R@1")
+    for extra in ("supervised", "finetune"):
+      if (v := _get(t, extra, enc, "macro_f1")) is not None:
+        row[f"{extra}_macro_f1"] = v
+    rows.append({k: v for k, v in row.items() if v is not None})
+  if (y := t.get("yasa")) and "macro_f1" in y:
+    rows.append({"encoder": "yasa (external)", "staging_macro_f1": y["macro_f1"],
+                 "staging_kappa": y["kappa"]})
+  return rows
+
+
+def _fmt(v) -> str:
+  if isinstance(v, dict) and "mean" in v:
+    return f"{v['mean']:.3f} ± {v['sd']:.3f}"
+  if isinstance(v, float):
+    return "nan" if math.isnan(v) else f"{v:.3f}"
+  return str(v)
+
+
+def markdown_table(rows: list[dict]) -> str:
+  cols = list(dict.fromkeys(k for r in rows for k in r))
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def headline_text(report: dict) -> str:
+  """The console table: encoders down, headline metrics across."""
+  rows = report["headline"]
+  cols = list(dict.fromkeys(k for r in rows for k in r if k != "encoder"))
+  width = max(len(r["encoder"]) for r in rows) + 2
+  out = [f"evaluation of checkpoint step {report['checkpoint_step']} ({report['family']}), "
+         f"test subjects {', '.join(report['splits'].get('test', {}).get('subjects', []))}"]
+  for c in cols:
+    out.append(f"  {c:<28}" + "".join(f"{_fmt(r.get(c, '-')) if c in r else '-':>{width}}"
+                                      for r in rows))
+  out.insert(1, f"  {'':<28}" + "".join(f"{r['encoder']:>{width}}" for r in rows))
+  return "\n".join(out)
+
+
+def _section(title: str, body: str) -> str:
+  return f"\n## {title}\n\n{body}\n"
+
+
+def markdown(report: dict, images: dict[str, str]) -> str:
+  t = report["tasks"]
+  md = [f"# Evaluation report — checkpoint step {report['checkpoint_step']} "
+        f"({report['family']})\n",
+        f"Modalities: {', '.join(report['modalities'])}. Choices (probe l2, thresholds, ridge "
+        "alpha) on the val split; every number on the test split.\n"]
+  md.append(_section("Headline", markdown_table(report["headline"])))
+  md.append(_section("Splits (subject-disjoint)", markdown_table(
+      [{"split": k, "subjects": len(v["subjects"]), "recordings": v["recordings"],
+        "sites": ", ".join(v["sites"])} for k, v in report["splits"].items()])))
+  if "staging" in t:
+    rows = [{"encoder": e, "accuracy": r["accuracy"], "kappa": r["kappa"], "macro_f1": r["macro_f1"],
+             **{f"F1 {k}": v for k, v in r["per_stage_f1"].items()}, "l2": r["l2"]}
+            for e, r in t["staging"].items()]
+    body = markdown_table(rows)
+    for key in ("hypnogram", "confusion"):
+      if key in images:
+        body += f"\n\n![{key}]({images[key]})"
+    md.append(_section("Staging (linear probe, all training labels)", body))
+  for name, title in (("few_shot", "Label efficiency (macro-F1, mean ± sd over seeds)"),):
+    if name in t:
+      rows = [{"encoder": e, **{f"{f} labels": c[f]["macro_f1"] for f in c}}
+              for e, c in t[name].items()]
+      body = markdown_table(rows) + (f"\n\n![curve]({images['label_curve']})"
+                                     if "label_curve" in images else "")
+      md.append(_section(title, body))
+  if "site" in t:
+    s = t["site"]
+    if "skipped" in s:
+      body = f"skipped: {s['skipped']}"
+    else:
+      rows = [{"encoder": e, **{f"{f} labels": c["macro_f1"] for f, c in s[e]["curve"].items()}}
+              for e in report["encoders"] if e in s]
+      body = (f"Probe trained on {', '.join(s['train_sites'])}, tested on "
+              f"{', '.join(s['test_sites'])} (macro-F1).\n\n" + markdown_table(rows))
+    md.append(_section("Cross-site staging", body))
+  if "robustness" in t:
+    r = t["robustness"]
+    rows = [{"subset": sub, **{e: next(x["macro_f1"] for x in r[e] if x["subset"] == sub)
+                               for e in report["encoders"] if e in r}} for sub in r["subsets"]]
+    body = (f"{len(r['subsets'])} of {r['total_subsets']} non-empty modality subsets (macro-F1)."
+            "\n\n" + markdown_table(rows))
+    if "robustness" in images:
+      body += f"\n\n![robustness]({images['robustness']})"
+    md.append(_section("Any-subset robustness", body))
+  if "events" in t:
+    ev = t["events"]
+    rows = [{"encoder": e, **{k: ev[e][k]["f1"] for k in ev["kinds"]}, "mean": ev[e]["mean_f1"]}
+            for e in report["encoders"] if e in ev]
+    md.append(_section(f"Event detection (event-level F1, IoU ≥ {ev['min_iou']})",
+                       markdown_table(rows)))
+  if "clinical" in t:
+    rows = []
+    for e, c in t["clinical"].items():
+      rows.append({"encoder": e, "nights (train/test)": f"{c['train_nights']}/{c['test_nights']}",
+                   "AHI MAE": c["ahi"]["mae"], "AHI Pearson": c["ahi"]["pearson"],
+                   "AHI MAE (train mean)": c["ahi"]["baseline_mae"], "age MAE": c["age"]["mae"],
+                   "age MAE (train mean)": c["age"]["baseline_mae"],
+                   "sex AUROC": c["sex"].get("auroc", c["sex"].get("skipped"))})
+    md.append(_section("Night-level clinical targets (pooled night embeddings)",
+                       markdown_table(rows)))
+  if "retrieval" in t and "skipped" not in t["retrieval"]:
+    r = t["retrieval"]
+    rows = [{"query->target": p, "encoder": e, **v} for e in report["encoders"] if e in r
+            for p, v in r[e]["pairs"].items()]
+    body = f"Pool of up to {r['pool']} test epochs per pair.\n\n" + markdown_table(rows)
+    if "retrieval" in images:
+      body += f"\n\n![retrieval]({images['retrieval']})"
+    md.append(_section("Modality retrieval (R@k)", body))
+  for name in ("yasa", "sleeplm", "supervised", "finetune"):
+    if name in t:
+      v = t[name]
+      body = (f"skipped: {v['skipped']}" if "skipped" in v else
+              "```json\n" + json.dumps(v, indent=1, default=float)[:4000] + "\n```")
+      if name == "sleeplm" and "captions" in images:
+        body += f"\n\n![captions]({images['captions']})"
+      md.append(_section(name, body))
+  md.append(_section("Time per task (s)", markdown_table([report["seconds"]])))
+  return "".join(md)
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.floating, float)):
+    return None if not math.isfinite(float(x)) else float(x)
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  return x
+
+
+def write(report: dict, out_dir: str) -> dict[str, str]:
+  """report.json + report.md + PNGs in `out_dir`; returns {figure: file name}."""
+  os.makedirs(out_dir, exist_ok=True)
+  images = plots.write_all(report, out_dir)
+  with open(os.path.join(out_dir, "report.json"), "w") as f:
+    json.dump(_jsonable({**report, "images": images}), f, indent=1)
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(markdown(report, images))
+  return images
