@@ -101,11 +101,22 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.inject_nan_steps = ()  # tests: steps whose batch is poisoned with NaN
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.train_split = "train"
-  c.eval.test_split = "test"
+  # staging, few_shot, site, robustness, events, clinical, retrieval, yasa, sleeplm, supervised
+  c.eval.tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval")
+  c.eval.train_split = "train"  # probes, regressors and heads are fitted here
+  c.eval.val_split = "val"  # choices: probe l2, event thresholds, ridge alpha
+  c.eval.test_split = "test"  # every reported number
   c.eval.probe_steps = 300
   c.eval.probe_lr = 0.05
   c.eval.probe_l2 = 1e-3
+  c.eval.probe_l2_grid = (1e-4, 1e-3, 1e-2)  # chosen on val macro-F1
+  c.eval.fractions = (0.01, 0.1, 1.0)  # few-shot: fractions of the training epochs labelled
+  c.eval.seeds = (0, 1, 2)  # few-shot draws per fraction (mean +- sd)
+  c.eval.train_sites = ()  # site task: probe sites (empty = the first site)
+  c.eval.test_sites = ()  # site task: test sites (empty = every other site)
+  c.eval.robustness_max_subsets = 32  # 2^k - 1 subsets up to this many, else a seeded sample
+  c.eval.event_kinds = ("apnea", "hypopnea", "desaturation", "arousal")
+  c.eval.retrieval_pool = 256  # test epochs per retrieval pool (chance R@1 = 1 / pool)
 
   c.bench = ml_collections.ConfigDict()  # `sleepjax bench data`: its synthetic cohort and rows
   c.bench.subjects = 8
@@ -123,6 +134,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3
     c.optim.warmup_steps = 2
     c.eval.probe_steps = 50
+    c.eval.tasks = ("staging",)
+    c.eval.probe_l2_grid = (1e-3,)
   elif arg:
     raise ValueError(f"configs/smoke.py: unknown arg {arg!r} (use '' or 'tiny')")
   return c

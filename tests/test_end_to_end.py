@@ -60,7 +60,8 @@ def test_train_resume_eval(prepared, tiny_config, tmp_path):
   report = json.loads((workdir / "eval" / "report.json").read_text())
   assert report["checkpoint_step"] == 7
   for name in ("pretrained", "random_init"):
-    assert 0.0 <= report[name]["macro_f1"] <= 1.0 and report[name]["test_epochs"] > 0
+    staging = report["tasks"]["staging"][name]
+    assert 0.0 <= staging["macro_f1"] <= 1.0 and staging["epochs"] > 0
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -1,7 +1,10 @@
+"""Evaluation metrics against values computed by hand (see the comments)."""
+
 import numpy as np
+import pytest
 
 from sleepjax.evaluate import metrics
-from sleepjax.evaluate.probes import fit_linear_probe
+from sleepjax.evaluate.probes import fit_linear_probe, fit_ridge, label_fraction
 
 
 def test_macro_f1_and_kappa_by_hand():
@@ -12,6 +15,57 @@ def test_macro_f1_and_kappa_by_hand():
   # observed 4/6; expected = (2*2 + 2*3 + 2*1) / 36 = 1/3 -> kappa 0.5
   np.testing.assert_allclose(metrics.cohen_kappa(y_true, y_pred, 5), 0.5)
   assert metrics.cohen_kappa(y_true, np.where(y_true < 0, 0, y_true), 5) == 1.0
+  s = metrics.staging(y_true, y_pred, ("W", "N1", "N2", "N3", "REM"))
+  assert s["per_stage_f1"] == {"W": 0.5, "N1": 0.8, "N2": pytest.approx(2 / 3), "N3": None,
+                               "REM": None}
+  assert s["confusion"][0] == [1, 1, 0, 0, 0] and s["epochs"] == 6
+  np.testing.assert_allclose(s["accuracy"], 4 / 6)
+
+
+def test_event_f1_by_hand():
+  true = np.array([0, 1, 1, 1, 0, 0, 1, 1, 0, 0], bool)  # events [1,4) and [6,8)
+  pred = np.array([0, 1, 1, 0, 0, 0, 0, 0, 0, 1], bool)  # events [1,3) and [9,10)
+  assert metrics.event_intervals(true) == [(1, 4), (6, 8)]
+  # [1,3) overlaps [1,4) with IoU 2/3 -> one match; precision 1/2, recall 1/2
+  r = metrics.event_f1(true, pred, min_iou=0.2)
+  assert (r["matched"], r["precision"], r["recall"], r["f1"]) == (1, 0.5, 0.5, 0.5)
+  # IoU 2/3 < 0.7: no match at a stricter threshold
+  assert metrics.event_f1(true, pred, min_iou=0.7)["f1"] == 0.0
+  # one long prediction covering both true events matches only one of them
+  r = metrics.event_f1(true, np.array([0, 1, 1, 1, 1, 1, 1, 1, 0, 0], bool), min_iou=0.2)
+  assert (r["matched"], r["precision"], r["recall"]) == (1, 1.0, 0.5)
+  assert metrics.event_f1(np.zeros(5, bool), np.zeros(5, bool))["f1"] == 1.0
+
+
+def test_regression_and_ranking_by_hand():
+  # |3 - 5| / 3 = 2/3; Pearson([1,2,3],[1,2,5]) = 4 / sqrt(2 * 78/9) = 12 / sqrt(156)
+  np.testing.assert_allclose(metrics.mae([1, 2, 3, np.nan], [1, 2, 5, 9]), 2 / 3)
+  np.testing.assert_allclose(metrics.pearson([1, 2, 3], [1, 2, 5]), 12 / np.sqrt(156))
+  # positives 0.35, 0.8 vs negatives 0.1, 0.4: 3 of 4 pairs ordered; a tie counts 1/2
+  assert metrics.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+  assert metrics.auroc([0, 1, -1], [0.5, 0.5, 0.9]) == 0.5
+  # query 1's match (0.5) is beaten by candidate 0 (0.9): rank 2
+  sim = np.array([[1.0, 0.0, 0.0], [0.9, 0.5, 0.0], [0.0, 0.0, 1.0]])
+  assert metrics.recall_at_k(sim, (1, 2)) == {"R@1": 2 / 3, "R@2": 1.0}
+  a = np.eye(4)
+  r = metrics.retrieval(a, 3 * a)
+  assert r["a_to_b"]["R@1"] == 1.0 and r["b_to_a"]["R@1"] == 1.0 and r["n"] == 4
+
+
+def test_text_metrics_by_hand():
+  ref = "the cat sat on the mat"
+  assert metrics.bleu(ref, [ref]) == pytest.approx(1.0)
+  # all n-gram precisions 1 (n=4 smoothed 1/1), brevity penalty exp(1 - 6/3)
+  assert metrics.bleu("the cat sat", [ref]) == pytest.approx(np.exp(-1))
+  assert metrics.bleu("dog", [ref]) == 0.0
+  # LCS 3: precision 1, recall 1/2 -> F1 2/3
+  assert metrics.rouge_l("the cat sat", ref) == pytest.approx(2 / 3)
+  # 61 <- 60.6 (round), 95.2 <- 95.24, 3 has no source; the 2 in "SpO2" is not a number
+  caption = "Heart rate 61 bpm, SpO2 95.2 %, 3 arousals."
+  assert metrics.numeric_faithfulness(caption, [60.6, 95.24, 2.0, np.nan]) == pytest.approx(2 / 3)
+  assert np.isnan(metrics.numeric_faithfulness("Stage N2 sleep.", [1.0]))
+  assert metrics.mean_sd([1.0, 3.0]) == {"mean": 2.0, "sd": pytest.approx(np.sqrt(2)), "n": 2,
+                                         "values": [1.0, 3.0]}
 
 
 def test_probe_learns_a_separable_problem():
@@ -21,3 +75,14 @@ def test_probe_learns_a_separable_problem():
   x = centers[y] + rng.normal(size=(500, 16))
   predict = fit_linear_probe(x[:400], y[:400], 5, steps=200, lr=0.05, l2=1e-3)
   assert metrics.accuracy(y[400:], predict(x[400:])) > 0.95
+
+
+def test_ridge_and_label_fractions():
+  x = np.array([[0.0], [1.0], [2.0], [3.0]])
+  np.testing.assert_allclose(fit_ridge(x, 2 * x[:, 0] + 1, 1e-9)(np.array([[4.0]])), [9.0])
+  y = np.array([0] * 90 + [1] * 9 + [2] + [-1] * 5)
+  idx = label_fraction(y, 0.01, seed=0, n_classes=5)
+  # 1 % of 100 labelled = 1 epoch, plus one of every class the draw missed: classes 0, 1, 2
+  assert sorted(set(y[idx].tolist())) == [0, 1, 2] and len(idx) == 3
+  assert (label_fraction(y, 0.01, 0, 5) == idx).all()
+  assert len(label_fraction(y, 1.0, 0, 5)) == 100

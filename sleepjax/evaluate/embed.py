@@ -55,6 +55,8 @@ def model_config(config, workdir: str):
     for section in ("model", "objective", "prep", "text"):
       if section in saved:
         config[section] = saved[section]
+    if "modalities" in saved.get("data", {}):  # the modalities the model was built for
+      config.data.modalities = tuple(saved.data.modalities)
   return config, ckpt_dir, step
 
 
@@ -104,6 +106,21 @@ def _with_subset(batch: dict, modalities: list[str], subset) -> dict:
   return out
 
 
+_FORWARD = {}
+
+
+def _forward(encoder: Encoder, keep: tuple, out_sharding):
+  """One jitted forward per (encoder graph, outputs kept, sharding): compiled once per batch shape."""
+  key = (id(encoder.graphdef), encoder.embed, keep, out_sharding)
+  if key not in _FORWARD:
+    def forward(params, batch):
+      out = encoder.embed(nnx.merge(encoder.graphdef, params), batch)
+      out = {k: v for k, v in out.items() if k in keep}
+      return out, {k: batch[k] for k in (*LABELS, "valid")}
+    _FORWARD[key] = (encoder.graphdef, jax.jit(forward, out_shardings=out_sharding))
+  return _FORWARD[key][1]
+
+
 def embed_split(encoder: Encoder, manifest: dict, split: str, modalities: list[str], config, mesh,
                 *, subset=None, keep=("epoch", "per_modality", "present", "z")) -> dict:
   """Every whole segment of `split`: embeddings (`keep` of what the family returns) and LABELS,
@@ -115,12 +132,7 @@ def embed_split(encoder: Encoder, manifest: dict, split: str, modalities: list[s
   batch_sh = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
 
-  def forward(params, batch):
-    out = encoder.embed(nnx.merge(encoder.graphdef, params), batch)
-    out = {k: v for k, v in out.items() if k in keep}
-    return out, {k: batch[k] for k in (*LABELS, "valid")}
-
-  forward = jax.jit(forward, out_shardings=replicated)
+  forward = _forward(encoder, tuple(keep), replicated)
   ds = pipeline.make_dataset(manifest, split, modalities, window=None, local_batch=local_batch,
                              seed=0, train=False, read_threads=config.data.read_threads,
                              process_index=p, process_count=P, verify=config.data.verify_shards)

@@ -168,11 +168,12 @@ def site(ctx) -> dict:
 
 def subsets(modalities: list[str], cap: int, seed: int) -> list[tuple[str, ...]]:
   """Every non-empty subset (2^k - 1) when that is at most `cap`; otherwise the full set, every
-  single modality and a seeded sample of the rest up to `cap`, ordered by size."""
+  single modality (as many as the cap allows) and a seeded sample of the rest up to `cap`, ordered
+  by size."""
   every = [c for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
   if len(every) <= cap:
     return every
-  must = [tuple(modalities)] + [(m,) for m in modalities]
+  must = ([tuple(modalities)] + [(m,) for m in modalities])[:max(cap, 1)]
   rest = [c for c in every if c not in must]
   pick = np.random.default_rng(seed).choice(len(rest), size=max(cap - len(must), 0), replace=False)
   return sorted(must + [rest[i] for i in pick], key=lambda c: (len(c), c))

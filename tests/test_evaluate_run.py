@@ -1,0 +1,82 @@
+"""`sleepjax eval` on a tiny trained checkpoint: every task runs and writes a well-formed report,
+every split used is subject-disjoint, two processes give the single process's numbers."""
+
+import json
+
+import pytest
+
+from launch.local import launch
+from sleepjax.evaluate import run
+from tests.conftest import REPO
+
+MODALITIES = ("eeg", "ecg", "spo2")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(prepared, tmp_path_factory, tiny_config):
+  from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("eval")
+  (workdir / "data").symlink_to(prepared / "data")
+  config = tiny_config.copy_and_resolve_references()
+  config.data.modalities = MODALITIES
+  config.train.steps = config.train.checkpoint_every = 2
+  trainer.train(config, str(workdir))
+  return workdir
+
+
+def _eval_config(tiny_config, tasks):
+  config = tiny_config.copy_and_resolve_references()
+  config.eval.tasks = tasks
+  config.eval.probe_steps = 30
+  config.eval.seeds = (0, 1)
+  config.eval.fractions = (0.1, 1.0)
+  config.eval.robustness_max_subsets = 3
+  config.eval.retrieval_pool = 32
+  return config
+
+
+def test_every_task_on_a_tiny_checkpoint(checkpoint, tiny_config):
+  tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval", "yasa",
+           "sleeplm")
+  report = run.evaluate(_eval_config(tiny_config, tasks), str(checkpoint))
+  assert report["checkpoint_step"] == 2 and report["modalities"] == list(MODALITIES)
+  t = report["tasks"]
+  assert set(t) == set(tasks)
+  for enc in ("pretrained", "random_init"):
+    s = t["staging"][enc]
+    assert sum(map(sum, s["confusion"])) == s["epochs"] > 0
+    assert len(t["robustness"][enc]) == 3
+    assert set(t["few_shot"][enc]) == {"0.1", "1.0"}
+  assert t["robustness"]["subsets"] == ["ecg", "eeg", "eeg+ecg+spo2"]  # sorted by size, name
+  assert t["sleeplm"] == {"skipped": "not a SleepLM checkpoint"}
+  # Every split is subject-disjoint; the site task's sides are site- and subject-disjoint.
+  subjects = {k: set(v["subjects"]) for k, v in report["splits"].items()}
+  assert not (subjects["train"] & subjects["test"]) and not (subjects["val"] & subjects["test"])
+  if "skipped" not in t["site"]:
+    assert not set(t["site"]["train_sites"]) & set(t["site"]["test_sites"])
+    assert not (set(t["site"]["pretrained"]["train_subjects"])
+                & set(t["site"]["pretrained"]["test_subjects"]))
+  out = checkpoint / "eval"
+  saved = json.loads((out / "report.json").read_text())
+  assert saved["headline"][0]["encoder"] == "pretrained"
+  md = (out / "report.md").read_text()
+  for image in saved["images"].values():
+    assert (out / image).read_bytes()[:4] == b"\x89PNG" and image in md
+  assert "pretrained" in run.format_report(report)
+
+
+def test_two_processes_equal_one(checkpoint, tiny_config, monkeypatch):
+  """Each of two processes embeds its own slice; the numbers equal a single process's."""
+  single = run.evaluate(_eval_config(tiny_config, ("staging", "clinical")), str(checkpoint))
+  monkeypatch.chdir(REPO)
+  code = launch(["eval", f"--config={REPO}/configs/smoke.py:tiny", "--config.eval.probe_steps=30",
+                 "--config.eval.tasks=('staging','clinical')", f"--workdir={checkpoint}"],
+                num_processes=2, devices_per_process=4, timeout_s=900)
+  assert code == 0
+  multi = json.loads((checkpoint / "eval" / "report.json").read_text())
+  for enc in ("pretrained", "random_init"):
+    a, b = single["tasks"]["staging"][enc], multi["tasks"]["staging"][enc]
+    assert a["confusion"] == b["confusion"] and a["hypnogram"] == b["hypnogram"]
+    assert a["macro_f1"] == pytest.approx(b["macro_f1"], abs=1e-9)
+    ca, cb = single["tasks"]["clinical"][enc], multi["tasks"]["clinical"][enc]
+    assert ca["age"]["mae"] == pytest.approx(cb["age"]["mae"], rel=1e-4)
