@@ -1,7 +1,8 @@
 """CPU smoke config: a small sleep2vec on a synthetic cohort, 8 simulated devices, data parallel.
 
 `--config=configs/smoke.py` is the demo's size; `--config=configs/smoke.py:tiny` is the size the
-end-to-end test uses (seconds, not minutes).
+end-to-end test uses (seconds, not minutes); `--config=configs/smoke.py:hard` is the demo's size on
+the hard synthetic benchmark (see data_prep/synthetic.py and BENCHMARKS.md).
 """
 
 import ml_collections
@@ -117,6 +118,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.robustness_max_subsets = 32  # 2^k - 1 subsets up to this many, else a seeded sample
   c.eval.event_kinds = ("apnea", "hypopnea", "desaturation", "arousal")
   c.eval.retrieval_pool = 256  # test epochs per retrieval pool (chance R@1 = 1 / pool)
+  c.eval.finetune_steps = 200  # supervised (from scratch) / finetune (frozen tokenizers) steps
+  c.eval.finetune_lr = 1e-3
+  c.eval.finetune_fractions = (0.01, 1.0)  # label fractions for supervised / finetune
+  c.eval.finetune_seeds = (0,)
 
   c.bench = ml_collections.ConfigDict()  # `sleepjax bench data`: its synthetic cohort and rows
   c.bench.subjects = 8
@@ -136,6 +141,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval.probe_steps = 50
     c.eval.tasks = ("staging",)
     c.eval.probe_l2_grid = (1e-3,)
+  elif arg == "hard":
+    # The hard benchmark (data_prep/synthetic.py, `hard=True`): three sites with their own
+    # montage, gain drift, noise and a planted site-stage artefact; age ranges differ by site.
+    # The site task trains probes on sites a and b and tests on site c's test subjects.
+    c.synthetic = dict(n_subjects=24, n_sites=3, hours=1.5, seed=0, hard=True)
+    c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
+    c.eval.train_sites = ("site-a", "site-b")
+    c.eval.test_sites = ("site-c",)
   elif arg:
-    raise ValueError(f"configs/smoke.py: unknown arg {arg!r} (use '' or 'tiny')")
+    raise ValueError(f"configs/smoke.py: unknown arg {arg!r} (use '', 'tiny' or 'hard')")
   return c

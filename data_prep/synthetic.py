@@ -14,6 +14,26 @@ beyond the second reuse the two montages with other mains frequencies/gains.
 The signal models live in :mod:`data_prep.physiology` (hypnogram, latent state)
 and :mod:`data_prep.render` (waveforms).  Output is fully deterministic: the
 same arguments give byte-identical files.
+
+``hard=True`` writes the *hard benchmark* cohort (see :data:`HARD_SITES`): on
+top of the standard physiology every site gets its own acquisition chain, so a
+staging probe cannot transfer for free between sites and a random encoder's
+power features stop separating stages:
+
+* montage: site b records "EEG" as a bipolar mix with the same-side EOG and a
+  1 Hz high-pass (slow waves attenuated), site c a 0.5 Hz high-pass;
+* gain and noise: per-site gain on every channel, a slow per-electrode gain
+  drift through the night (impedance; per-night normalisation cannot undo it)
+  and broadband sensor noise at a site-specific SNR on every waveform channel,
+  cardio-respiratory ones included (weak modalities get weaker);
+* a planted site-label confound: a site-specific narrow-band common-mode
+  artefact (9, 13 or 6 Hz) on every electrode channel at once, switched on per
+  epoch mostly in site-specific stages (site a: wake/N1, site b: N2, site c:
+  REM) -- a shortcut that predicts stages within a site and misleads across
+  sites, and that is shared across modalities (easy positives for cross-modal
+  contrastive learning);
+* demographics: site-specific age ranges (site a older: more wake, less N3,
+  higher AHI), so label priors differ by site too.
 """
 
 from __future__ import annotations
@@ -36,6 +56,8 @@ __all__ = [
     "ChannelSpec",
     "SubjectSpec",
     "SiteSpec",
+    "HardSite",
+    "HARD_SITES",
     "Night",
     "Event",
     "SITE_A_MONTAGE",
@@ -81,6 +103,30 @@ class SiteSpec:
   missing_prob: float = 0.0  # probability each optional channel is absent from a recording
   optional_channels: tuple[str, ...] = ()
   emg_disconnect_prob: float = 0.0
+  hard: "HardSite | None" = None  # the hard benchmark's acquisition chain (None: standard)
+
+
+@dataclasses.dataclass(frozen=True)
+class HardSite:
+  """A site's acquisition chain in the hard benchmark (amplitudes relative to each channel's sd)."""
+  gain: float  # every waveform channel
+  noise: float  # broadband sensor noise sd / signal sd
+  drift: float  # sd of the slow log-gain drift per electrode
+  eeg_highpass_hz: float  # 0 = none
+  eeg_mix_eog: float  # EEG = (1 - a) EEG + a EOG (bipolar montage leaking eye movements)
+  artefact_hz: float  # common-mode narrow-band artefact on every electrode channel
+  artefact_amp: float
+  artefact_stages: tuple[int, ...]  # the artefact is on in these stages with p_on, else p_off
+  p_on: float = 0.8
+  p_off: float = 0.1
+  ages: tuple[int, int] = (20, 86)
+
+
+HARD_SITES = (
+    HardSite(1.0, 0.6, 0.25, 0.0, 0.0, 9.0, 0.8, (0, 1), ages=(55, 86)),
+    HardSite(0.6, 1.0, 0.4, 1.0, 0.35, 13.0, 0.8, (2,), ages=(20, 50)),
+    HardSite(1.4, 0.8, 0.3, 0.5, 0.0, 6.0, 0.8, (4,), ages=(35, 70)),
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -150,8 +196,11 @@ def _site_name(j: int) -> str:
   return "site-" + (chr(ord("a") + j) if j < 26 else f"{chr(ord('a') + j % 26)}{j // 26}")
 
 
-def make_site(j: int) -> SiteSpec:
-  """Site j (0-based): 0 = SHHS-like, 1 = MESA-like, later ones reuse them with other mains/gain."""
+def make_site(j: int, hard: bool = False) -> SiteSpec:
+  """Site j (0-based): 0 = SHHS-like, 1 = MESA-like, later ones reuse them with other mains/gain.
+  `hard`: with the hard benchmark's acquisition chain HARD_SITES[j % 3]."""
+  if hard:
+    return dataclasses.replace(make_site(j), hard=HARD_SITES[j % len(HARD_SITES)])
   b = j % 2 == 1
   line = (50.0 if b else 60.0) if j < 2 else (60.0 if b else 50.0)
   gain = (0.8 if b else 1.0) if j < 2 else _EXTRA_GAINS[(j - 2) % len(_EXTRA_GAINS)]
@@ -175,7 +224,7 @@ def make_subject(
     missing_channels: tuple[str, ...] | None = None,
 ) -> SubjectSpec:
   """Demographics (age 20-85, sex, BMI 18-40) and a target AHI rising with age, BMI and male sex."""
-  age = int(rng.integers(20, 86))
+  age = int(rng.integers(*(site.hard.ages if site.hard else (20, 86))))
   sex = "M" if rng.random() < 0.5 else "F"
   bmi = round(float(np.clip(rng.normal(27 + 0.04 * (age - 50), 4.5), 18, 40)), 1)
   mu = np.log(4.0) + 0.03 * (age - 45) + 0.08 * (bmi - 26) + (0.35 if sex == "M" else 0.0)
@@ -215,6 +264,11 @@ def simulate_night(
   rnd = render.Renderer(lat, fs_lat)
   line_amp = float(rng.uniform(0.3, 1.5))
   line_phase = float(rng.uniform(0, 2 * np.pi))
+  hard_rng = artefact_on = None
+  if site.hard is not None:  # its own stream: the standard cohort's draws stay as they were
+    hard_rng = np.random.default_rng([int(rng.integers(2**31)), 17])
+    p = np.where(np.isin(hyp, site.hard.artefact_stages), site.hard.p_on, site.hard.p_off)
+    artefact_on = hard_rng.random(len(hyp)) < p
   signals = {}
   for label, spec in site.montage.items():
     if label in missing:
@@ -246,11 +300,38 @@ def simulate_night(
     x = x[: lat.n_sec * fs]
     if amp and site.line_noise_hz < 0.5 * fs:
       x = x + amp * np.sin(2 * np.pi * site.line_noise_hz * np.arange(len(x)) / fs + line_phase)
+    if site.hard is not None and k not in ("spo2", "position"):
+      x = _hard_chain(x, k, fs, site.hard, hyp, hard_rng, artefact_on, rnd, fs_lat)
     if k == "emg_chin" and lat.emg_dead is not None:  # electrode off: flat trace near 0
       i0, i1 = int(lat.emg_dead[0] * fs), int(lat.emg_dead[1] * fs)
       x[i0:i1] = 0.1 * rng.standard_normal(i1 - i0)
     signals[label] = np.clip(x, *spec.phys_range)
   return Night(subject, site, signals, hyp.astype(np.int8), tuple(lat.events), lat.n_sec)
+
+
+def _hard_chain(x, kind, fs, hard: HardSite, hyp, rng, artefact_on, rnd, fs_lat):
+  """The hard benchmark's site chain for one channel: montage, high-pass, common-mode artefact,
+  gain with slow drift, broadband noise (see the module docstring)."""
+  import scipy.signal as sps  # pylint: disable=g-import-not-at-top
+
+  n = len(x)
+  if kind.startswith("eeg") and hard.eeg_mix_eog:
+    eog = render.resample_to(rnd.eog("L" if kind == "eeg_c3" else "R"), fs_lat, fs)[:n]
+    x = (1 - hard.eeg_mix_eog) * x + hard.eeg_mix_eog * eog[:n]
+  if kind.startswith("eeg") and hard.eeg_highpass_hz:
+    x = sps.sosfiltfilt(sps.butter(2, hard.eeg_highpass_hz, "highpass", fs=fs, output="sos"), x)
+  sd = float(np.std(x)) or 1.0
+  electrode = kind in ("eeg_c4", "eeg_c3", "eog_l", "eog_r", "emg_chin", "ecg")
+  if electrode and hard.artefact_hz < 0.45 * fs:
+    on = np.repeat(artefact_on.astype(float), EPOCH_S * fs)[:n]
+    on = np.convolve(on, np.ones(fs) / fs, "same")  # 1-s ramps
+    t = np.arange(n) / fs
+    x = x + hard.artefact_amp * sd * on * np.sin(2 * np.pi * hard.artefact_hz * t)
+  n_sec = -(-n // fs)
+  knots = np.arange(0, n_sec + 600, 600)  # a new gain every 10 min, smoothly interpolated
+  log_gain = np.interp(np.arange(n) / fs, knots, hard.drift * rng.standard_normal(len(knots)))
+  x = hard.gain * np.exp(log_gain) * x
+  return x + hard.noise * hard.gain * sd * rng.standard_normal(n)
 
 
 # --------------------------------------------------------------------------- file writers
@@ -374,8 +455,8 @@ def write_xml(night: Night, path: str | os.PathLike) -> pathlib.Path:
 METADATA_COLUMNS = ("recording_id", "subject_id", "site", "age", "sex", "bmi", "ahi")
 
 
-def _cohort_plan(n_subjects: int, n_sites: int, seed: int):
-  sites = [make_site(j) for j in range(n_sites)]
+def _cohort_plan(n_subjects: int, n_sites: int, seed: int, hard: bool = False):
+  sites = [make_site(j, hard) for j in range(n_sites)]
   members = {
       j: [i for i in range(1, n_subjects + 1) if (i - 1) % n_sites == j] for j in range(n_sites)
   }
@@ -408,18 +489,20 @@ def write_cohort(
     hours: float = 1.5,
     seed: int = 0,
     workers: int = 1,
+    hard: bool = False,
 ) -> pathlib.Path:
   """Write out_dir/edf/<rid>.edf, out_dir/annotations/<rid>.xml and out_dir/metadata.csv.
 
   Returns the metadata.csv path.  ``workers > 1`` simulates subjects in that
   many spawned processes (the caller then needs an ``if __name__ == "__main__"``
-  guard); it changes speed only, never the output.
+  guard); it changes speed only, never the output. ``hard``: the hard benchmark cohort (module
+  docstring).
   """
   out = pathlib.Path(out_dir)
   edf_dir, xml_dir = out / "edf", out / "annotations"
   edf_dir.mkdir(parents=True, exist_ok=True)
   xml_dir.mkdir(parents=True, exist_ok=True)
-  sites, subjects = _cohort_plan(n_subjects, n_sites, seed)
+  sites, subjects = _cohort_plan(n_subjects, n_sites, seed, hard)
   jobs = [
       (s, sites[(i - 1) % n_sites], hours, seed, i, str(edf_dir), str(xml_dir))
       for i, s in enumerate(subjects, start=1)

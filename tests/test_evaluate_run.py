@@ -63,6 +63,9 @@ def test_every_task_on_a_tiny_checkpoint(checkpoint, tiny_config):
   for image in saved["images"].values():
     assert (out / image).read_bytes()[:4] == b"\x89PNG" and image in md
   assert "pretrained" in run.format_report(report)
+  from sleepjax import api  # pylint: disable=g-import-not-at-top
+  head = api.load_staging_head(checkpoint / api.STAGING_HEAD)  # what `Model.stage` reads
+  assert head["w"].shape == (tiny_config.model.width, 5) and int(head["step"]) == 2
 
 
 def test_two_processes_equal_one(checkpoint, tiny_config, monkeypatch):

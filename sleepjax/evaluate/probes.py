@@ -13,7 +13,9 @@ import optax
 
 def _standardise(x_NxD: np.ndarray):
   mu_D, sd_D = x_NxD.mean(0), x_NxD.std(0) + 1e-6
-  return lambda x: ((x - mu_D) / sd_D).astype(np.float32)
+  norm = lambda x: ((x - mu_D) / sd_D).astype(np.float32)  # noqa: E731
+  norm.mu, norm.sd = mu_D, sd_D
+  return norm
 
 
 def _fit_adam(loss_fn, shape, *, steps: int, lr: float, seed: int):
@@ -57,6 +59,8 @@ def fit_linear_probe(x_NxD: np.ndarray, y_N: np.ndarray, n_classes: int, *, step
     return np.argmax(logits(x), -1)
 
   predict.proba = lambda x: np.asarray(jax.nn.softmax(logits(x), -1))
+  predict.head = {"w": np.asarray(params["w"]), "b": np.asarray(params["b"]), "mu": norm.mu,
+                  "sd": norm.sd}  # logits = ((x - mu) / sd) @ w + b
   return predict
 
 

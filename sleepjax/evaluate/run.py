@@ -10,16 +10,17 @@ import time
 import jax
 from absl import logging
 
-from sleepjax.evaluate import baselines, embed, reports, tasks as tasks_lib
+from sleepjax.evaluate import baselines, embed, finetune, reports, tasks as tasks_lib
+
+ALL_TASKS = {**tasks_lib.TASKS, **baselines.TASKS, **finetune.TASKS}
 
 
 def _task_names(config) -> list[str]:
   names = tasks_lib.option(config, "tasks")
   names = [names] if isinstance(names, str) else list(names)
   names = [n for part in names for n in part.split(",") if n]
-  known = {**tasks_lib.TASKS, **baselines.TASKS}
-  if unknown := [n for n in names if n not in known]:
-    raise ValueError(f"eval.tasks: unknown {unknown}; choose from {sorted(known)}")
+  if unknown := [n for n in names if n not in ALL_TASKS]:
+    raise ValueError(f"eval.tasks: unknown {unknown}; choose from {sorted(ALL_TASKS)}")
   return names
 
 
@@ -33,20 +34,28 @@ def evaluate(config, workdir: str) -> dict:
     return embed.embed_split(encoders[name], manifest, split, list(modalities), config, mesh,
                              subset=subset)
 
-  ctx = tasks_lib.Context(config, manifest, list(modalities), list(encoders), embed_fn)
+  def embed_encoder(encoder, split):
+    return embed.embed_split(encoder, manifest, split, list(modalities), config, mesh,
+                             keep=("epoch",))
+
+  ctx = tasks_lib.Context(config, manifest, list(modalities), encoders, embed_fn, mesh=mesh,
+                          embed_encoder=embed_encoder,
+                          batches=lambda split: finetune.local_batches(ctx, split))
   report = {"checkpoint_step": step, "workdir": os.path.abspath(workdir),
             "family": config.model.get("family", "sleep2vec"), "modalities": list(modalities),
             "stages": list(tasks_lib.STAGES), "encoders": list(encoders),
             "splits": reports.split_summary(manifest), "tasks": {}, "seconds": {}}
   for name in names:
     t0 = time.perf_counter()
-    fn = tasks_lib.TASKS.get(name) or baselines.TASKS[name]
-    report["tasks"][name] = fn(ctx)
+    report["tasks"][name] = ALL_TASKS[name](ctx)
     report["seconds"][name] = round(time.perf_counter() - t0, 2)
     logging.info("eval task %s: %.1f s", name, report["seconds"][name])
   report["headline"] = reports.headline(report)
   if jax.process_index() == 0:
     reports.write(report, os.path.join(workdir, "eval"))
+    if head := ctx.artifacts.get("staging_head/pretrained"):
+      from sleepjax import api  # pylint: disable=g-import-not-at-top
+      api.save_staging_head(os.path.join(workdir, api.STAGING_HEAD), step=step, **head)
   return report
 
 

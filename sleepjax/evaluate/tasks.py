@@ -31,10 +31,37 @@ def option(config, key):
 class Context:
   """Embedding tables, computed once per (encoder, split, subset) by `embed_fn`."""
 
-  def __init__(self, config, manifest: dict, modalities: list[str], encoders: list[str], embed_fn):
+  def __init__(self, config, manifest: dict, modalities: list[str], encoders, embed_fn, *,
+               mesh=None, embed_encoder=None, batches=None):
+    """encoders: names, or {name: embed.Encoder} (needed by tasks that train through them);
+    embed_fn(name, split, subset) -> table; embed_encoder(Encoder, split) -> table and
+    batches(split) -> local batches serve those tasks."""
     self.config, self.manifest, self.modalities = config, manifest, list(modalities)
+    self._objects = encoders if isinstance(encoders, dict) else {}
     self.encoders, self._embed, self._cache = list(encoders), embed_fn, {}
+    self.mesh, self._embed_encoder, self._batches = mesh, embed_encoder, batches
     self.recording_ids = sorted(manifest["recordings"])
+    self.artifacts = {}  # things tasks leave for the caller beyond the report (staging heads)
+
+  def encoder(self, name: str):
+    return self._objects[name]
+
+  def embed_with(self, encoder, split: str) -> dict:
+    return self._embed_encoder(encoder, split)
+
+  def batches(self, split: str) -> list[dict]:
+    if ("batches", split) not in self._cache:
+      self._cache[("batches", split)] = self._batches(split)
+    return self._cache[("batches", split)]
+
+  def site_sides(self):
+    """(training sites, test sites) of the cross-site tasks; (None, None) with one site."""
+    sites = list(self.manifest["sites"])
+    train = list(self.opt("train_sites")) or sites[:1]
+    test = list(self.opt("test_sites")) or [s for s in sites if s not in train]
+    if set(train) & set(test):
+      raise ValueError(f"site task: sites {sorted(set(train) & set(test))} on both sides")
+    return (train, test) if test else (None, None)
 
   def opt(self, key):
     return option(self.config, key)
@@ -115,7 +142,9 @@ def staging(ctx) -> dict:
     test = ctx.table(enc, ctx.split("test"))
     x_te, y_te = epochs(test)
     l2, scores = choose_l2(ctx, x_tr, y_tr, x_va, y_va)
-    pred = _probe(ctx, x_tr, y_tr, l2)(x_te)
+    probe = _probe(ctx, x_tr, y_tr, l2)
+    ctx.artifacts[f"staging_head/{enc}"] = probe.head
+    pred = probe(x_te)
     night = test["recording"] == test["recording"][0]
     out[enc] = {**metrics.staging(y_te, pred, STAGES), "l2": l2, "val_macro_f1": scores,
                 "train_epochs": int((y_tr >= 0).sum()),
@@ -141,11 +170,9 @@ def few_shot(ctx) -> dict:
 
 def site(ctx) -> dict:
   """Train the probe on training subjects of some sites, test on test subjects of the others."""
-  sites = list(ctx.manifest["sites"])
-  train_sites = list(ctx.opt("train_sites")) or sites[:1]
-  test_sites = list(ctx.opt("test_sites")) or [s for s in sites if s not in train_sites]
-  if set(train_sites) & set(test_sites):
-    raise ValueError(f"site task: sites {sorted(set(train_sites) & set(test_sites))} on both sides")
+  train_sites, test_sites = ctx.site_sides()
+  if train_sites is None:
+    return {"skipped": "one site only"}
   out = {"train_sites": train_sites, "test_sites": test_sites}
   for enc in ctx.encoders:
     train, test = ctx.table(enc, ctx.split("train")), ctx.table(enc, ctx.split("test"))
