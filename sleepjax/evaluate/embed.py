@@ -49,6 +49,8 @@ def model_config(config, workdir: str):
     step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"{ckpt_dir}: no checkpoint found")
+  if hasattr(checkpoint, "config_for_eval"):  # the trainer's merge: architecture from the checkpoint
+    return checkpoint.config_for_eval(config, ckpt_dir, step), ckpt_dir, step
   saved = saved_config(ckpt_dir, step)
   config = ml_collections.ConfigDict(config.to_dict())
   if saved is not None:
@@ -60,19 +62,9 @@ def model_config(config, workdir: str):
   return config, ckpt_dir, step
 
 
-def _legacy_embed(model, batch):
-  """sleep2vec before the family interface: every modality must be present as a key."""
-  out = model(batch["signals"], batch["masks"])
-  return {"epoch": out["fused"], "per_modality": out["tokens"], "present": out["present"],
-          "z": out["z"]}
-
-
 def embed_function(config):
-  try:
-    from sleepjax.families import FAMILIES  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return _legacy_embed
-  return FAMILIES[config.model.get("family", "sleep2vec")].embed
+  from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
+  return get_family(config).embed
 
 
 def restore(config, workdir: str):
@@ -87,7 +79,7 @@ def restore(config, workdir: str):
   with ocp.CheckpointManager(os.path.abspath(ckpt_dir)) as manager:
     step = manager.latest_step()
     state = checkpoint.restore(manager, step, abstract)
-  params = getattr(state, "ema_params", None) or getattr(state, "ema", None) or state.params
+  params = state.ema_params if getattr(state, "ema_params", None) is not None else state.params
   embed = embed_function(config)
   return (config, (mesh, manifest, modalities), Encoder("pretrained", graphdef, params, embed),
           Encoder("random_init", graphdef, init.params, embed), step)
@@ -129,6 +121,8 @@ def embed_split(encoder: Encoder, manifest: dict, split: str, modalities: list[s
   n_records = manifest["splits"][split]["records"]
   P, p = jax.process_count(), jax.process_index()
   n_batches = -(-(-(-n_records // P)) // local_batch)
+  if not n_batches:
+    return None  # an empty split (tiny cohorts): tasks fall back to defaults for val choices
   batch_sh = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
 

@@ -51,6 +51,9 @@ def evaluate(config, workdir: str) -> dict:
     report["seconds"][name] = round(time.perf_counter() - t0, 2)
     logging.info("eval task %s: %.1f s", name, report["seconds"][name])
   report["headline"] = reports.headline(report)
+  for enc in encoders:  # the staging numbers at the top level too (sweep reports read them there)
+    if staging := report["tasks"].get("staging", {}).get(enc):
+      report[enc] = {k: staging[k] for k in ("macro_f1", "kappa", "accuracy", "epochs")}
   if jax.process_index() == 0:
     reports.write(report, os.path.join(workdir, "eval"))
     if head := ctx.artifacts.get("staging_head/pretrained"):
