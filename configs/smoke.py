@@ -102,7 +102,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.inject_nan_steps = ()  # tests: steps whose batch is poisoned with NaN
 
   c.eval = ml_collections.ConfigDict()
-  # staging, few_shot, site, robustness, events, clinical, retrieval, yasa, sleeplm, supervised
+  # also: yasa, sleeplm, supervised, finetune
   c.eval.tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval")
   c.eval.train_split = "train"  # probes, regressors and heads are fitted here
   c.eval.val_split = "val"  # choices: probe l2, event thresholds, ridge alpha
@@ -116,12 +116,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.train_sites = ()  # site task: probe sites (empty = the first site)
   c.eval.test_sites = ()  # site task: test sites (empty = every other site)
   c.eval.robustness_max_subsets = 32  # 2^k - 1 subsets up to this many, else a seeded sample
-  c.eval.event_kinds = ("apnea", "hypopnea", "desaturation", "arousal")
+  c.eval.event_kinds = ("apnea", "hypopnea", "desaturation", "arousal")  # events task kinds
   c.eval.retrieval_pool = 256  # test epochs per retrieval pool (chance R@1 = 1 / pool)
   c.eval.finetune_steps = 200  # supervised (from scratch) / finetune (frozen tokenizers) steps
-  c.eval.finetune_lr = 1e-3
+  c.eval.finetune_lr = 1e-3  # supervised / finetune AdamW learning rate
   c.eval.finetune_fractions = (0.01, 1.0)  # label fractions for supervised / finetune
-  c.eval.finetune_seeds = (0,)
+  c.eval.finetune_seeds = (0,)  # supervised / finetune seeds (mean +- sd)
 
   c.bench = ml_collections.ConfigDict()  # `sleepjax bench data`: its synthetic cohort and rows
   c.bench.subjects = 8
