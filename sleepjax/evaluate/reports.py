@@ -85,7 +85,7 @@ def headline_text(report: dict) -> str:
   """The console table: encoders down, headline metrics across."""
   rows = report["headline"]
   cols = list(dict.fromkeys(k for r in rows for k in r if k != "encoder"))
-  width = max(len(r["encoder"]) for r in rows) + 2
+  width = max(max(len(r["encoder"]) for r in rows), 15) + 2  # room for "0.123 ± 0.045"
   out = [f"evaluation of checkpoint step {report['checkpoint_step']} ({report['family']}), "
          f"test subjects {', '.join(report['splits'].get('test', {}).get('subjects', []))}"]
   for c in cols:
