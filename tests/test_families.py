@@ -67,13 +67,15 @@ def test_family_dict_drives_the_train_step_and_ema(toy):
 
 
 def test_family_dict_drives_eval(toy, prepared):
-  from sleepjax.evaluate.run import embed_split  # pylint: disable=g-import-not-at-top
+  from sleepjax.evaluate.embed import Encoder, embed_function, embed_split  # pylint: disable=g-import-not-at-top
   from sleepjax.train.trainer import setup  # pylint: disable=g-import-not-at-top
   mesh, manifest, modalities, tx, _ = setup(toy, str(prepared))
   graphdef, _, shardings = state_lib.abstract_state(toy, modalities, tx, mesh, 0)
   params = state_lib.init_state(toy, modalities, tx, shardings, 0).params
-  x, y = embed_split(graphdef, params, manifest, "test", list(modalities), toy, mesh)
-  assert x.shape == (len(y), 3) and np.all(x == 2.0)
+  encoder = Encoder("toy", graphdef, params, embed_function(toy))
+  table = embed_split(encoder, manifest, "test", list(modalities), toy, mesh, keep=("epoch",))
+  x, y = table["epoch"], table["stage"]
+  assert x.shape[-1] == 3 and x.shape[:2] == y.shape and np.all(x == 2.0)
 
 
 def test_unknown_family_is_one_clear_error(tiny_config):
