@@ -38,7 +38,7 @@ def _first_error(err: str) -> str:
      "e.g. \"{'eeg+ecg': 2.0}\""),
     (["train", "--config=configs/smoke.py", "--config.model=1", "--workdir=x"], 2,
      "sleepjax train: config error: config.model is a section; set its keys, "
-     "e.g. config.model.depth"),
+     "e.g. config.model.attention"),
     (["train", "--workdir=x"], 2,
      "sleepjax train: error: --config is required (e.g. --config=configs/smoke.py); configs "
      "shipped: "),
