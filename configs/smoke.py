@@ -107,6 +107,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.train_split = "train"  # probes, regressors and heads are fitted here
   c.eval.val_split = "val"  # choices: probe l2, event thresholds, ridge alpha
   c.eval.test_split = "test"  # every reported number
+  c.eval.allow_split_mismatch = False  # True: evaluate on data whose split hash differs (warns)
   c.eval.probe_steps = 300
   c.eval.probe_lr = 0.05
   c.eval.probe_l2 = 1e-3

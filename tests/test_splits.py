@@ -1,5 +1,7 @@
 import collections
 
+import pytest
+
 from data_prep.splits import assign_splits, split_hash, split_of
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -34,3 +36,13 @@ def test_adding_or_removing_subjects_moves_nobody():
   assert all(grown[s] == before[s] for s in cohort)
   assert all(shrunk[s] == before[s] for s in cohort[::3])
   assert all(split_of(s, FRACTIONS, 7) == before[s] for s in cohort[:50])  # one at a time too
+
+
+def test_eval_refuses_a_checkpoint_trained_on_other_splits(monkeypatch):
+  from sleepjax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(checkpoint, "saved_meta", lambda directory, step: {"split_hash": "a" * 64})
+  checkpoint.check_split_hash("ckpt", 7, {"split_hash": "a" * 64, "dir": "data"})  # same: fine
+  checkpoint.check_split_hash("ckpt", 7, {"dir": "data"})  # an older manifest: nothing to compare
+  with pytest.raises(ValueError, match="split hash bbbbbbbbbbbb differs .* checkpoint 7 trained on"):
+    checkpoint.check_split_hash("ckpt", 7, {"split_hash": "b" * 64, "dir": "data"})
+  checkpoint.check_split_hash("ckpt", 7, {"split_hash": "b" * 64}, allow_mismatch=True)  # warns

@@ -78,6 +78,7 @@ def restore(config, workdir: str):
   init = state_lib.init_state(config, modalities, tx, shardings, config.seed)
   with ocp.CheckpointManager(os.path.abspath(ckpt_dir)) as manager:
     step = manager.latest_step()
+    checkpoint.check_split_hash(ckpt_dir, step, manifest, config.eval.get("allow_split_mismatch", False))
     state = checkpoint.restore(manager, step, abstract)
   params = state.ema_params if getattr(state, "ema_params", None) is not None else state.params
   embed = embed_function(config)

@@ -99,6 +99,23 @@ def saved_config(directory, step: int) -> dict | None:
   return _read_json(directory, step, "config")
 
 
+def check_split_hash(directory, step: int, manifest: dict, allow_mismatch: bool = False):
+  """Refuses to evaluate a checkpoint on data whose subject splits differ from those it trained on
+  (a re-prepared cohort could put training subjects in test); `allow_mismatch` only warns."""
+  trained = saved_meta(directory, step).get("split_hash")
+  current = manifest.get("split_hash")
+  if trained is None or current is None or trained == current:
+    return
+  message = (f"{manifest.get('dir', 'the data')}: split hash {current[:12]} differs from the one "
+             f"checkpoint {step} trained on ({trained[:12]}): its test subjects may include "
+             "training subjects. Evaluate on the data it was trained on, or pass "
+             "--config.eval.allow_split_mismatch=true to evaluate anyway.")
+  if allow_mismatch:
+    logging.warning(message)
+    return
+  raise ValueError(message)
+
+
 def saved_meta(directory, step: int) -> dict:
   """Run metadata saved with checkpoint `step`: schedule segments, skipped-update counts."""
   return _read_json(directory, step, "meta") or {}

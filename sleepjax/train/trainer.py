@@ -262,7 +262,9 @@ def train(config, workdir: str) -> dict:
       means.add(host)
 
   def run_meta():
-    return {"schedule": segments, "skipped_total": counts["skipped_total"]}
+    # The data split the run trained on: eval refuses a re-prepared cohort whose splits moved.
+    return {"schedule": segments, "skipped_total": counts["skipped_total"],
+            "split_hash": manifest.get("split_hash")}
 
   preempt, tracing = Preemption(), False
   try:
