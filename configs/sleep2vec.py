@@ -63,7 +63,10 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
   width, depth, heads, mlp, tokenizer_width = SIZES[size]
   c.model.update(dict(family="sleep2vec", tokenizer="epoch", tokenizer_width=tokenizer_width,
                       width=width, depth=depth, heads=heads, mlp=mlp, norm="pre", proj_hidden=0,
-                      proj_dim=128, head_norm="batch", mask_fraction=0.15, dtype="bfloat16"))
+                      proj_dim=128, head_norm="batch", mask_fraction=0.15, dtype="bfloat16",
+                      # cuDNN flash attention on GPUs (measured 25 -> 36 % MFU at dense, batch
+                      # 128, H200; BENCHMARKS.md), XLA's attention elsewhere.
+                      attention="auto"))
   c.objective.update(dict(loss="dash", pair_strategy="pair_first", negatives="per_step",
                           temperature=0.2, hard_scale=0.1, sigma_age=20.0, alpha_sex=0.8,
                           gamma_same=1.3, gamma_diff=0.8, eps=1e-6))

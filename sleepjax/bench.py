@@ -5,7 +5,8 @@
   data   the training input pipeline at the sleep2vec pair-first and nine-modality shapes vs a
          numpy memmap of the same bytes; reader threads and worker processes, 1 to every core
   step   the jitted train step on synthetic batches: compile time, step time, MFU, memory per
-         device; `--aot_devices=N` compiles for N devices (see sleepjax/bench_step.py)
+         device; `--aot_devices=N` compiles for N devices, `--profile_steps=N` traces N steps and
+         writes bench/profile_ops.json (device time by kernel category and op; sleepjax/profile.py)
 """
 
 import json

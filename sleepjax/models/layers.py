@@ -93,11 +93,20 @@ class Attention(nnx.Module):
     q_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.q, self.q_bias), positions_T))
     k_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.k, self.k_bias), positions_T))
     v_BxTxHxK = _saved(self._project(x_BxTxD, self.v, self.v_bias))
-    mask = None if mask_BxT is None else mask_BxT[:, None, None, :]  # keys only
+    mask = None if mask_BxT is None else _key_mask(mask_BxT)
     y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask,
                                              implementation=self.implementation)
     y_BxTxD = jnp.einsum("bthk,hkd->btd", y_BxTxHxK, self.out.value.astype(self.dtype))
     return _saved(y_BxTxD + self.out_bias.value.astype(self.dtype))
+
+
+def _key_mask(present_BxT: jax.Array) -> jax.Array:
+  """[B, 1, T, T]: query t attends to present keys, and always to itself. The full query axis is
+  what cuDNN's fused attention accepts (it takes no broadcast bias); the diagonal keeps a window
+  with no present epoch finite (its outputs are masked downstream) instead of a softmax over
+  nothing, and changes nothing for a present query, whose own key is present."""
+  T = present_BxT.shape[1]
+  return (present_BxT[:, None, None, :] | jnp.eye(T, dtype=bool)[None, None])
 
 
 def _saved(x):
