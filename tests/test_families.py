@@ -14,7 +14,7 @@ from sleepjax.cli import load_config
 from sleepjax.families import Family, get_family
 from sleepjax.train import state as state_lib
 from sleepjax.train.optim import make_optimizer
-from sleepjax.train.step import ema_momentum, ema_update, make_train_step
+from sleepjax.train.step import ema_initial_weight, ema_momentum, ema_update, make_train_step
 from tests.conftest import REPO
 
 # sleep2vec's own inputs: four single-channel 3840-sample modalities, five 120-sample ones.
@@ -95,6 +95,20 @@ def test_ema_momentum_schedule_and_update():
   out = ema_update(ema, params, 0.9)
   np.testing.assert_allclose(out["a"], 0.9 + 0.1 * 3.0, rtol=1e-6)
   np.testing.assert_allclose(out["b"]["c"], 0.1, rtol=1e-6)
+
+
+def test_ema_initial_weight_is_what_the_updates_leave_of_the_init():
+  # An EMA that starts at 1 while the parameters sit at 0 holds exactly the init's weight.
+  for steps, base in ((300, 0.996), (300, 0.95), (40, 0.9)):
+    ema = {"w": jnp.ones(())}
+    for t in range(steps):
+      ema = ema_update(ema, {"w": jnp.zeros(())}, ema_momentum(t, steps, base))
+    np.testing.assert_allclose(ema_initial_weight(steps, base), float(ema["w"]), rtol=1e-4)
+  # The paper's momentum over a demo-length run would evaluate mostly the random init; the demo
+  # preset's does not.
+  assert ema_initial_weight(300, 0.996) > 0.5
+  c = load_config(str(REPO / "configs" / "smoke.py"))
+  assert ema_initial_weight(c.train.steps, c.train.ema_momentum) < 0.01
 
 
 def _expected_params(width, depth, mlp, tokenizer_width, proj=128, modalities=NINE):

@@ -95,7 +95,7 @@ def test_nan_skipped_then_named_error_and_refused_resume(prepared, tiny_config, 
     trainer.train(config, str(workdir))
 
 
-def test_eval_config_comes_from_the_checkpoint(prepared, tiny_config, tmp_path):
+def test_eval_config_comes_from_the_checkpoint(prepared, tiny_config, tmp_path, monkeypatch):
   """A model trained at a non-default width restores with no model flags on the command line."""
   from sleepjax.train import checkpoint, state as state_lib, trainer  # pylint: disable=g-import-not-at-top
   workdir = _workdir(prepared, tmp_path, "eval")
@@ -113,6 +113,17 @@ def test_eval_config_comes_from_the_checkpoint(prepared, tiny_config, tmp_path):
   assert step == 2
   leaves = jax.tree.leaves(params)
   assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+  # Evaluation's restore never reads the full state (optimizer included): only parameters, the
+  # EMA ones since the state has them.
+  from sleepjax.evaluate import embed  # pylint: disable=g-import-not-at-top
+  def refuse(*args, **kwargs):
+    raise AssertionError("eval restored the whole train state")
+  monkeypatch.setattr(checkpoint, "restore", refuse)
+  _, _, pretrained, _, step = embed.restore(cli_config, str(workdir))
+  assert step == 2
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               pretrained.params, params)
 
 
 def test_sigterm_saves_and_resume_matches_uninterrupted(prepared, tiny_config, tmp_path):

@@ -72,15 +72,13 @@ def restore(config, workdir: str):
 
   Parameters restore onto the current mesh (any topology); EMA parameters when the state has them.
   """
-  config, ckpt_dir, _ = model_config(config, workdir)
+  config, ckpt_dir, step = model_config(config, workdir)
   mesh, manifest, modalities, tx, _ = setup(config, workdir)
   graphdef, abstract, shardings = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
   init = state_lib.init_state(config, modalities, tx, shardings, config.seed)
-  with ocp.CheckpointManager(os.path.abspath(ckpt_dir)) as manager:
-    step = manager.latest_step()
-    checkpoint.check_split_hash(ckpt_dir, step, manifest, config.eval.get("allow_split_mismatch", False))
-    state = checkpoint.restore(manager, step, abstract)
-  params = state.ema_params if getattr(state, "ema_params", None) is not None else state.params
+  checkpoint.check_split_hash(ckpt_dir, step, manifest, config.eval.get("allow_split_mismatch", False))
+  # Parameters only (EMA when saved): the optimizer state is never read for evaluation.
+  params, step = checkpoint.restore_params(ckpt_dir, abstract, step)
   embed = embed_function(config)
   return (config, (mesh, manifest, modalities), Encoder("pretrained", graphdef, params, embed),
           Encoder("random_init", graphdef, init.params, embed), step)

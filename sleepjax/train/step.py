@@ -5,6 +5,7 @@ Family-agnostic: the loss is `FAMILIES[config.model.family].loss(model, batch, r
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sleepjax.families import get_family
@@ -16,6 +17,16 @@ def ema_momentum(step, total_steps: int, base: float):
   """EMA momentum: `base` at step 0 rising to 1 on a cosine over `total_steps` (BYOL/sleep2vec)."""
   progress = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
   return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+
+
+def ema_initial_weight(total_steps: int, base: float) -> float:
+  """The weight the EMA still gives the initial (random) parameters after `total_steps` steps:
+  the product of the momenta. Near 1 the EMA is mostly the random init (a short run with the
+  paper's 0.996, made for 100k steps), so the trainer warns above 1 %."""
+  steps = np.arange(total_steps)
+  progress = np.clip(steps / max(total_steps, 1), 0.0, 1.0)
+  momenta = 1.0 - (1.0 - base) * (np.cos(np.pi * progress) + 1.0) / 2.0
+  return float(np.exp(np.log(np.maximum(momenta, 1e-300)).sum()))
 
 
 def ema_update(ema, params, momentum):

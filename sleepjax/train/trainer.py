@@ -25,7 +25,7 @@ from sleepjax import sharding
 from sleepjax.data import pipeline, prefetch
 from sleepjax.data.manifest import read_manifest, training_modalities
 from sleepjax.train import checkpoint, metrics, optim, state as state_lib
-from sleepjax.train.step import make_train_step
+from sleepjax.train.step import ema_initial_weight, make_train_step
 
 
 class NonFiniteError(ValueError):
@@ -173,6 +173,12 @@ def train(config, workdir: str) -> dict:
   graphdef, abstract, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
   logging.info("model: %.2fM parameters, mesh %s", n_params / 1e6, dict(mesh.shape))
+  ema_base = config.train.get("ema_momentum", 0.996)
+  left = ema_initial_weight(config.train.steps, ema_base) if ema_base else 0.0
+  if left > 0.01:
+    logging.warning("train.ema_momentum=%s over %d steps: the EMA parameters (used by eval) keep "
+                    "%.0f %% of the random init; lower it for a run this short", ema_base,
+                    config.train.steps, 100 * left)
   if len(segments) > 1:
     logging.info("learning-rate schedule segments %s (decay continues, see train/optim.py)", segments)
 
