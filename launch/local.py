@@ -31,12 +31,18 @@ def _gpu_count() -> int:
   return sum(line.startswith("GPU ") for line in out.splitlines())
 
 
+def cpu_device_flags(xla_flags: str, devices: int) -> str:
+  """XLA_FLAGS with the simulated CPU device count set to `devices`, the other flags kept."""
+  flag = "--xla_force_host_platform_device_count="
+  return " ".join([f for f in xla_flags.split() if not f.startswith(flag)] + [f"{flag}{devices}"])
+
+
 def _env(platform: str, i: int, devices_per_process: int) -> dict:
   if platform == "auto":
     platform = "gpu" if _gpu_count() else "cpu"
   if platform == "cpu":
     return dict(os.environ, JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+                XLA_FLAGS=cpu_device_flags(os.environ.get("XLA_FLAGS", ""), devices_per_process))
   if platform == "gpu":
     first = i * devices_per_process
     return dict(os.environ, JAX_PLATFORMS="cuda", CUDA_VISIBLE_DEVICES=",".join(

@@ -40,14 +40,16 @@ def workload_name(prefix: str, index: int) -> str:
   return f"{clean}-{index:03d}"
 
 
-def xpk_script(workdir: str, run_dirs: list[str], settings, *, stop_after_steps: int = 0,
-               evaluate: bool = False, sleepjax: str = "sleepjax") -> str:
+def xpk_script(workdir: str, run_dirs: list[str], settings, *, repo: str,
+               stop_after_steps: int = 0, evaluate: bool = False, sleepjax: str = "sleepjax") -> str:
+  """The `xpk workload create` commands; without a prebuilt image, xpk layers `repo` (its
+  --script-dir) onto the base image and runs the command there, wherever the script is run from."""
   s = settings
   path = os.path.join(workdir, "xpk", "workloads.sh")
   out = [XPK_HEADER.format(workdir=workdir, n=len(run_dirs), cluster=s.cluster,
                            tpu_type=s.tpu_type, slices=s.num_slices, script=path)]
-  image = (f"--docker-image={s.docker_image}" if s.docker_image
-           else f"--base-docker-image={s.base_docker_image}")
+  image = (f"--docker-image={s.docker_image}" if s.docker_image else
+           f"--base-docker-image={s.base_docker_image} --script-dir={shlex.quote(repo)}")
   for i, run in enumerate(run_dirs):
     command = _remote(s.image_setup, run, stop_after_steps, evaluate, sleepjax)
     out += [f"# {os.path.basename(run)}",
@@ -75,14 +77,14 @@ def tpu_vm_script(workdir: str, settings, *, n_runs: int, stop_after_steps: int 
   return "\n".join(out)
 
 
-def write(workdir: str, run_dirs: list[str], settings, *, stop_after_steps: int = 0,
+def write(workdir: str, run_dirs: list[str], settings, *, repo: str, stop_after_steps: int = 0,
           evaluate: bool = False, log=print) -> list[str]:
   """Writes `<workdir>/xpk/workloads.sh` and `<workdir>/xpk/tpu_vm.sh`; runs neither."""
   os.makedirs(os.path.join(workdir, "xpk"), exist_ok=True)
   paths = []
   for name, text in (
-      ("workloads.sh", xpk_script(workdir, run_dirs, settings, stop_after_steps=stop_after_steps,
-                                  evaluate=evaluate)),
+      ("workloads.sh", xpk_script(workdir, run_dirs, settings, repo=repo,
+                                  stop_after_steps=stop_after_steps, evaluate=evaluate)),
       ("tpu_vm.sh", tpu_vm_script(workdir, settings, n_runs=len(run_dirs),
                                   stop_after_steps=stop_after_steps, evaluate=evaluate))):
     path = os.path.join(workdir, "xpk", name)

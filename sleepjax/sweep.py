@@ -80,7 +80,7 @@ def launch_config() -> ml_collections.ConfigDict:
           tpu_name="",  # for the plain `gcloud ... tpu-vm ssh --worker=all` variant
           # shell steps before training: inside the workload's image (xpk builds it from the
           # current directory on base_docker_image) and on each TPU VM (tpu_vm.sh)
-          image_setup=("pip install -q -e .",),
+          image_setup=('pip install -q -e ".[tpu]"',),  # JAX with libtpu
           vm_setup=("cd ~/sleepjax", "source .venv/bin/activate"),
       ),
   ))
@@ -430,7 +430,8 @@ def _slot_env(slot: int, launch) -> dict:
     per = local.gpus // local.parallel
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(slot * per, (slot + 1) * per))
   elif local.cpu_devices:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local.cpu_devices}"
+    from launch.local import cpu_device_flags  # pylint: disable=g-import-not-at-top
+    env["XLA_FLAGS"] = cpu_device_flags(env.get("XLA_FLAGS", ""), local.cpu_devices)
   return env
 
 
@@ -498,7 +499,7 @@ def launch(sweep_file: str, config, workdir: str, runner: str, log=print) -> lis
                            log=log)
   elif runner == "xpk":
     log(f"sweep: {len(runs)} runs in {workdir}/runs, {done} finished")
-    xpk.write(workdir, [r["dir"] for r in runs], settings.xpk,
+    xpk.write(workdir, [r["dir"] for r in runs], settings.xpk, repo=os.fspath(REPO),
               stop_after_steps=settings.stop_after_steps, evaluate=settings.eval, log=log)
   else:
     raise ValueError(f"unknown runner {runner!r} (local, slurm, xpk)")

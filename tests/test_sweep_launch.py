@@ -35,7 +35,7 @@ def _scripts() -> dict[str, str]:
       "slurm_chunked.sbatch": slurm.script(WORKDIR, len(RUN_DIRS), chunked.slurm,
                                            repo="/home/me/sleepjax", stop_after_steps=1000,
                                            evaluate=True),
-      "xpk_workloads.sh": xpk.xpk_script(WORKDIR, RUN_DIRS, s.xpk),
+      "xpk_workloads.sh": xpk.xpk_script(WORKDIR, RUN_DIRS, s.xpk, repo="/home/me/sleepjax"),
       "xpk_tpu_vm.sh": xpk.tpu_vm_script(WORKDIR, s.xpk, n_runs=len(RUN_DIRS)),
   }
 
@@ -83,6 +83,12 @@ def test_expand_writes_one_workdir_per_run_and_refuses_a_changed_config(tmp_path
   with pytest.raises(ValueError, match="optim.lr"):
     sweep.expand(str(SMOKE), config, str(tmp_path))
 
+  config.sweep.seeds = (0, 1)  # every run once per seed
+  seeded = sweep.expand(str(SMOKE), config, str(tmp_path / "seeds"))
+  assert len(seeded) == 12
+  assert sorted(json.loads(pathlib.Path(r["dir"], "config.json").read_text())["seed"]
+                for r in seeded) == [0] * 6 + [1] * 6
+
 
 def test_sweep_command_writes_slurm_and_xpk_scripts(tmp_path):
   env = dict(os.environ, PATH=os.path.dirname(shutil.which("bash")))  # no sbatch on PATH
@@ -93,12 +99,29 @@ def test_sweep_command_writes_slurm_and_xpk_scripts(tmp_path):
          f"--runner={runner}", f"--workdir={tmp_path}", "--config.launch.slurm.nodes=2"],
         env=env, capture_output=True, text=True, check=True).stdout
     assert "6 runs" in out
+    if runner == "slurm":  # no sbatch here: the command to run on the login node is printed
+      assert f"sbatch {tmp_path / 'slurm' / 'sweep.sbatch'}" in out
   sbatch = (tmp_path / "slurm" / "sweep.sbatch").read_text()
   assert "#SBATCH --nodes=2" in sbatch and "#SBATCH --array=0-5" in sbatch
-  assert "xpk workload create" in (tmp_path / "xpk" / "workloads.sh").read_text()
+  workloads = (tmp_path / "xpk" / "workloads.sh").read_text()
+  assert "xpk workload create" in workloads and f"--script-dir={REPO} " in workloads
   assert "--worker=all" in (tmp_path / "xpk" / "tpu_vm.sh").read_text()
   for script in ("slurm/sweep.sbatch", "xpk/workloads.sh", "xpk/tpu_vm.sh"):
     subprocess.run(["bash", "-n", str(tmp_path / script)], check=True)
+
+
+def test_slurm_script_is_submitted_where_sbatch_exists(tmp_path, monkeypatch):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  fake = bin_dir / "sbatch"  # records its arguments, answers like sbatch
+  fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\necho "Submitted batch job 42"\n')
+  fake.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+  printed = []
+  path = slurm.write_and_submit(str(tmp_path / "w"), 3, _settings().slurm, repo="/r",
+                                log=printed.append)
+  assert (tmp_path / "args").read_text().split() == [path]
+  assert printed == [f"sweep: submitted {path}: Submitted batch job 42"]
 
 
 def test_modality_subsets_are_deterministic_and_distinct():
