@@ -102,6 +102,8 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
 
   c.eval = ml_collections.ConfigDict()
+  c.eval.tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval",
+                  "sleeplm")
   c.eval.train_split = "train"
   c.eval.test_split = "test"
   c.eval.probe_steps = 300
@@ -110,13 +112,18 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.eval.caption_group = "stage_event"  # `sleepjax caption`: which group to write (or "all")
   c.eval.beams = 1  # 1 = greedy
   c.eval.max_caption_len = 48
-  c.eval.caption_epochs = 6  # `sleepjax caption`: the first epochs of the recording (0 = all)
+  c.eval.caption_epochs = 6  # `sleepjax caption`: how many epochs of the recording (0 = all)
+  c.eval.caption_stride = 1  # `sleepjax caption`: every n-th epoch from the first
 
   if size in ("smoke", "tiny"):  # CPU: 1-s patches (4x fewer signal tokens), one epoch per window
     c.model.signal.patch = 64
     c.data.window_epochs = 1
     c.train.steps, c.optim.lr = 150, 2e-3
     c.train.ema_momentum = 0.0  # evaluate what was trained last (the schedule is short)
+    # The demo's eval: one probe (it reports zero-shot, retrieval and captions itself).
+    c.eval.tasks = ("staging",)
+    c.eval.probe_l2_grid = (1e-3,)
+    c.eval.caption_epochs, c.eval.caption_stride = 8, 20  # across the night: several stages
   if size == "tiny":
     c.synthetic = dict(n_subjects=6, n_sites=2, hours=1.0, seed=0)
     c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
@@ -124,7 +131,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3
     c.optim.warmup_steps = 2
     c.eval.probe_steps = 50
-    c.eval.caption_epochs, c.eval.max_caption_len = 2, 16
+    c.eval.caption_epochs, c.eval.caption_stride, c.eval.max_caption_len = 2, 1, 16
   elif size not in ("smoke", "tiny"):  # accelerator sizes: the released model's text length
     c.text.vocab_size = 49_408
     c.data.caption_len = 256 if size == "base" else 128

@@ -124,24 +124,29 @@ def _groups(group: str) -> list[int]:
 
 
 def caption_epochs(model, tokenizer, signals: dict, masks: dict, group: str = "stage_event", *,
-                   max_len: int = 48, beams: int = 1, chunk: int = 10) -> list[dict[str, str]]:
+                   max_len: int = 48, beams: int = 1, chunk: int = 10,
+                   epochs: list[int] | None = None) -> list[dict[str, str]]:
   """Generated captions of consecutive epochs: signals[m] [E, C, S], masks[m] [E, C] ->
-  one {group: text} per epoch. Epochs run in windows of `chunk` (the input stage resamples a
-  window as one continuous recording)."""
+  one {group: text} per epoch of `epochs` (default all). The input stage resamples windows of
+  `chunk` consecutive epochs as one continuous recording, whichever of their epochs are captioned."""
   from sleepjax.models.sleeplm.model import GROUPS  # pylint: disable=g-import-not-at-top
   assemble = nnx.jit(lambda m, s, k: m.inputs(s, k))
   n = len(next(iter(masks.values())))
-  out = [{} for _ in range(n)]
+  wanted = list(range(n)) if epochs is None else sorted(epochs)
+  out = {e: {} for e in wanted}
   for start in range(0, n, chunk):
+    rows = [e - start for e in wanted if start <= e < start + chunk]
+    if not rows:
+      continue
     sl = slice(start, min(start + chunk, n))
     x, present = assemble(model, {m: jnp.asarray(s[sl], jnp.float32)[None] for m, s in signals.items()},
                           {m: jnp.asarray(k[sl])[None] for m, k in masks.items()})
-    x, present = x[0], present[0]
+    x, present = x[0][np.array(rows)], present[0][np.array(rows)]
     for g in _groups(group):
       ids = caption(model, x, present, jnp.full((x.shape[0],), g), max_len=max_len, beams=beams)
-      for i, text in enumerate(tokenizer.decode(jax.device_get(ids))):
-        out[start + i][GROUPS[g]] = text
-  return out
+      for r, text in zip(rows, tokenizer.decode(jax.device_get(ids))):
+        out[start + r][GROUPS[g]] = text
+  return [out[e] for e in wanted]
 
 
 def caption_night(api_model, signals: dict, masks: dict, *, group: str = "stage_event",
@@ -199,24 +204,26 @@ def recording_records(manifest: dict, recording: str | None) -> tuple[str, list]
 
 
 def caption_recording(config, workdir: str, recording: str | None = None) -> dict:
-  """Generated captions per epoch of one recording beside its reference captions (the first
-  `eval.caption_epochs` epochs; 0 = all)."""
+  """Generated captions of one recording's epochs beside their reference captions: every
+  `eval.caption_stride`-th epoch from the first, `eval.caption_epochs` of them (0 = all)."""
   from sleepjax import records  # pylint: disable=g-import-not-at-top
   model, manifest, tokenizer, step = restore_model(config, workdir)
   recording, recs = recording_records(manifest, recording)
-  limit = config.eval.get("caption_epochs", 0) or None
   names = [m for m in config.prep.modalities if f"sig/{m}" in recs[0]]
-  signals = {m: np.concatenate([a[f"sig/{m}"] for a in recs])[:limit] for m in names}
-  masks = {m: np.concatenate([a[f"mask/{m}"] for a in recs])[:limit] for m in names}
+  signals = {m: np.concatenate([a[f"sig/{m}"] for a in recs]) for m in names}
+  masks = {m: np.concatenate([a[f"mask/{m}"] for a in recs]) for m in names}
+  n = len(masks[names[0]])
+  epochs = list(range(0, n, max(int(config.eval.get("caption_stride", 1)), 1)))
+  epochs = epochs[:config.eval.get("caption_epochs", 0) or None]
   refs = {}
   for a in recs:
     for g, texts in records.texts(a["captions"]).items():
       refs.setdefault(g, []).extend(texts)
   generated = caption_epochs(model, tokenizer, signals, masks, config.eval.caption_group,
                              max_len=config.eval.max_caption_len, beams=config.eval.beams,
-                             chunk=int(config.prep.segment_epochs))
+                             chunk=int(config.prep.segment_epochs), epochs=epochs)
   rows = [{"epoch": e, "group": g, "generated": text, "reference": refs[g][e]}
-          for e, per in enumerate(generated) for g, text in per.items()]
+          for e, per in zip(epochs, generated) for g, text in per.items()]
   return {"recording": recording, "checkpoint_step": step, "rows": rows}
 
 

@@ -13,6 +13,7 @@ def test_train_restore_generate_round_trip(prepared, tmp_path):
   from sleepjax.families import sleeplm  # pylint: disable=g-import-not-at-top
   from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
   config = load_config(f"{REPO / 'configs' / 'sleeplm.py'}:tiny")
+  config.eval.caption_stride = 3
   os.symlink(prepared / "data", tmp_path / "data")
   last = trainer.train(config, str(tmp_path))
   for key in ("loss", "loss_con", "loss_cap", "loss_rec", "retrieval_top1"):
@@ -21,7 +22,7 @@ def test_train_restore_generate_round_trip(prepared, tmp_path):
   report = generate.caption_recording(config, str(tmp_path))
   assert report["checkpoint_step"] == config.train.steps
   rows = report["rows"]
-  assert len(rows) == config.eval.caption_epochs
+  assert [r["epoch"] for r in rows] == [0, 3]  # caption_epochs = 2, every third epoch
   assert all(isinstance(r["generated"], str) and r["reference"] for r in rows)
   text = generate.format_captions(report)
   assert "gen:" in text and "ref:" in text
@@ -33,4 +34,5 @@ def test_train_restore_generate_round_trip(prepared, tmp_path):
   assert scores["epochs"] > 0
   assert 0.0 <= scores["zero_shot"]["accuracy"] <= 1.0
   assert 0.0 <= scores["retrieval"]["chance"] <= 1.0
+  assert 0.0 <= scores["caption_stage"]["accuracy"] <= 1.0
   assert "zero-shot staging" in sleeplm.format_text_report(scores)

@@ -6,6 +6,7 @@ or on all of them (`"all"`: each group's CLIP and caption losses, averaged).
 """
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +180,17 @@ def zero_shot_stage(signal_NxP: np.ndarray, classifier_KxP: np.ndarray) -> np.nd
   return np.argmax(np.asarray(signal_NxP) @ classifier_KxP.T, -1)
 
 
+# The stage a stage_event caption names (data_prep.captions.STAGE_TEMPLATES' words).
+STAGE_PATTERNS = ((0, r"\b(?:[Ww]ake|awake|W)\b"), (1, r"\bN1\b"), (2, r"\bN2\b"),
+                  (3, r"\bN3\b"), (4, r"\bREM\b"))
+
+
+def caption_stage(text: str) -> int:
+  """Stage code a caption names; -1 when it names none or several."""
+  named = [k for k, pattern in STAGE_PATTERNS if re.search(pattern, text)]
+  return named[0] if len(named) == 1 else -1
+
+
 def retrieval_top1(signal_NxP: np.ndarray, text_NxP: np.ndarray) -> float:
   """signal -> text top-1 accuracy among the N pairs (chance 1/N)."""
   sim = np.asarray(signal_NxP) @ np.asarray(text_NxP).T
@@ -189,8 +201,8 @@ FAMILY = Family(name="sleeplm", build=build, loss=loss, embed=embed, flops=flops
 
 
 def text_report(config, workdir: str, split: str | None = None, pool: int = 32) -> dict:
-  """Zero-shot staging and signal->text retrieval on a held-out split (default eval.test_split),
-  from the latest checkpoint.
+  """Zero-shot staging, signal->text retrieval and the stage named by generated stage_event
+  captions (greedy) on a held-out split (default eval.test_split), from the latest checkpoint.
 
   Retrieval: pools of `pool` epochs, each epoch's signal against the pool's stage_event captions;
   a hit when the retrieved caption's text equals the epoch's own (identical texts are equally
@@ -206,12 +218,17 @@ def text_report(config, workdir: str, split: str | None = None, pool: int = 32) 
   L = config.data.caption_len
   signal_fn = nnx.jit(lambda m, b: embed(m, b)["signal"])
   text_fn = nnx.jit(lambda m, i, k: objectives.l2_normalize(m.encode_text(i, k)["latent"]))
+  inputs_fn = nnx.jit(flat_inputs)
   ds = pipeline.make_dataset(manifest, split, list(config.prep.modalities), local_batch=8, seed=0,
                              train=False, caption_len=L, read_threads=config.data.read_threads)
-  sig, txt, ids, stages = [], [], [], []
+  sig, txt, ids, stages, generated = [], [], [], [], []
   for local in ds:
     batch = pipeline.nest(local)
     sig.append(np.asarray(signal_fn(model, batch)).reshape(-1, config.model.embed_dim))
+    x, present = inputs_fn(model, batch)
+    tokens = generate.caption(model, x, present, jnp.full((x.shape[0],), group),
+                              max_len=config.eval.max_caption_len)
+    generated.extend(caption_stage(t) for t in tokenizer.decode(jax.device_get(tokens)))
     cap = local["captions"][:, :, group].reshape(-1, L)
     txt.append(np.asarray(text_fn(model, cap, cap != 0)))
     ids.append(cap)
@@ -229,6 +246,7 @@ def text_report(config, workdir: str, split: str | None = None, pool: int = 32) 
     hits.extend(same[np.arange(pool), pick])
     chance.extend(same.mean(1))
   scored = stages >= 0
+  named = np.asarray(generated)
   return {
       "checkpoint_step": step, "split": split, "epochs": int(len(sig)),
       "zero_shot": {"accuracy": metrics.accuracy(stages, predicted),
@@ -236,17 +254,22 @@ def text_report(config, workdir: str, split: str | None = None, pool: int = 32) 
                     "kappa": metrics.cohen_kappa(stages, predicted, k),
                     "chance_accuracy": float(np.bincount(stages[scored], minlength=k).max()
                                              / max(scored.sum(), 1))},
+      "caption_stage": {"accuracy": metrics.accuracy(stages, named),
+                        "unnamed": float(np.mean(named[scored] < 0)) if scored.any() else 0.0},
       "retrieval": {"pool": pool, "top1": float(np.mean(hits)) if hits else float("nan"),
                     "chance": float(np.mean(chance)) if chance else float("nan")},
   }
 
 
 def format_text_report(r: dict) -> str:
-  z, t = r["zero_shot"], r["retrieval"]
+  z, t, c = r["zero_shot"], r["retrieval"], r["caption_stage"]
   return "\n".join([
       f"SleepLM on held-out {r['split']} epochs ({r['epochs']}, checkpoint step "
       f"{r['checkpoint_step']})",
       f"zero-shot staging (stage prompts, cosine): accuracy {z['accuracy']:.3f} (majority class "
       f"{z['chance_accuracy']:.3f}), macro-F1 {z['macro_f1']:.3f}, kappa {z['kappa']:.3f}",
       f"signal->text retrieval, pools of {t['pool']}: top-1 {t['top1']:.3f} (chance "
-      f"{t['chance']:.3f})"])
+      f"{t['chance']:.3f})",
+      f"generated stage_event captions (greedy) name the scored stage: accuracy "
+      f"{c['accuracy']:.3f} (majority class {z['chance_accuracy']:.3f}; no single stage named "
+      f"{c['unnamed']:.3f})"])
