@@ -129,6 +129,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.finetune_lr = 1e-3  # supervised / finetune AdamW learning rate
   c.eval.finetune_fractions = (0.01, 1.0)  # label fractions for supervised / finetune
   c.eval.finetune_seeds = (0,)  # supervised / finetune seeds (mean +- sd)
+  # `sequence` task: a night-level head over frozen epoch embeddings of whole nights
+  c.eval.sequence_width = 64  # sequence head: hidden width
+  c.eval.sequence_conv_layers = 3  # sequence head: dilated conv blocks (dilations 1, 2, 4, ..)
+  c.eval.sequence_attention_layers = 1  # sequence head: self-attention blocks over the whole night
+  c.eval.sequence_heads = 4  # sequence head: attention heads
+  c.eval.sequence_steps = 300  # sequence head: most AdamW steps (early stopping may end sooner)
+  c.eval.sequence_lr = 2e-3  # sequence head: AdamW learning rate
+  c.eval.sequence_weight_decay = 0.01  # sequence head: AdamW weight decay
+  c.eval.sequence_batch = 8  # sequence head: training nights per step
+  c.eval.sequence_eval_every = 25  # sequence head: steps between val macro-F1 checks
+  c.eval.sequence_patience = 4  # sequence head: val checks without improvement before stopping
+  c.eval.sequence_seed = 0  # sequence head: initialisation and night order
 
   c.bench = ml_collections.ConfigDict()  # `sleepjax bench data`: its synthetic cohort and rows
   c.bench.subjects = 8

@@ -93,5 +93,7 @@ class CaptionTokenizer:
       if t == EOS_ID:
         break
       if t not in (PAD_ID, BOS_ID):
-        out.append(int(t))
+        # the model's vocabulary (text.vocab_size) only bounds the pieces: an id past them (an
+        # undertrained model emits some) has no text and reads as unknown
+        out.append(int(t) if t < self.vocab_size else UNK_ID)
     return self._sp.decode(out)

@@ -47,6 +47,14 @@ def test_regression_and_ranking_by_hand():
   # query 1's match (0.5) is beaten by candidate 0 (0.9): rank 2
   sim = np.array([[1.0, 0.0, 0.0], [0.9, 0.5, 0.0], [0.0, 0.0, 1.0]])
   assert metrics.recall_at_k(sim, (1, 2)) == {"R@1": 2 / 3, "R@2": 1.0}
+  # sets: query 0's right candidates {0, 2}; its best right one (0.7) is beaten by candidate 1
+  # (0.8) only -> rank 2. Query 1's only right candidate (0.5) is beaten by nothing -> rank 1.
+  # Query 2 has no right candidate: skipped. One right candidate each equals recall_at_k.
+  sim2 = np.array([[0.6, 0.8, 0.7], [0.1, 0.5, 0.4], [0.3, 0.2, 0.1]])
+  right = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0]], bool)
+  assert metrics.recall_at_k_sets(sim2, right, (1, 2)) == {"R@1": 0.5, "R@2": 1.0}
+  assert metrics.recall_at_k_sets(sim, np.eye(3, dtype=bool), (1, 2)) == metrics.recall_at_k(
+      sim, (1, 2))
   a = np.eye(4)
   r = metrics.retrieval(a, 3 * a)
   assert r["a_to_b"]["R@1"] == 1.0 and r["b_to_a"]["R@1"] == 1.0 and r["n"] == 4

@@ -32,12 +32,13 @@ def _eval_config(tiny_config, tasks):
   config.eval.fractions = (0.1, 1.0)
   config.eval.robustness_max_subsets = 3
   config.eval.retrieval_pool = 32
+  config.eval.sequence_steps = config.eval.sequence_eval_every = 10
   return config
 
 
 def test_every_task_on_a_tiny_checkpoint(checkpoint, tiny_config):
-  tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval", "yasa",
-           "sleeplm")
+  tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval", "sequence",
+           "yasa", "sleeplm")
   report = run.evaluate(_eval_config(tiny_config, tasks), str(checkpoint))
   assert report["checkpoint_step"] == 2 and report["modalities"] == list(MODALITIES)
   t = report["tasks"]
@@ -47,6 +48,9 @@ def test_every_task_on_a_tiny_checkpoint(checkpoint, tiny_config):
     assert sum(map(sum, s["confusion"])) == s["epochs"] > 0
     assert len(t["robustness"][enc]) == 3
     assert set(t["few_shot"][enc]) == {"0.1", "1.0"}
+    q = t["sequence"][enc]  # the sequence head scores every scored test epoch the probe scores
+    assert q["epochs"] == s["epochs"] and sum(map(sum, q["confusion"])) == q["epochs"]
+    assert q["test_nights"] == report["splits"]["test"]["recordings"] and q["steps"] == 10
   assert t["robustness"]["subsets"] == ["ecg", "eeg", "eeg+ecg+spo2"]  # sorted by size, name
   assert t["sleeplm"] == {"skipped": "not a SleepLM checkpoint"}
   # Every split is subject-disjoint; the site task's sides are site- and subject-disjoint.

@@ -1,6 +1,5 @@
-"""External and non-embedding baselines: YASA's automatic staging on the test split's EEG (an
-optional dependency, `pip install yasa mne` or the `test` extra) and the SleepLM tasks that call the
-SleepLM family's own functions."""
+"""External baseline: YASA's automatic staging on the test split's EEG (an optional dependency,
+`pip install yasa mne` or the `test` extra)."""
 
 import collections
 import warnings
@@ -68,16 +67,4 @@ def yasa(ctx) -> dict:
   return {**metrics.staging(y_true, y_pred, STAGES), "nights": nights, "channels": list(use)}
 
 
-def sleeplm(ctx) -> dict:
-  """Signal<->text retrieval, zero-shot staging and captioning through the SleepLM family's own
-  functions (sleepjax.generate); skipped for other families or before those exist."""
-  if ctx.config.model.get("family", "sleep2vec") != "sleeplm":
-    return {"skipped": "not a SleepLM checkpoint"}
-  try:
-    from sleepjax import generate  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return {"skipped": "sleepjax.generate (SleepLM captioning / zero-shot) is not available yet"}
-  return {"skipped": "SleepLM evaluation hooks not wired yet"}
-
-
-TASKS = {"yasa": yasa, "sleeplm": sleeplm}
+TASKS = {"yasa": yasa}

@@ -113,7 +113,7 @@ def _forward(encoder: Encoder, keep: tuple, out_sharding):
 
 
 def embed_split(encoder: Encoder, manifest: dict, split: str, modalities: list[str], config, mesh,
-                *, subset=None, keep=("epoch", "per_modality", "present", "z")) -> dict:
+                *, subset=None, keep=("epoch", "per_modality", "present", "z", "signal")) -> dict:
   """Every whole segment of `split`: embeddings (`keep` of what the family returns) and LABELS,
   one row per segment, ordered by (recording, first epoch)."""
   local_batch = check_batch(config.data.global_batch, mesh)

@@ -131,6 +131,18 @@ def recall_at_k(sim_QxK: np.ndarray, ks=(1, 5, 10)) -> dict:
   return {f"R@{k}": float((rank <= k).mean()) for k in ks}
 
 
+def recall_at_k_sets(sim_QxC: np.ndarray, correct_QxC: np.ndarray, ks=(1, 5, 10)) -> dict:
+  """R@k when several candidates are right (e.g. identical caption texts): a query's rank is 1 +
+  the number of wrong candidates scoring >= its best right one (queries with no right candidate
+  are skipped). With one right candidate per query this is `recall_at_k`."""
+  sim, correct = np.asarray(sim_QxC, float), np.asarray(correct_QxC, bool)
+  has = correct.any(1)
+  sim, correct = sim[has], correct[has]
+  best = np.where(correct, sim, -np.inf).max(1)
+  rank = 1 + ((sim >= best[:, None]) & ~correct).sum(1)
+  return {f"R@{k}": float((rank <= k).mean()) if len(rank) else float("nan") for k in ks}
+
+
 def retrieval(a_NxD: np.ndarray, b_NxD: np.ndarray, ks=(1, 5, 10)) -> dict:
   """Cosine-similarity retrieval both ways between paired rows of a and b."""
   a = a_NxD / (np.linalg.norm(a_NxD, axis=-1, keepdims=True) + 1e-9)

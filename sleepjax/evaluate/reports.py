@@ -42,7 +42,8 @@ def headline(report: dict) -> list[dict]:
   for enc in report["encoders"]:
     row = {"encoder": enc,
            "staging_macro_f1": _get(t, "staging", enc, "macro_f1"),
-           "staging_kappa": _get(t, "staging", enc, "kappa")}
+           "staging_kappa": _get(t, "staging", enc, "kappa"),
+           "sequence_macro_f1": _get(t, "sequence", enc, "macro_f1")}
     frac, point = _smallest(_get(t, "few_shot", enc))
     if point:
       row[f"few_shot_{frac}_macro_f1"] = point["macro_f1"]
@@ -56,6 +57,11 @@ def headline(report: dict) -> list[dict]:
     row["age_mae"] = _get(t, "clinical", enc, "age", "mae")
     row["sex_auroc"] = _get(t, "clinical", enc, "sex", "auroc")
     row["retrieval_mean_R@1"] = _get(t, "retrieval", enc, "mean", "R@1")
+    row["text_R@1"] = _get(t, "sleeplm", enc, "retrieval", "mean", "signal->text R@1")
+    row["zero_shot_macro_f1"] = _get(t, "sleeplm", enc, "zero_shot", "macro_f1")
+    row["caption_bleu"] = _get(t, "sleeplm", enc, "captioning", "bleu")
+    row["caption_numeric_faithfulness"] = _get(t, "sleeplm", enc, "captioning",
+                                               "numeric_faithfulness")
     for extra in ("supervised", "finetune"):
       if (v := _get(t, extra, enc, "macro_f1")) is not None:
         row[f"{extra}_macro_f1"] = v
@@ -118,6 +124,14 @@ def markdown(report: dict, images: dict[str, str]) -> str:
       if key in images:
         body += f"\n\n![{key}]({images[key]})"
     md.append(_section("Staging (linear probe, all training labels)", body))
+  if "sequence" in t:
+    rows = [{"encoder": e, "accuracy": r["accuracy"], "kappa": r["kappa"], "macro_f1": r["macro_f1"],
+             **{f"F1 {k}": v for k, v in r["per_stage_f1"].items()},
+             "linear probe macro_f1": _get(t, "staging", e, "macro_f1") or "-",
+             "best step": f"{r['best_step']}/{r['steps']}"} for e, r in t["sequence"].items()]
+    md.append(_section("Night-level sequence head (frozen encoder, whole nights)",
+                       "Dilated temporal convolutions + self-attention over each night's epoch "
+                       "embeddings; early-stopped on val macro-F1.\n\n" + markdown_table(rows)))
   for name, title in (("few_shot", "Label efficiency (macro-F1, mean ± sd over seeds)"),):
     if name in t:
       rows = [{"encoder": e, **{f"{f} labels": c[f]["macro_f1"] for f in c}}
@@ -168,16 +182,50 @@ def markdown(report: dict, images: dict[str, str]) -> str:
     if "retrieval" in images:
       body += f"\n\n![retrieval]({images['retrieval']})"
     md.append(_section("Modality retrieval (R@k)", body))
-  for name in ("yasa", "sleeplm", "supervised", "finetune"):
+  if "sleeplm" in t:
+    md.append(sleeplm_markdown(report, images))
+  for name in ("yasa", "supervised", "finetune"):
     if name in t:
       v = t[name]
       body = (f"skipped: {v['skipped']}" if "skipped" in v else
               "```json\n" + json.dumps(v, indent=1, default=float)[:4000] + "\n```")
-      if name == "sleeplm" and "captions" in images:
-        body += f"\n\n![captions]({images['captions']})"
       md.append(_section(name, body))
   md.append(_section("Time per task (s)", markdown_table([report["seconds"]])))
   return "".join(md)
+
+
+def sleeplm_markdown(report: dict, images: dict[str, str]) -> str:
+  """Signal<->text retrieval per caption group, zero-shot staging, captioning scores, examples."""
+  s = report["tasks"]["sleeplm"]
+  if "skipped" in s:
+    return _section("SleepLM", f"skipped: {s['skipped']}")
+  encs = [e for e in report["encoders"] if e in s]
+  rows = [{"group": g, "encoder": e, "direction": d, **v[d], "n": v["n"],
+           "distinct texts": v["distinct_texts"], "chance R@1": v["chance_R@1"]}
+          for e in encs for g, v in s[e]["retrieval"]["groups"].items()
+          for d in ("signal->text", "text->signal")]
+  body = (f"Signal <-> text retrieval on a pool of up to {s['pool']} {s['split']} epochs per "
+          "caption group (identical caption texts all count as right).\n\n"
+          + markdown_table(rows))
+  rows = [{"encoder": e, **{k: s[e]["zero_shot"][k] for k in ("accuracy", "kappa", "macro_f1")},
+           **{f"F1 {k}": v for k, v in s[e]["zero_shot"]["per_stage_f1"].items()},
+           "majority-class accuracy": s[e]["zero_shot"]["chance_accuracy"]} for e in encs]
+  body += ("\n\nZero-shot staging (each epoch against the stage prompts, no labels):\n\n"
+           + markdown_table(rows))
+  keys = ("captions", "bleu", "rouge_l", "numeric_faithfulness", "with_numbers",
+          "reference_numeric_faithfulness")
+  rows = [{"encoder": e, **{k: s[e]["captioning"][k] for k in keys}} for e in encs]
+  body += (f"\n\nCaptioning ({s['caption_group']}), against the reference captions and the "
+           "epochs' features (numeric faithfulness: the fraction of stated numbers that agree "
+           "with a feature at the caption's precision; `with_numbers`: captions stating any):"
+           "\n\n" + markdown_table(rows))
+  ex = [{"epoch": x["epoch"], "group": x["group"], "reference": x["reference"],
+         "generated": x["generated"]} for x in s.get("examples", [])]
+  if ex:
+    body += f"\n\nExample captions ({encs[0]}):\n\n" + markdown_table(ex)
+  if "captions" in images:
+    body += f"\n\n![captions]({images['captions']})"
+  return _section("SleepLM: text retrieval, zero-shot staging, captioning", body)
 
 
 def _jsonable(x):

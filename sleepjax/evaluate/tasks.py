@@ -106,7 +106,7 @@ def _site_rows(ctx, table, sites) -> np.ndarray:
   return np.isin(np.asarray([names[s] for s in table["site"]]), list(sites))
 
 
-def _subjects(ctx, table, rows=None) -> set[str]:
+def subjects(ctx, table, rows=None) -> set[str]:
   rec = table["recording"] if rows is None else table["recording"][rows]
   return {ctx.manifest["recordings"][ctx.recording_ids[r]]["subject"] for r in np.unique(rec)}
 
@@ -153,7 +153,7 @@ def staging(ctx) -> dict:
                 "hypnogram": {"recording": ctx.recording_ids[int(test["recording"][0])],
                               "true": test["stage"][night].reshape(-1).tolist(),
                               "pred": pred.reshape(test["stage"].shape)[night].reshape(-1).tolist()}}
-    check_disjoint(_subjects(ctx, ctx.table(enc, ctx.split("train"))), _subjects(ctx, test),
+    check_disjoint(subjects(ctx, ctx.table(enc, ctx.split("train"))), subjects(ctx, test),
                    "staging")
   return out
 
@@ -184,14 +184,14 @@ def site(ctx) -> dict:
     if not r_tr.any() or not r_te.any():
       return {**out, "skipped": "no training rows from the training sites or no test rows from "
                                 "the test sites"}
-    check_disjoint(_subjects(ctx, train, r_tr), _subjects(ctx, test, r_te), "site split")
+    check_disjoint(subjects(ctx, train, r_tr), subjects(ctx, test, r_te), "site split")
     x_tr, y_tr = epochs(train, r_tr)
     x_va, y_va = epochs(val, r_va)
     x_te, y_te = epochs(test, r_te)
     l2, _ = choose_l2(ctx, x_tr, y_tr, x_va, y_va)
     out[enc] = {"curve": label_curve(ctx, x_tr, y_tr, x_te, y_te, l2),
-                "train_subjects": sorted(_subjects(ctx, train, r_tr)),
-                "test_subjects": sorted(_subjects(ctx, test, r_te))}
+                "train_subjects": sorted(subjects(ctx, train, r_tr)),
+                "test_subjects": sorted(subjects(ctx, test, r_te))}
   return out
 
 

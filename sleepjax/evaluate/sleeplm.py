@@ -1,0 +1,195 @@
+"""SleepLM tasks from the checkpoint alone, for every encoder (pretrained and random-init):
+
+- signal <-> text retrieval, R@k both ways, per caption group, in a seeded pool of test epochs
+  (cosine of the unit contrastive embeddings; identical caption texts all count as right);
+- zero-shot staging: each test epoch's signal embedding against the stage prompts' (no labels);
+- captioning of test epochs (whole segments, spread over the nights) scored against the reference
+  captions (sentence BLEU, ROUGE-L) and against the epoch's own features (numeric faithfulness:
+  the fraction of stated numbers that agree with a feature at the caption's precision).
+
+The reference captions themselves are scored for numeric faithfulness too: 1.0 says the measure
+reads the features the captions were written from.
+"""
+
+import os
+
+import grain
+import jax
+import numpy as np
+from flax import nnx
+
+from sleepjax import records, sharding
+from sleepjax.data.manifest import shard_paths
+from sleepjax.evaluate import metrics
+from sleepjax.modalities import STAGES
+
+DEFAULTS = dict(caption_group="stage_event", max_caption_len=48, beams=1, caption_eval_epochs=32,
+                caption_examples=6)
+
+
+def _opt(ctx, key):
+  return ctx.config.eval.get(key, DEFAULTS[key])
+
+
+def host_model(ctx, encoder):
+  """The encoder's model with host parameters (gathered to every process first: any sharding)."""
+  params = encoder.params
+  if ctx.mesh is not None:
+    with jax.set_mesh(ctx.mesh):
+      params = jax.jit(lambda p: p, out_shardings=sharding.replicated(ctx.mesh))(params)
+  return nnx.merge(encoder.graphdef, jax.device_get(params))
+
+
+def _segments(manifest: dict, split: str, keep=None):
+  """(recording id, first epoch, arrays) of the split's records; `keep(rid, first)` filters before
+  copying arrays (None: captions and features only)."""
+  for blob in grain.sources.ArrayRecordDataSource(shard_paths(manifest, split)):
+    arrays, meta = records.decode(blob)
+    rid, first = meta["recording_id"], int(meta["first_epoch"])
+    if keep is None:
+      yield rid, first, {"captions": records.texts(arrays["captions"]),
+                         "features": np.array(arrays["features"])}
+    elif keep(rid, first):
+      yield rid, first, {k: np.array(v) for k, v in arrays.items() if k != "captions"}
+
+
+def references(manifest: dict, split: str) -> tuple[dict, list]:
+  """({(recording id, epoch index): ({group: reference caption}, features [F])}, the segments as
+  (recording id, first epoch, epochs))."""
+  out, segments = {}, []
+  for rid, first, a in _segments(manifest, split):
+    segments.append((rid, first, len(a["features"])))
+    for i, row in enumerate(a["features"]):
+      out[(rid, first + i)] = ({g: texts[i] for g, texts in a["captions"].items()}, row)
+  return out, segments
+
+
+def feature_truths(manifest: dict, row: np.ndarray) -> list[float]:
+  """The values a caption may state for an epoch: each feature times its caption scale (signed and
+  absolute: trends are stated as "falls by 1.2")."""
+  from data_prep.captions import FORMATS  # pylint: disable=g-import-not-at-top
+  out = []
+  for name, v in zip(manifest["features"]["names"], row):
+    if name in FORMATS and np.isfinite(v):
+      out += [float(v) * FORMATS[name][1], abs(float(v)) * FORMATS[name][1]]
+  return out
+
+
+def _rows(ctx, table, refs) -> dict:
+  """Per test epoch of the table: signal embedding, stage, whether any channel is present, and its
+  reference captions."""
+  W = table["stage"].shape[1]
+  rids = [ctx.recording_ids[r] for r in np.repeat(table["recording"], W)]
+  epochs = table["epoch_index"].reshape(-1)
+  return {"signal": table["signal"].reshape(-1, table["signal"].shape[-1]),
+          "stage": table["stage"].reshape(-1), "present": table["present"].reshape(-1),
+          "captions": [refs[(r, int(e))][0] for r, e in zip(rids, epochs)]}
+
+
+def text_retrieval(ctx, model, tokenizer, rows) -> dict:
+  """R@k signal->text and text->signal for each caption group with something to say."""
+  from sleepjax.families import sleeplm as family  # pylint: disable=g-import-not-at-top
+  ks, out = tuple(ctx.opt("retrieval_ks")), {}
+  for g in rows["captions"][0]:
+    ok = np.flatnonzero(rows["present"] & np.array([bool(c[g]) for c in rows["captions"]]))
+    if len(ok) < 2:
+      continue
+    pick = np.random.default_rng(0).choice(ok, size=min(len(ok), ctx.opt("retrieval_pool")),
+                                           replace=False)
+    texts = [rows["captions"][i][g] for i in pick]
+    unique = sorted(set(texts))
+    emb = family.text_embeddings(model, tokenizer, unique, int(ctx.config.data.caption_len))
+    txt = emb[[unique.index(t) for t in texts]]
+    sim = rows["signal"][pick] @ txt.T
+    same = np.array(texts)[:, None] == np.array(texts)[None, :]
+    out[g] = {"signal->text": metrics.recall_at_k_sets(sim, same, ks),
+              "text->signal": metrics.recall_at_k_sets(sim.T, same.T, ks),
+              "n": len(pick), "distinct_texts": len(unique),
+              "chance_R@1": float(same.mean())}  # a random pick's chance of a right candidate
+  mean = {f"{d} R@{k}": float(np.mean([v[d][f"R@{k}"] for v in out.values()]))
+          for d in ("signal->text", "text->signal") for k in ks} if out else {}
+  return {"groups": out, "mean": mean}
+
+
+def zero_shot(model, tokenizer, rows, caption_len: int) -> dict:
+  from sleepjax.families import sleeplm as family  # pylint: disable=g-import-not-at-top
+  keep = rows["present"]
+  y = rows["stage"][keep]
+  pred = family.zero_shot_stage(rows["signal"][keep],
+                                family.stage_classifier(model, tokenizer, caption_len))
+  scored = y[y >= 0]
+  return {**metrics.staging(y, pred, STAGES),
+          "chance_accuracy": float(np.bincount(scored, minlength=len(STAGES)).max()
+                                   / max(len(scored), 1))}
+
+
+def caption_segments(segments: list, n_epochs: int) -> set:
+  """(recording, first epoch) of the segments to caption: the k-th segment of every night before
+  the (k+1)-th of any, until `n_epochs` epochs."""
+  chosen, n = set(), 0
+  for rid, first, length in sorted(segments, key=lambda s: (s[1], s[0])):
+    if n >= n_epochs:
+      break
+    chosen.add((rid, first))
+    n += length
+  return chosen
+
+
+def captioning(ctx, model, tokenizer, refs, signals) -> dict:
+  """Generated captions of the chosen segments against their references and features."""
+  from sleepjax import generate  # pylint: disable=g-import-not-at-top
+  rows = []
+  for (rid, first), (sig, mask) in sorted(signals.items()):
+    n = len(next(iter(mask.values())))  # one segment: one continuous window
+    gen = generate.caption_epochs(model, tokenizer, sig, mask, _opt(ctx, "caption_group"),
+                                  max_len=int(_opt(ctx, "max_caption_len")),
+                                  beams=int(_opt(ctx, "beams")), chunk=n)
+    for i, per_group in enumerate(gen):
+      captions, features = refs[(rid, first + i)]
+      truths = feature_truths(ctx.manifest, features)
+      for g, text in per_group.items():
+        if captions[g]:  # the reference says something
+          rows.append({"epoch": f"{rid}:{first + i}", "group": g, "reference": captions[g],
+                       "generated": text, "bleu": metrics.bleu(text, [captions[g]]),
+                       "rouge_l": metrics.rouge_l(text, captions[g]),
+                       "numeric": metrics.numeric_faithfulness(text, truths),
+                       "reference_numeric": metrics.numeric_faithfulness(captions[g], truths)})
+
+  def mean(key):
+    v = [r[key] for r in rows if not np.isnan(r[key])]
+    return float(np.mean(v)) if v else float("nan")
+  return {"captions": len(rows), "bleu": mean("bleu"), "rouge_l": mean("rouge_l"),
+          "numeric_faithfulness": mean("numeric"),
+          "with_numbers": (float(np.mean([not np.isnan(r["numeric"]) for r in rows]))
+                           if rows else 0.0),
+          "reference_numeric_faithfulness": mean("reference_numeric"),
+          "examples": [{k: r[k] for k in ("epoch", "group", "reference", "generated")}
+                       for r in rows[:_opt(ctx, "caption_examples")]]}
+
+
+def sleeplm(ctx) -> dict:
+  """Text retrieval, zero-shot staging and captioning for each encoder of a SleepLM checkpoint."""
+  if ctx.config.model.get("family", "sleep2vec") != "sleeplm":
+    return {"skipped": "not a SleepLM checkpoint"}
+  from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
+  split = ctx.split("test")
+  tokenizer = CaptionTokenizer(os.path.join(ctx.manifest["dir"], ctx.manifest["tokenizer"]["path"]))
+  refs, segments = references(ctx.manifest, split)
+  chosen = caption_segments(segments, int(_opt(ctx, "caption_eval_epochs")))
+  signals = {}
+  for rid, first, a in _segments(ctx.manifest, split, keep=lambda r, f: (r, f) in chosen):
+    names = [m for m in ctx.modalities if f"sig/{m}" in a]
+    signals[(rid, first)] = ({m: a[f"sig/{m}"] for m in names}, {m: a[f"mask/{m}"] for m in names})
+  out = {"split": split, "caption_group": _opt(ctx, "caption_group"),
+         "pool": ctx.opt("retrieval_pool")}
+  for enc in ctx.encoders:
+    model = host_model(ctx, ctx.encoder(enc))
+    rows = _rows(ctx, ctx.table(enc, split), refs)
+    out[enc] = {"retrieval": text_retrieval(ctx, model, tokenizer, rows),
+                "zero_shot": zero_shot(model, tokenizer, rows, int(ctx.config.data.caption_len)),
+                "captioning": captioning(ctx, model, tokenizer, refs, signals)}
+  out["examples"] = out[ctx.encoders[0]]["captioning"]["examples"]
+  return out
+
+
+TASKS = {"sleeplm": sleeplm}
