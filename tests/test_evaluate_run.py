@@ -74,10 +74,12 @@ def test_every_task_on_a_tiny_checkpoint(checkpoint, tiny_config):
 
 def test_two_processes_equal_one(checkpoint, tiny_config, monkeypatch):
   """Each of two processes embeds its own slice; the numbers equal a single process's."""
-  single = run.evaluate(_eval_config(tiny_config, ("staging", "clinical")), str(checkpoint))
+  single = run.evaluate(_eval_config(tiny_config, ("staging", "clinical", "sequence")),
+                        str(checkpoint))
   monkeypatch.chdir(REPO)
   code = launch(["eval", f"--config={REPO}/configs/smoke.py:tiny", "--config.eval.probe_steps=30",
-                 "--config.eval.tasks=('staging','clinical')", f"--workdir={checkpoint}"],
+                 "--config.eval.sequence_steps=10", "--config.eval.sequence_eval_every=10",
+                 "--config.eval.tasks=('staging','clinical','sequence')", f"--workdir={checkpoint}"],
                 num_processes=2, devices_per_process=4, timeout_s=900)
   assert code == 0
   multi = json.loads((checkpoint / "eval" / "report.json").read_text())
@@ -85,5 +87,7 @@ def test_two_processes_equal_one(checkpoint, tiny_config, monkeypatch):
     a, b = single["tasks"]["staging"][enc], multi["tasks"]["staging"][enc]
     assert a["confusion"] == b["confusion"] and a["hypnogram"] == b["hypnogram"]
     assert a["macro_f1"] == pytest.approx(b["macro_f1"], abs=1e-9)
+    sa, sb = single["tasks"]["sequence"][enc], multi["tasks"]["sequence"][enc]
+    assert sa["confusion"] == sb["confusion"] and sa["hypnogram"] == sb["hypnogram"]
     ca, cb = single["tasks"]["clinical"][enc], multi["tasks"]["clinical"][enc]
     assert ca["age"]["mae"] == pytest.approx(cb["age"]["mae"], rel=1e-4)
