@@ -50,6 +50,8 @@ DESCRIPTIONS = {
     "data.read_threads": "reader threads per process",
     "data.prefetch": "batches prefetched per process",
     "model.family": "model family (sleepjax.families.FAMILIES)",
+    "model.tokenizer": "epoch (residual MLP on the flattened 30-s epoch) | patch (conv stem on "
+                       "1-s patches)",
     "model.width": "transformer width D",
     "model.depth": "transformer layers",
     "model.heads": "attention heads",

@@ -19,12 +19,17 @@ def _plt():
     return None
 
 
-def hypnogram(plt, staging: dict, stages: list[str], path: str):
+def hypnogram(plt, staging: dict, stages: list[str], sequence: dict | None, path: str):
+  """Scored vs predicted stages of one test night: each encoder's probe (and sequence head, when
+  it predicted the same night)."""
   enc = next(iter(staging))
   h = staging[enc]["hypnogram"]
   level = {s: i for i, s in enumerate(STAGE_ORDER)}
-  fig, axes = plt.subplots(1 + len(staging), 1, figsize=(10, 1.6 * (1 + len(staging))), sharex=True)
   series = [("scored", h["true"])] + [(e, staging[e]["hypnogram"]["pred"]) for e in staging]
+  series += [(f"{e} (sequence)", r["hypnogram"]["pred"]) for e, r in (sequence or {}).items()
+             if r["hypnogram"]["recording"] == h["recording"]
+             and len(r["hypnogram"]["pred"]) == len(h["true"])]
+  fig, axes = plt.subplots(len(series), 1, figsize=(10, 1.6 * len(series)), sharex=True)
   for ax, (name, y) in zip(axes, series):
     y = np.asarray(y)
     t = np.arange(len(y)) * 0.5
@@ -127,7 +132,7 @@ def write_all(report: dict, out_dir: str) -> dict[str, str]:
     out[name] = f"{name}.png"
 
   if "staging" in t:
-    save("hypnogram", hypnogram, t["staging"], report["stages"])
+    save("hypnogram", hypnogram, t["staging"], report["stages"], t.get("sequence"))
     save("confusion", confusion, t["staging"], report["stages"])
   if "robustness" in t:
     save("robustness", robustness, t["robustness"], report["encoders"])
