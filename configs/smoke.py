@@ -67,7 +67,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.proj_dim = 64
   c.model.head_norm = "batch"  # batch (over the global batch's valid tokens) | layer
   c.model.mask_fraction = 0.15  # present tokens replaced by the modality's mask token in training
-  c.model.dtype = "float32"  # bfloat16 on accelerators
+  c.model.dtype = "float32"  # matmul (compute) dtype: bfloat16 on accelerators
+  c.model.param_dtype = "float32"  # stored parameters + AdamW moments: float32 | bfloat16 (EMA: float32)
   c.model.attention = "xla"  # xla | cudnn (flash attention, GPU, bf16) | auto (cudnn on GPU in bf16)
   c.model.remat = "none"  # none | full | save_dots | save_attn_proj (activation memory vs compute)
 

@@ -7,6 +7,7 @@ import functools
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -35,11 +36,27 @@ def build_model(config, modalities: dict[str, tuple[int, int]], seed: int) -> nn
     return get_family(config).build(config, modalities, nnx.Rngs(seed))
 
 
+PARAM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _cast_floats(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      tree)
+
+
 def _init(config, modalities, tx, seed: int) -> TrainState:
   _, params = nnx.split(build_model(config, modalities, seed))
-  return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+  name = config.model.get("param_dtype", "float32")
+  if name not in PARAM_DTYPES:
+    raise ValueError(f"model.param_dtype must be one of {sorted(PARAM_DTYPES)}, got {name!r}")
+  # Layers create float32 parameters and cast them to model.dtype for each matmul; storing them
+  # in bfloat16 halves parameter, gradient and AdamW-moment memory (the moments follow the
+  # parameters' dtype) at the cost of small updates rounding away. The EMA stays float32: its
+  # per-step change, (1 - momentum) x the difference, is below bfloat16's resolution.
+  params = _cast_floats(params, PARAM_DTYPES[name])
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed + 1)),
-                    ema_params=jax.tree.map(lambda p: p, params))
+                    ema_params=_cast_floats(params, jnp.float32))
 
 
 def count_params(params) -> int:
