@@ -101,7 +101,8 @@ def cmd_prep(config, workdir: str):
   from data_prep import prep  # pylint: disable=g-import-not-at-top
   raw = config.prep.raw_dir or os.path.join(workdir, "raw")
   manifest = prep.prepare(raw, config.data.dir or os.path.join(workdir, "data"), config.prep)
-  print(f"shards + manifest: {manifest}")
+  if manifest.name == "manifest.json":  # a shard job (prep.num_shards > 1) reports its slice
+    print(f"shards + manifest: {manifest}")
 
 
 def cmd_tokenizer(config, workdir: str):

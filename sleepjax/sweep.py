@@ -27,6 +27,7 @@ import math
 import os
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -321,8 +322,9 @@ def status(run_dir: str | os.PathLike) -> str:
 
 
 def val_loss(config, workdir: str, max_batches: int = 16) -> dict:
-  """Mean loss of the latest checkpoint on the validation split (fixed crops and RNG): every run
-  of a sweep is scored on the same windows. Returns val_loss, step (of the checkpoint), params."""
+  """Mean loss of the latest checkpoint on the validation split (the test split where val is
+  empty: loss_split says which), fixed crops and RNG: every run of a sweep is scored on the same
+  windows. Returns val_loss, loss_split, step (of the checkpoint), params, ..."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -353,7 +355,7 @@ def val_loss(config, workdir: str, max_batches: int = 16) -> dict:
     for i in range(n):
       batch = pipeline.to_global(next(it), batch_sh)
       losses.append(float(loss_fn(params, batch, jax.random.key(i))))
-  return {"val_loss": float(np.mean(losses)), "step": int(step),
+  return {"val_loss": float(np.mean(losses)), "loss_split": split, "step": int(step),
           "params": int(sum(x.size for x in jax.tree.leaves(abstract.params))),
           "train_subjects": _train_subjects(manifest, config), "modalities": list(modalities)}
 
@@ -435,13 +437,22 @@ def _slot_env(slot: int, launch) -> dict:
   return env
 
 
+def _pending(run_dir: str, launch) -> bool:
+  """Not finished, or (launch.eval) finished without its eval report, as the SLURM script checks."""
+  return status(run_dir) != "done" or bool(launch.eval) and not os.path.exists(
+      os.path.join(run_dir, "eval", "report.json"))
+
+
 def run_local(runs: list[dict], launch, log=print) -> dict[str, int]:
   """Runs the unfinished runs here, `launch.local.parallel` at a time; returns exit codes by name.
 
-  Each run's output goes to `<run>/log.txt`. Finished runs are skipped; started ones resume.
+  Each run's output goes to `<run>/log.txt`. Finished runs are skipped (with launch.eval, only
+  once evaluated); started ones resume.
   """
-  todo = [r for r in runs if status(r["dir"]) != "done"]
-  log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
+  todo = [r for r in runs if _pending(r["dir"], launch)]
+  finished = sum(status(r["dir"]) == "done" for r in runs)
+  log(f"sweep: {len(runs)} runs, {finished} finished, {len(todo)} to run"
+      + (" or evaluate" if launch.eval else ""))
   if launch.local.max_runs:
     todo = todo[:launch.local.max_runs]
   parallel = max(1, launch.local.parallel)
@@ -459,11 +470,12 @@ def run_local(runs: list[dict], launch, log=print) -> dict[str, int]:
       if launch.eval:
         cmds.append([sys.executable, "-m", "sleepjax.cli", "eval",
                      f"--config={run['dir']}/config.py", f"--workdir={run['dir']}"])
-      script = " && ".join(subprocess.list2cmdline(c) for c in cmds)
+      script = " && ".join(shlex.join(c) for c in cmds)
       proc = subprocess.Popen(script, shell=True, stdout=logf, stderr=subprocess.STDOUT,
                               env=_slot_env(slot, launch))
       active[proc] = (run, slot, logf)
-      log(f"sweep: {'resume' if was == 'started' else 'start '} {run['name']} (slot {slot})")
+      verb = {"started": "resume", "done": "eval  "}.get(was, "start ")
+      log(f"sweep: {verb} {run['name']} (slot {slot})")
     time.sleep(0.2)
     for proc in [p for p in active if p.poll() is not None]:
       run, slot, logf = active.pop(proc)

@@ -1,19 +1,24 @@
 """The CPU smoke sweep end to end: 3 sizes x 2 modality counts run, survive an interruption,
-resume, and produce the fitted table and plots; one member also runs as a 2-process job."""
+resume, and produce the fitted table and plots (slow); one member runs as a 2-process job."""
 
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from launch.local import launch
-from sleepjax import sweep, sweep_report
+from sleepjax import sweep
 from tests.conftest import REPO
 
 SMOKE = REPO / "configs" / "sweeps" / "smoke.py"
+# Compile-time settings for the subprocesses of these tests: XLA's CPU back end at its lowest
+# optimisation level compiles about twice as fast (the same val_loss to 4 digits on the smoke
+# model); a persistent compilation cache (below) lets a resumed run skip compiling again.
+FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 
 
 def _config(prepared, **changes):
@@ -25,60 +30,45 @@ def _config(prepared, **changes):
   return config
 
 
-def test_sweep_members_stop_resume_and_report(prepared, tmp_path):
-  """The fast variant, in-process: two members of the smoke sweep stop half-way (a time-limited
-  job), resume to the end, are skipped once finished, and are reported (table, JSON, plots)."""
-  config = _config(prepared, **{"train.steps": 4, "train.checkpoint_every": 2,
-                                "train.log_every": 2, "sweep.sizes": ("xs", "s"),
-                                "sweep.modality_counts": (2,)})
-  runs = sweep.expand(str(SMOKE), config, str(tmp_path))
-  assert len(runs) == 2
-  results = {}
-  for run in runs:
-    member = sweep.read_run_config(os.path.join(run["dir"], "config.json"))
-    member.train.stop_after_steps = 2
-    assert sweep.run_member(member, run["dir"]) is None
-    assert sweep.status(run["dir"]) == "started" and sweep.latest_step(run["dir"]) == 2
-    member.train.stop_after_steps = 0  # the requeued job resumes at step 2 and finishes
-    results[run["name"]] = sweep.run_member(member, run["dir"])
-    assert sweep.status(run["dir"]) == "done"
-    assert sweep.run_member(member, run["dir"]) == results[run["name"]]  # finished: skipped
-  assert {r["step"] for r in results.values()} == {4}
-  assert len({r["params"] for r in results.values()}) == 2
-  assert all(r["flops"] > 0 and r["tokens"] > 0 and r["val_loss"] > 0 and r["modality_count"] == 2
-             for r in results.values())
-  report = sweep_report.report(tmp_path, n_boot=10, log=lambda *_: None)
-  assert len(report["runs"]) == 2 and report["fits"]["params"]["points"] == 2
-  for name in ("report.md", "report.json", "params.png", "compute.png"):
-    assert (tmp_path / "report" / name).exists()
-
-
-@pytest.mark.slow  # 81 s on the shared 2-core machine (load ~7); `make test-slow` runs it
-def test_a_sweep_member_runs_as_two_processes(prepared, tmp_path, monkeypatch):
+def test_a_sweep_member_runs_as_two_processes_resumes_and_is_skipped(prepared, tmp_path,
+                                                                    monkeypatch, capfd):
+  """launch/local.py runs one member of the smoke sweep as 2 JAX processes: a 2-step chunk (as a
+  time-limited job would), then the rest, resumed; once finished, running it again does nothing."""
   monkeypatch.chdir(REPO)
-  config = _config(prepared, **{"train.steps": 2, "train.checkpoint_every": 2})
-  run = sweep.expand(str(SMOKE), config, str(tmp_path))[0]
-  code = launch(["sweep-run", f"--config={run['dir']}/config.py", f"--workdir={run['dir']}"],
-                num_processes=2, devices_per_process=4, timeout_s=600)
-  assert code == 0
-  result = json.loads(open(os.path.join(run["dir"], "result.json")).read())
-  assert result["step"] == 2 and result["val_loss"] > 0
-  assert sorted(p.name for p in (
-      tmp_path / "runs" / run["name"] / "train" / "checkpoints" / "2" / "data").glob("*.json")) == [
-          "process_0-of-2.json", "process_1-of-2.json"]
+  monkeypatch.setenv("XLA_FLAGS", " ".join(FAST_COMPILE))  # launch() sets the device count
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-cache"))
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  run = sweep.expand(str(SMOKE), _config(prepared, **{"train.steps": 4,
+                                                      "train.checkpoint_every": 2}),
+                     str(tmp_path / "sweep"))[0]
+  member = ["sweep-run", f"--config={run['dir']}/config.py", f"--workdir={run['dir']}"]
+  two = lambda *flags: launch(member + list(flags), num_processes=2, devices_per_process=4,
+                              timeout_s=600)
+  assert two("--config.train.stop_after_steps=2") == 0
+  assert sweep.status(run["dir"]) == "started" and sweep.latest_step(run["dir"]) == 2
+  capfd.readouterr()
+  assert two() == 0
+  assert "resumed from step 2" in "".join(capfd.readouterr())
+  result_path = pathlib.Path(run["dir"], "result.json")
+  result = json.loads(result_path.read_text())
+  manifest = json.loads((prepared / "data" / "manifest.json").read_text())
+  scored = "val" if manifest["splits"].get("val", {}).get("records") else "test"
+  assert result["step"] == 4 and result["val_loss"] > 0 and result["loss_split"] == scored
+  assert result["modality_count"] == 2 and result["params"] > 0
+  assert result["flops"] == 4 * result["flops_per_step"] > 0 and result["tokens"] > 0
+  assert sorted(p.name for p in pathlib.Path(run["dir"], "train", "checkpoints", "4", "data").glob(
+      "*.json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+  stamp = result_path.stat().st_mtime_ns
+  assert two() == 0  # finished: skipped, nothing rewritten
+  assert "is finished" in capfd.readouterr().out and result_path.stat().st_mtime_ns == stamp
 
 
-# Compile-time settings for the sweep's subprocesses: XLA's CPU back end at its lowest optimisation
-# level compiles about twice as fast (the same val_loss to 4 digits on the smoke model), and a
-# persistent compilation cache lets a resumed run skip compiling what it compiled before.
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
-
-
-@pytest.mark.slow  # ~2 CPU-minutes: 277 s on the shared 2-core machine at load 12-17
+@pytest.mark.slow  # ~2.5 CPU-minutes: 282 s on the shared 2-core machine at load 12-14
 def test_smoke_sweep_through_the_command_line(prepared, tmp_path):
   """`sleepjax sweep` (local runner, two runs at once, one subprocess per run) over 3 sizes x 2
   modality counts, 20 steps each: interrupted after 10 steps of 4 runs, then resumed; finished runs
-  are skipped; `sleepjax sweep-report` fits the power laws and writes the table and plots."""
+  are skipped; one is evaluated afterwards; `sleepjax sweep-report` fits the power laws and writes
+  the table (with the probe macro-F1) and plots."""
   env = dict(os.environ, XLA_FLAGS=" ".join(FAST_COMPILE),
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
@@ -112,6 +102,13 @@ def test_smoke_sweep_through_the_command_line(prepared, tmp_path):
   assert "6 finished, 0 to run" in out and "start" not in out and "resume" not in out
   assert stamps == {n: os.stat(os.path.join(d, "result.json")).st_mtime_ns
                     for n, d in runs.items()}
+  # launch.eval added later: finished runs are not trained again, only evaluated (here just one)
+  out = sweep_cli("--config.launch.eval=True", "--config.launch.local.max_runs=1")
+  assert "6 finished, 6 to run or evaluate" in out and out.count("eval  ") == 1
+  evaluated = [n for n, d in runs.items() if os.path.exists(f"{d}/eval/report.json")]
+  assert len(evaluated) == 1 and stamps == {
+      n: os.stat(os.path.join(d, "result.json")).st_mtime_ns for n, d in runs.items()}
+  f1 = json.loads(open(f"{runs[evaluated[0]]}/eval/report.json").read())["pretrained"]["macro_f1"]
 
   out = subprocess.run([sys.executable, "-m", "sleepjax.cli", "sweep-report",
                         f"--workdir={workdir}"], check=True, cwd=REPO, env=env,
@@ -130,6 +127,8 @@ def test_smoke_sweep_through_the_command_line(prepared, tmp_path):
   assert fit["x"] == sizes and fit["frontier_loss"] == [  # the best run of each size
       min(r["val_loss"] for r in results.values() if r["params"] == p) for p in sizes]
   assert 0 <= fit["c"] <= min(fit["frontier_loss"])
+  assert {r["name"]: r.get("probe_macro_f1") for r in report["runs"]} == {
+      n: f1 if n in evaluated else None for n in runs} and 0 < f1 <= 1
   md = (workdir / "report" / "report.md").read_text()
   assert all(f"| {n} |" in md for n in runs)
   assert sorted(report["plots"]) == ["compute", "modalities", "params"]

@@ -147,6 +147,19 @@ def test_local_runner_splits_devices_between_parallel_runs():
   assert cmd[-3:] == ["sweep-run", "--config=/w/runs/a/config.py", "--workdir=/w/runs/a"]
 
 
+def test_local_runner_evaluates_finished_runs_only_when_asked(tmp_path):
+  settings, run = _settings(), tmp_path / "run"
+  (run / "train" / "checkpoints" / "10").mkdir(parents=True)
+  assert sweep._pending(run, settings)  # pylint: disable=protected-access  (started)
+  (run / "result.json").write_text("{}")
+  assert not sweep._pending(run, settings)  # pylint: disable=protected-access  (finished)
+  settings.eval = True
+  assert sweep._pending(run, settings)  # pylint: disable=protected-access  (not evaluated yet)
+  (run / "eval").mkdir()
+  (run / "eval" / "report.json").write_text("{}")
+  assert not sweep._pending(run, settings)  # pylint: disable=protected-access
+
+
 @pytest.mark.parametrize("preset,n_runs", [("size", 8), ("compute", 24), ("modalities", 22),
                                            ("data", 5)])
 def test_sleep2vec_presets_expand_with_flop_matched_steps(preset, n_runs, tmp_path):
