@@ -115,6 +115,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.eval.caption_epochs = 6  # `sleepjax caption`: how many epochs of the recording (0 = all)
   c.eval.caption_stride = 1  # `sleepjax caption`: every n-th epoch from the first
   c.eval.caption_eval_epochs = 32  # `sleeplm` eval task: test epochs captioned and scored
+  c.eval.caption_eval_group = "all"  # `sleeplm` eval task: caption group(s) generated and scored
   c.eval.caption_examples = 6  # `sleeplm` eval task: example captions in the report
 
   if size in ("smoke", "tiny"):  # CPU: 1-s patches (4x fewer signal tokens), one epoch per window

@@ -68,9 +68,10 @@ def test_text_metrics_by_hand():
   assert metrics.bleu("dog", [ref]) == 0.0
   # LCS 3: precision 1, recall 1/2 -> F1 2/3
   assert metrics.rouge_l("the cat sat", ref) == pytest.approx(2 / 3)
-  # 61 <- 60.6 (round), 95.2 <- 95.24, 3 has no source; the 2 in "SpO2" is not a number
-  caption = "Heart rate 61 bpm, SpO2 95.2 %, 3 arousals."
-  assert metrics.numeric_faithfulness(caption, [60.6, 95.24, 2.0, np.nan]) == pytest.approx(2 / 3)
+  # 61 <- 60.6 (round), 95.2 <- 95.24, 3 has no source; the 2s in "SpO2" and "uV^2" are no numbers
+  caption = "Heart rate 61 bpm, SpO2 95.2 %, 3 arousals, power 7 uV^2."
+  truths = [60.6, 95.24, 2.0, 7.4, np.nan]
+  assert metrics.numeric_faithfulness(caption, truths) == pytest.approx(3 / 4)
   assert np.isnan(metrics.numeric_faithfulness("Stage N2 sleep.", [1.0]))
   assert metrics.mean_sd([1.0, 3.0]) == {"mean": 2.0, "sd": pytest.approx(np.sqrt(2)), "n": 2,
                                          "values": [1.0, 3.0]}

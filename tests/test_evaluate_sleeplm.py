@@ -32,9 +32,11 @@ def _config():
 
 
 def test_caption_segments_spread_over_nights():
-  segs = [("a", 0, 10), ("a", 10, 10), ("b", 0, 10), ("b", 10, 5), ("c", 0, 10)]
-  assert sleeplm.caption_segments(segs, 25) == {("a", 0), ("b", 0), ("c", 0)}
-  assert sleeplm.caption_segments(segs, 31) == {("a", 0), ("b", 0), ("c", 0), ("a", 10)}
+  segs = [("b", 10, 5), ("a", 0, 10), ("a", 10, 10), ("b", 0, 10), ("c", 0, 10), ("c", 10, 10)]
+  # mean segment 9.17 epochs: 25 epochs -> 3 of the 6 segments, evenly spaced in (night, time)
+  assert sleeplm.caption_segments(segs, 25) == {("a", 0), ("b", 0), ("c", 10)}
+  assert sleeplm.caption_segments(segs, 18) == {("a", 0), ("c", 10)}
+  assert sleeplm.caption_segments(segs, 500) == {s[:2] for s in segs}
 
 
 def test_sleeplm_rows_from_a_tiny_checkpoint(workdir):
@@ -53,16 +55,23 @@ def test_sleeplm_rows_from_a_tiny_checkpoint(workdir):
         assert v[d]["R@1"] <= v[d]["R@5"] <= v[d]["R@10"]
       assert v["n"] == 24 and 1 <= v["distinct_texts"] <= 24 and 0 < v["chance_R@1"] <= 1
     c = r["captioning"]
-    # 12 epochs (whole segments) x one group, every reference non-empty (stage_event)
-    assert c["captions"] >= 12 and 0 <= c["bleu"] <= 1 and 0 <= c["rouge_l"] <= 1
+    # at least 12 epochs (whole segments), every group; stage_event captions are never empty
+    assert c["groups"]["stage_event"]["captions"] >= 12
+    assert set(c["groups"]) >= {"brain", "cardiac"}
+    assert c["captions"] == sum(v["captions"] for v in c["groups"].values())
+    assert 0 <= c["bleu"] <= 1 and 0 <= c["rouge_l"] <= 1
     # the references were written from these features: every number they state agrees
     assert c["reference_numeric_faithfulness"] == 1.0
+    for g in ("brain", "cardiac"):
+      assert c["groups"][g]["reference_numeric_faithfulness"] == 1.0
   assert len(t["examples"]) == 3 and all(e["reference"] for e in t["examples"])
   md = (workdir / "eval" / "report.md").read_text()
   saved = json.loads((workdir / "eval" / "report.json").read_text())
   assert t["examples"][0]["generated"] in md and t["examples"][0]["reference"] in md
   assert "Signal" in md and "zero-shot" in md.lower()
-  assert (workdir / "eval" / saved["images"]["captions"]).read_bytes()[:4] == b"\x89PNG"
+  for image in ("captions", "text_retrieval"):
+    assert (workdir / "eval" / saved["images"][image]).read_bytes()[:4] == b"\x89PNG"
+    assert f"]({saved['images'][image]})" in md
   assert "text_R@1" in saved["headline"][0]
 
 

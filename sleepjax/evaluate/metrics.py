@@ -199,7 +199,8 @@ def rouge_l(candidate: str, reference: str) -> float:
   return 2 * p * rec / (p + rec)
 
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+# numbers, not digits inside words ("SpO2") or exponents ("uV^2")
+_NUMBER = re.compile(r"(?<![\w.^])-?\d+(?:\.\d+)?")
 
 
 def numeric_faithfulness(caption: str, truths: list[float]) -> float:

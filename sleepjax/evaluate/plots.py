@@ -148,7 +148,15 @@ def write_all(report: dict, out_dir: str) -> dict[str, str]:
             for p, v in r[e]["pairs"].items()]
     if rows:
       save("retrieval", table_figure, ["query->target", "encoder", *ks], rows, "retrieval R@k")
-  caps = t.get("sleeplm", {}).get("examples")
+  lm = t.get("sleeplm", {})
+  rows = [[g, e, d, *[v[d][k] for k in v[d]]] for e in report["encoders"] if e in lm
+          for g, v in lm[e]["retrieval"]["groups"].items()
+          for d in ("signal->text", "text->signal")]
+  if rows:
+    ks = list(next(iter(lm[report["encoders"][0]]["retrieval"]["groups"].values()))["signal->text"])
+    save("text_retrieval", table_figure, ["caption group", "encoder", "direction", *ks], rows,
+         "signal <-> text retrieval R@k")
+  caps = lm.get("examples")
   if caps:
     save("captions", table_figure, ["epoch", "reference", "generated"],
          [[c["epoch"], c["reference"][:70], c["generated"][:70]] for c in caps], "example captions")

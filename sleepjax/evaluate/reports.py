@@ -207,6 +207,8 @@ def sleeplm_markdown(report: dict, images: dict[str, str]) -> str:
   body = (f"Signal <-> text retrieval on a pool of up to {s['pool']} {s['split']} epochs per "
           "caption group (identical caption texts all count as right).\n\n"
           + markdown_table(rows))
+  if "text_retrieval" in images:
+    body += f"\n\n![text retrieval]({images['text_retrieval']})"
   rows = [{"encoder": e, **{k: s[e]["zero_shot"][k] for k in ("accuracy", "kappa", "macro_f1")},
            **{f"F1 {k}": v for k, v in s[e]["zero_shot"]["per_stage_f1"].items()},
            "majority-class accuracy": s[e]["zero_shot"]["chance_accuracy"]} for e in encs]
@@ -214,8 +216,9 @@ def sleeplm_markdown(report: dict, images: dict[str, str]) -> str:
            + markdown_table(rows))
   keys = ("captions", "bleu", "rouge_l", "numeric_faithfulness", "with_numbers",
           "reference_numeric_faithfulness")
-  rows = [{"encoder": e, **{k: s[e]["captioning"][k] for k in keys}} for e in encs]
-  body += (f"\n\nCaptioning ({s['caption_group']}), against the reference captions and the "
+  rows = [{"encoder": e, "group": g, **{k: c[k] for k in keys}} for e in encs
+          for g, c in [("all", s[e]["captioning"]), *s[e]["captioning"]["groups"].items()]]
+  body += (f"\n\nCaptioning (groups: {s['caption_group']}), against the reference captions and the "
            "epochs' features (numeric faithfulness: the fraction of stated numbers that agree "
            "with a feature at the caption's precision; `with_numbers`: captions stating any):"
            "\n\n" + markdown_table(rows))

@@ -23,7 +23,7 @@ from sleepjax.data.manifest import shard_paths
 from sleepjax.evaluate import metrics
 from sleepjax.modalities import STAGES
 
-DEFAULTS = dict(caption_group="stage_event", max_caption_len=48, beams=1, caption_eval_epochs=32,
+DEFAULTS = dict(caption_eval_group="all", max_caption_len=48, beams=1, caption_eval_epochs=32,
                 caption_examples=6)
 
 
@@ -124,24 +124,38 @@ def zero_shot(model, tokenizer, rows, caption_len: int) -> dict:
 
 
 def caption_segments(segments: list, n_epochs: int) -> set:
-  """(recording, first epoch) of the segments to caption: the k-th segment of every night before
-  the (k+1)-th of any, until `n_epochs` epochs."""
-  chosen, n = set(), 0
-  for rid, first, length in sorted(segments, key=lambda s: (s[1], s[0])):
-    if n >= n_epochs:
-      break
-    chosen.add((rid, first))
-    n += length
-  return chosen
+  """(recording, first epoch) of the segments to caption: evenly spaced over all the split's
+  segments in (recording, time) order, so they cover every night and all of each night, until
+  `n_epochs` epochs."""
+  ordered = sorted(segments)
+  mean_len = np.mean([s[2] for s in ordered])
+  k = min(len(ordered), max(1, int(np.ceil(n_epochs / mean_len))))
+  picks = np.unique(np.linspace(0, len(ordered) - 1, k).round().astype(int))
+  return {ordered[i][:2] for i in picks}
+
+
+_SCORES = ("bleu", "rouge_l", "numeric_faithfulness", "reference_numeric_faithfulness")
+
+
+def _summary(rows: list[dict]) -> dict:
+  """Mean scores over captions (numeric faithfulness over those stating a number)."""
+  out = {"captions": len(rows)}
+  for key in _SCORES:
+    v = [r[key] for r in rows if not np.isnan(r[key])]
+    out[key] = float(np.mean(v)) if v else float("nan")
+  out["with_numbers"] = (float(np.mean([not np.isnan(r["numeric_faithfulness"]) for r in rows]))
+                         if rows else 0.0)
+  return out
 
 
 def captioning(ctx, model, tokenizer, refs, signals) -> dict:
-  """Generated captions of the chosen segments against their references and features."""
+  """Generated captions of the chosen segments against their references and features, over all
+  captions and per group."""
   from sleepjax import generate  # pylint: disable=g-import-not-at-top
   rows = []
   for (rid, first), (sig, mask) in sorted(signals.items()):
     n = len(next(iter(mask.values())))  # one segment: one continuous window
-    gen = generate.caption_epochs(model, tokenizer, sig, mask, _opt(ctx, "caption_group"),
+    gen = generate.caption_epochs(model, tokenizer, sig, mask, _opt(ctx, "caption_eval_group"),
                                   max_len=int(_opt(ctx, "max_caption_len")),
                                   beams=int(_opt(ctx, "beams")), chunk=n)
     for i, per_group in enumerate(gen):
@@ -152,19 +166,16 @@ def captioning(ctx, model, tokenizer, refs, signals) -> dict:
           rows.append({"epoch": f"{rid}:{first + i}", "group": g, "reference": captions[g],
                        "generated": text, "bleu": metrics.bleu(text, [captions[g]]),
                        "rouge_l": metrics.rouge_l(text, captions[g]),
-                       "numeric": metrics.numeric_faithfulness(text, truths),
-                       "reference_numeric": metrics.numeric_faithfulness(captions[g], truths)})
-
-  def mean(key):
-    v = [r[key] for r in rows if not np.isnan(r[key])]
-    return float(np.mean(v)) if v else float("nan")
-  return {"captions": len(rows), "bleu": mean("bleu"), "rouge_l": mean("rouge_l"),
-          "numeric_faithfulness": mean("numeric"),
-          "with_numbers": (float(np.mean([not np.isnan(r["numeric"]) for r in rows]))
-                           if rows else 0.0),
-          "reference_numeric_faithfulness": mean("reference_numeric"),
+                       "numeric_faithfulness": metrics.numeric_faithfulness(text, truths),
+                       "reference_numeric_faithfulness":
+                           metrics.numeric_faithfulness(captions[g], truths)})
+  groups = list(dict.fromkeys(r["group"] for r in rows))
+  n = _opt(ctx, "caption_examples")
+  examples = rows[::max(1, len(rows) // max(n, 1))][:n]  # spread over the captioned epochs
+  return {**_summary(rows), "groups": {g: _summary([r for r in rows if r["group"] == g])
+                                       for g in groups},
           "examples": [{k: r[k] for k in ("epoch", "group", "reference", "generated")}
-                       for r in rows[:_opt(ctx, "caption_examples")]]}
+                       for r in examples]}
 
 
 def sleeplm(ctx) -> dict:
@@ -180,7 +191,7 @@ def sleeplm(ctx) -> dict:
   for rid, first, a in _segments(ctx.manifest, split, keep=lambda r, f: (r, f) in chosen):
     names = [m for m in ctx.modalities if f"sig/{m}" in a]
     signals[(rid, first)] = ({m: a[f"sig/{m}"] for m in names}, {m: a[f"mask/{m}"] for m in names})
-  out = {"split": split, "caption_group": _opt(ctx, "caption_group"),
+  out = {"split": split, "caption_group": _opt(ctx, "caption_eval_group"),
          "pool": ctx.opt("retrieval_pool")}
   for enc in ctx.encoders:
     model = host_model(ctx, ctx.encoder(enc))
