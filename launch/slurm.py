@@ -5,8 +5,9 @@ Each task runs `srun` with `tasks_per_node` JAX processes per node, by default o
 variables `srun` sets (SLURM_JOB_NODELIST, SLURM_NTASKS, SLURM_PROCID; see sleepjax/distributed.py)
 and gives each process the GPU numbered SLURM_LOCALID, so the command line carries no addresses. A finished run (result.json) exits at once; an unfinished one
 resumes from its checkpoints, so resubmitting the script, or `--requeue` after a preemption,
-continues the sweep. With `stop_after_steps`, every task trains a chunk and requeues itself until
-its run is finished (for partitions with short time limits).
+continues the sweep. SLURM sends SIGTERM 2 minutes before the time limit: the trainer saves and
+exits, and the task requeues itself until its run is finished. With `stop_after_steps`, every
+task trains at most that many steps per job (for partitions with short time limits).
 """
 
 import os
@@ -33,7 +34,10 @@ def _sbatch_lines(s, n: int, log_dir: str) -> list[str]:
   lines += [f"--cpus-per-task={s.cpus_per_task}", f"--mem={s.mem}", f"--time={s.time}"]
   lines += [f"--{k}={v}" for k, v in (("partition", s.partition), ("account", s.account),
                                         ("qos", s.qos)) if v]
-  lines += [f"--output={log_dir}/%A_%a.out", "--requeue", "--open-mode=append"]
+  # SIGTERM to the training processes 2 minutes before the time limit: the trainer saves a
+  # checkpoint and exits 0, and the task queues itself again (below)
+  lines += [f"--output={log_dir}/%A_%a.out", "--requeue", "--open-mode=append",
+            "--signal=TERM@120"]
   return [f"#SBATCH {line}" for line in lines]
 
 
@@ -50,22 +54,22 @@ def script(workdir: str, n_runs: int, settings, *, repo: str, stop_after_steps: 
   # no `set -u`: cluster setup scripts (module load, conda activate) often read unset variables
   out += ["", "set -eo pipefail", f"cd {shlex.quote(repo)}", *s.setup, "",
           f"RUN=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {shlex.quote(runs_txt)})",
-          'if [ -e "$RUN/result.json" ]; then',
-          '  echo "$RUN is finished"',
-          "  exit 0",
-          "fi",
-          f'echo "task $SLURM_ARRAY_TASK_ID: $RUN on $SLURM_JOB_NODELIST"',
-          f'srun --kill-on-bad-exit=1 {sleepjax} sweep-run --config="$RUN/config.py" '
-          f'--workdir="$RUN"{chunk}']
-  if stop_after_steps:
-    out += ['if [ ! -e "$RUN/result.json" ]; then',
-            "  # this chunk is done, the run is not: queue the task again (it resumes)",
-            '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
-            "fi"]
-  if evaluate:
-    out += ['if [ -e "$RUN/result.json" ] && [ ! -e "$RUN/eval/report.json" ]; then',
+          'if [ ! -e "$RUN/result.json" ]; then  # a finished run is not trained again',
+          '  echo "task $SLURM_ARRAY_TASK_ID: $RUN on $SLURM_JOB_NODELIST"',
+          f'  srun --kill-on-bad-exit=1 {sleepjax} sweep-run --config="$RUN/config.py" '
+          f'--workdir="$RUN"{chunk}',
+          '  if [ ! -e "$RUN/result.json" ]; then',
+          "    # stopped before the end (" + ("this chunk is done, or " if stop_after_steps else "")
+          + "the time limit): queue the task again, it resumes",
+          '    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+          "    exit 0",
+          "  fi",
+          "fi"]
+  if evaluate:  # also for runs finished before: evaluated once
+    out += ['if [ ! -e "$RUN/eval/report.json" ]; then',
             f'  srun {sleepjax} eval --config="$RUN/config.py" --workdir="$RUN"',
             "fi"]
+  out += ['echo "$RUN is finished"']
   return "\n".join(out) + "\n"
 
 

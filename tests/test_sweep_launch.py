@@ -58,6 +58,7 @@ def test_sbatch_directives_come_before_any_command():
   last_directive = max(i for i, l in enumerate(lines) if l.startswith("#SBATCH"))
   assert all(not l.strip() or l.startswith("#") for l in lines[:last_directive])
   assert "--array=0-2%2" in text and "srun" in text and "jax.distributed" in text
+  assert "#SBATCH --signal=TERM@120" in text  # the trainer saves before the time limit
 
 
 def test_expand_writes_one_workdir_per_run_and_refuses_a_changed_config(tmp_path):
@@ -122,6 +123,45 @@ def test_slurm_script_is_submitted_where_sbatch_exists(tmp_path, monkeypatch):
                                 log=printed.append)
   assert (tmp_path / "args").read_text().split() == [path]
   assert printed == [f"sweep: submitted {path}: Submitted batch job 42"]
+
+
+FAKE_SLURM = {  # stand-ins that record their calls; sleepjax "finishes" a run when FINISH is set
+    "srun": '#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n',
+    "scontrol": '#!/bin/bash\necho "scontrol $*" >> "$CALLS"\n',
+    "sleepjax": '#!/bin/bash\necho "sleepjax $1" >> "$CALLS"\n'
+                'for a in "$@"; do case $a in --workdir=*) w=${a#--workdir=};; esac; done\n'
+                'if [ "$1" = sweep-run ] && [ -n "$FINISH" ]; then echo {} > "$w/result.json"; fi\n'
+                'if [ "$1" = eval ]; then mkdir -p "$w/eval"; echo {} > "$w/eval/report.json"; fi\n',
+}
+
+
+def test_sbatch_script_trains_requeues_and_evaluates_as_needed(tmp_path):
+  """The generated array script, run by bash with stand-ins for srun, scontrol and sleepjax."""
+  bin_dir, run = tmp_path / "bin", tmp_path / "runs" / "a"
+  bin_dir.mkdir()
+  run.mkdir(parents=True)
+  for name, text in FAKE_SLURM.items():
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  (tmp_path / "runs.txt").write_text(f"{run}\n")
+  settings = _settings().slurm
+  settings.setup = ()
+  path = tmp_path / "sweep.sbatch"
+  path.write_text(slurm.script(str(tmp_path), 1, settings, repo=str(tmp_path), evaluate=True))
+
+  def task(finish: bool) -> list[str]:
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", CALLS=str(calls),
+               SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7", FINISH="1" if finish else "")
+    subprocess.run(["bash", str(path)], env=env, check=True, capture_output=True)
+    return calls.read_text().splitlines()
+
+  assert task(finish=False) == ["sleepjax sweep-run", "scontrol requeue 7_0"]  # stopped early
+  assert task(finish=True) == ["sleepjax sweep-run", "sleepjax eval"]
+  assert task(finish=True) == []  # finished and evaluated: nothing to do
+  (run / "eval" / "report.json").unlink()
+  assert task(finish=True) == ["sleepjax eval"]  # evaluated, not trained again
 
 
 def test_modality_subsets_are_deterministic_and_distinct():
