@@ -141,7 +141,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.sequence_batch = 8  # sequence head: training nights per step
   c.eval.sequence_eval_every = 25  # sequence head: steps between val macro-F1 checks
   c.eval.sequence_patience = 4  # sequence head: val checks without improvement before stopping
-  c.eval.sequence_seed = 0  # sequence head: initialisation and night order
+  c.eval.sequence_seeds = (0,)  # sequence head: seeds (init, night order); > 1: mean +- sd
 
   c.bench = ml_collections.ConfigDict()  # `sleepjax bench data`: its synthetic cohort and rows
   c.bench.subjects = 8

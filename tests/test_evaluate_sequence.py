@@ -51,7 +51,8 @@ def test_nights_are_assembled_by_epoch_index_with_gaps_masked():
 def test_sequence_head_learns_a_rule_a_per_epoch_probe_cannot():
   config = ml_collections.ConfigDict({"eval": dict(
       probe_steps=200, probe_lr=0.05, probe_l2=1e-4, probe_l2_grid=(1e-4,), sequence_steps=150,
-      sequence_eval_every=25, sequence_width=32, sequence_attention_layers=1)})
+      sequence_eval_every=25, sequence_width=32, sequence_attention_layers=1,
+      sequence_seeds=(0, 1))})
   ctx = tasks.Context(config, _manifest(), ["eeg"], ["pretrained"],
                       lambda enc, split, subset: _table(split))
   probe = tasks.staging(ctx)["pretrained"]
@@ -68,3 +69,5 @@ def test_sequence_head_learns_a_rule_a_per_epoch_probe_cannot():
   assert seq["macro_f1"] > 0.9 and seq["kappa"] > 0.9
   assert sum(map(sum, seq["confusion"])) == 160
   assert seq["best_step"] in seq["val_macro_f1"]  # early stopping on val
+  over = seq["over_seeds"]["macro_f1"]  # the second seed learns the rule too
+  assert over["n"] == 2 and over["values"][0] == seq["macro_f1"] and min(over["values"]) > 0.9

@@ -20,7 +20,7 @@ from sleepjax.modalities import STAGES
 
 DEFAULTS = dict(sequence_width=64, sequence_conv_layers=3, sequence_attention_layers=1,
                 sequence_heads=4, sequence_steps=300, sequence_lr=2e-3, sequence_weight_decay=0.01,
-                sequence_batch=8, sequence_eval_every=25, sequence_patience=4, sequence_seed=0)
+                sequence_batch=8, sequence_eval_every=25, sequence_patience=4, sequence_seeds=(0,))
 
 
 def _opt(ctx, key):
@@ -159,23 +159,27 @@ def fit(ctx, train: dict, val: dict | None, seed: int):
 
 def sequence(ctx) -> dict:
   """Night-level sequence head on each encoder's frozen epoch embeddings (train: fit, val: early
-  stopping, test: the staging metrics and one test night's hypnogram)."""
+  stopping, test: the staging metrics and one test night's hypnogram of the first seed; with
+  several seeds, `over_seeds`: mean ± sd of macro-F1, kappa and accuracy)."""
   out = {}
   for enc in ctx.encoders:
     tabs = {s: ctx.table(enc, ctx.split(s)) for s in ("train", "val", "test")}
     tasks_lib.check_disjoint(tasks_lib.subjects(ctx, tabs["train"]),
                              tasks_lib.subjects(ctx, tabs["test"]), "sequence")
     n = {s: nights(t) for s, t in tabs.items() if t is not None}
-    predict, info = fit(ctx, n["train"], n.get("val"), _opt(ctx, "sequence_seed"))
-    test = n["test"]
-    pred = predict(test)
-    keep = test["mask"]
-    first = test["mask"][0]
-    out[enc] = {**metrics.staging(test["stage"][keep], pred[keep], STAGES), **info,
-                "train_nights": len(n["train"]["x"]), "test_nights": len(test["x"]),
+    test, keep, runs = n["test"], n["test"]["mask"], []
+    for seed in _opt(ctx, "sequence_seeds"):
+      predict, info = fit(ctx, n["train"], n.get("val"), seed)
+      pred = predict(test)
+      runs.append(({**metrics.staging(test["stage"][keep], pred[keep], STAGES), **info}, pred))
+    (res, pred), first = runs[0], keep[0]
+    out[enc] = {**res, "train_nights": len(n["train"]["x"]), "test_nights": len(test["x"]),
                 "hypnogram": {"recording": ctx.recording_ids[int(test["recording"][0])],
                               "true": test["stage"][0][first].tolist(),
                               "pred": pred[0][first].tolist()}}
+    if len(runs) > 1:
+      out[enc]["over_seeds"] = {k: metrics.mean_sd([r[k] for r, _ in runs])
+                                for k in ("macro_f1", "kappa", "accuracy")}
   return out
 
 
