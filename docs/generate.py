@@ -109,7 +109,7 @@ def schema_reference() -> str:
 
 
 def qc_reference() -> str:
-  from data_prep import prep, qc  # pylint: disable=g-import-not-at-top
+  from data_prep import metadata, prep, qc  # pylint: disable=g-import-not-at-top
   lines = [HEADER + "# Quality control and metadata rules\n", "```", inspect.getdoc(qc), "```\n",
            "A recording's verdict is `ok` (converted) or `skip` (with reasons in `qc.csv` /",
            "`qc.json`); every file under `edf/` and `annotations/` appears in the report.\n",
@@ -122,14 +122,14 @@ def qc_reference() -> str:
              qc.RANGE.get(m, "–"), qc.MAX_AMPLITUDE.get(m, "–")]
     lines.append(f"| `{m}` | " + " | ".join(str(c) for c in cells) + " |")
   lines += ["", "## metadata.csv\n",
-            f"- required columns: {', '.join(f'`{c}`' for c in prep.REQUIRED_COLUMNS)}; aliases: "
-            + ", ".join(f"`{a}` → `{b}`" for a, b in prep.COLUMN_ALIASES.items()),
+            f"- required columns: {', '.join(f'`{c}`' for c in metadata.REQUIRED_COLUMNS)}; aliases: "
+            + ", ".join(f"`{a}` → `{b}`" for a, b in metadata.COLUMN_ALIASES.items()),
             "- plausible ranges (outside: set to missing, with a note): "
-            + ", ".join(f"{k} {lo:g}–{hi:g} {unit}" for k, (lo, hi, unit) in prep.PLAUSIBLE.items()),
+            + ", ".join(f"{k} {lo:g}–{hi:g} {unit}" for k, (lo, hi, unit) in metadata.PLAUSIBLE.items()),
             "- sex words (1 = male, 0 = female): "
-            + ", ".join(f"`{w}` → {v}" for w, v in prep.SEX_WORDS.items())
+            + ", ".join(f"`{w}` → {v}" for w, v in metadata.SEX_WORDS.items())
             + "; numeric codes follow the cohort's channel map (NSRR: 1 = male, 2 = female)",
-            "- values read as missing: " + ", ".join(f"`{v}`" for v in sorted(prep.MISSING)),
+            "- values read as missing: " + ", ".join(f"`{v}`" for v in sorted(metadata.MISSING)),
             f"- signal files: {', '.join(prep.SIGNAL_EXTENSIONS)}; annotation files: "
             f"{', '.join(prep.ANNOTATION_EXTENSIONS)}",
             "- prep config keys that change the conversion (a changed value re-converts): "

@@ -37,11 +37,11 @@ def _write(workdir: str, name: str, result: dict) -> pathlib.Path:
 def bench_prep(config, workdir: str, hours: float = 8.0, repeats: int = 2) -> dict:
   """Converts one synthetic night with every canonical modality (read, channel mapping, QC,
   filtering, resampling, R-peaks, features, captions, encoding); CPU time of one process."""
-  from data_prep import prep, synthetic  # pylint: disable=g-import-not-at-top
+  from data_prep import metadata, prep, synthetic  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     raw = pathlib.Path(tmp)
     synthetic.write_cohort(raw, n_subjects=1, n_sites=1, hours=hours, seed=0)
-    rows, _ = prep.read_metadata(raw / "metadata.csv")
+    rows = metadata.read_metadata(raw / "metadata.csv")[0]
     prep_config = config.prep.copy_and_resolve_references()
     prep_config.modalities = tuple(CANONICAL)
     cpu = []

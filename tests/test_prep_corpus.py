@@ -21,7 +21,7 @@ import numpy as np
 import pyedflib
 import pytest
 
-from data_prep import prep, writer
+from data_prep import metadata, prep, writer
 from data_prep.writer import STAGING
 from sleepjax.data import manifest as manifest_lib
 
@@ -476,28 +476,28 @@ def test_metadata_as_people_write_it(tmp_path):
   header = ";".join(COLUMNS).replace("subject_id", "Subject ID").replace("sex", "Gender")
   body = "\n".join(";".join(r[c] for c in COLUMNS) for r in rows)
   (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + f"{header}\r\n{body}\r\n".encode())
-  metas, rejected, notes, file_notes = prep.read_metadata(tmp_path / "excel.csv")
+  metas, rejected, notes, file_notes = metadata.read_metadata(tmp_path / "excel.csv")
   assert [(m["recording_id"], m["subject_id"], m["sex"], m["age"]) for m in metas] == [
       ("r1", "subj-r1", 1, 50.0), ("r2", "subj-r2", 0, 61.5), ("r3", "subj-r3", 0, 50.0)]
   assert not rejected and not file_notes and not any(notes.values())
   (tmp_path / "utf16.csv").write_bytes(f"{header}\n{body}\n".encode("utf-16"))
-  assert len(prep.read_metadata(tmp_path / "utf16.csv")[0]) == 3
+  assert len(metadata.read_metadata(tmp_path / "utf16.csv")[0]) == 3
   (tmp_path / "latin1.csv").write_bytes("recording_id,subject_id,site\nr1,s1,Zürich\n".encode("latin-1"))
-  metas, _, _, file_notes = prep.read_metadata(tmp_path / "latin1.csv")
+  metas, _, _, file_notes = metadata.read_metadata(tmp_path / "latin1.csv")
   assert metas[0]["site"] == "Zürich" and "latin1.csv is not UTF-8" in file_notes[0]
   (tmp_path / "nocol.csv").write_text("recording_id,patient\nr1,s1\n")
   with pytest.raises(ValueError, match=r"nocol\.csv: no 'subject_id' column"):
-    prep.read_metadata(tmp_path / "nocol.csv")
+    metadata.read_metadata(tmp_path / "nocol.csv")
   with pytest.raises(ValueError, match=r"missing\.csv: not found"):
-    prep.read_metadata(tmp_path / "missing.csv")
+    metadata.read_metadata(tmp_path / "missing.csv")
   (tmp_path / "empty.csv").write_text("\n\n")
   with pytest.raises(ValueError, match=r"empty\.csv: empty"):
-    prep.read_metadata(tmp_path / "empty.csv")
+    metadata.read_metadata(tmp_path / "empty.csv")
   # MESA codes sex 0 female, 1 male (its channel map says so); NSRR's 2 is unknown there.
   from data_prep import channels  # pylint: disable=g-import-not-at-top
   codes = channels.load_map("mesa").sex_codes
   (tmp_path / "mesa.csv").write_text("recording_id,subject_id,sex\nr1,s1,0\nr2,s2,1\nr3,s3,2\n")
-  metas, _, notes, _ = prep.read_metadata(tmp_path / "mesa.csv", codes)
+  metas, _, notes, _ = metadata.read_metadata(tmp_path / "mesa.csv", codes)
   assert [m["sex"] for m in metas] == [0, 1, None] and "not a known code" in notes["r3"][0]
 
 
@@ -540,7 +540,7 @@ def test_any_exception_is_a_skip_naming_the_file(tmp_path, tiny_config, monkeypa
   for d in ("edf", "annotations"):
     (raw / d).mkdir(parents=True)
   write_metadata(raw, good(raw, "r1", 0))
-  metas, _, notes, _ = prep.read_metadata(raw / "metadata.csv")
+  metas, _, notes, _ = metadata.read_metadata(raw / "metadata.csv")
 
   def fail(*args, **kwargs):
     raise error
