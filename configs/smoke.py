@@ -70,6 +70,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # matmul (compute) dtype: bfloat16 on accelerators
   c.model.param_dtype = "float32"  # stored parameters + AdamW moments: float32 | bfloat16 (EMA: float32)
   c.model.attention = "xla"  # xla | cudnn (flash attention, GPU, bf16) | auto (cudnn on GPU in bf16)
+  c.model.residual_dtype = "float32"  # float32 | compute (model.dtype): residual stream + norm outputs
   c.model.remat = "none"  # none | full | save_dots | save_attn_proj (activation memory vs compute)
 
   c.objective = ml_collections.ConfigDict()

@@ -42,10 +42,11 @@ def dense(d_in: int, d_out: int, axes: tuple[str, str], *, dtype, rngs: nnx.Rngs
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)))
 
 
-def layer_norm(d: int, *, rngs: nnx.Rngs, axis: str = "embed") -> nnx.LayerNorm:
-  """LayerNorm computed in float32 whatever the model's compute dtype."""
+def layer_norm(d: int, *, rngs: nnx.Rngs, axis: str = "embed", dtype=jnp.float32) -> nnx.LayerNorm:
+  """LayerNorm with float32 statistics whatever the input; `dtype` is its output's (float32, or
+  the compute dtype for a bfloat16 residual stream)."""
   return nnx.LayerNorm(
-      d, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs,
+      d, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), (axis,)),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis,)))
 
@@ -118,13 +119,13 @@ class Block(nnx.Module):
   """Transformer block: attention + GELU MLP, pre-LN (`norm="pre"`) or post-LN (`"post"`)."""
 
   def __init__(self, d: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs, norm: str = "pre",
-               attention: str = "xla"):
+               attention: str = "xla", residual_dtype=jnp.float32):
     if norm not in ("pre", "post"):
       raise ValueError(f"model.norm must be 'pre' or 'post', got {norm!r}")
     self.post = norm == "post"
-    self.norm1 = layer_norm(d, rngs=rngs)
+    self.norm1 = layer_norm(d, rngs=rngs, dtype=residual_dtype)
     self.attn = Attention(d, heads, dtype=dtype, rngs=rngs, attention=attention)
-    self.norm2 = layer_norm(d, rngs=rngs)
+    self.norm2 = layer_norm(d, rngs=rngs, dtype=residual_dtype)
     self.up = dense(d, mlp, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.down = dense(mlp, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
@@ -149,22 +150,28 @@ class Transformer(nnx.Module):
   """`depth` blocks; pre-LN stacks end with a final LayerNorm (post-LN blocks already end in one).
 
   `remat`: a name in REMAT_POLICIES (each block rematerialised under that policy, or not at all);
-  `attention`: see `attention_implementation`.
+  `attention`: see `attention_implementation`; `residual_dtype`: the residual stream's and the
+  LayerNorm outputs' dtype (statistics stay float32). float32 by default; the compute dtype halves
+  the memory traffic of the norms and residual adds, which the H200 profile put at several ms of
+  the sleep2vec dense step (BENCHMARKS.md).
   """
 
   def __init__(self, d: int, depth: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs,
-               norm: str = "pre", remat: str = "none", attention: str = "xla"):
+               norm: str = "pre", remat: str = "none", attention: str = "xla",
+               residual_dtype=jnp.float32):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
-    self.remat = remat
+    self.remat, self.residual_dtype = remat, residual_dtype
     self.blocks = nnx.List([Block(d, heads, mlp, dtype=dtype, rngs=rngs, norm=norm,
-                                  attention=attention) for _ in range(depth)])
-    self.norm = layer_norm(d, rngs=rngs) if norm == "pre" else None
+                                  attention=attention, residual_dtype=residual_dtype)
+                            for _ in range(depth)])
+    self.norm = layer_norm(d, rngs=rngs, dtype=residual_dtype) if norm == "pre" else None
 
   def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None = None) -> jax.Array:
     call = _call_block
     if self.remat != "none":
       call = nnx.remat(_call_block, policy=REMAT_POLICIES[self.remat])
+    x_BxTxD = x_BxTxD.astype(self.residual_dtype)
     for block in self.blocks:
       x_BxTxD = call(block, x_BxTxD, mask_BxT)
     return x_BxTxD if self.norm is None else self.norm(x_BxTxD)

@@ -105,9 +105,13 @@ class Sleep2Vec(nnx.Module):
     init = nnx.with_partitioning(nnx.initializers.normal(0.02), ("modality", "embed"))
     self.modality_embed = nnx.Param(init(rngs.params(), (len(self.names), d)))
     self.mask_token = nnx.Param(init(rngs.params(), (len(self.names), d)))
+    residual = config.get("residual_dtype", "float32")
+    if residual not in ("float32", "compute"):
+      raise ValueError(f"model.residual_dtype must be 'float32' or 'compute', got {residual!r}")
     self.encoder = Transformer(d, config.depth, config.heads, config.mlp, dtype=dtype, rngs=rngs,
                                norm=config.get("norm", "pre"), remat=config.get("remat", "none"),
-                               attention=config.get("attention", "xla"))
+                               attention=config.get("attention", "xla"),
+                               residual_dtype=jnp.float32 if residual == "float32" else dtype)
     self.head = ProjectionHead(d, config.get("proj_hidden", 0) or d, config.proj_dim,
                                norm=config.get("head_norm", "batch"), dtype=dtype, rngs=rngs)
 
