@@ -23,9 +23,7 @@ def ema_initial_weight(total_steps: int, base: float) -> float:
   """The weight the EMA still gives the initial (random) parameters after `total_steps` steps:
   the product of the momenta. Near 1 the EMA is mostly the random init (a short run with the
   paper's 0.996, made for 100k steps), so the trainer warns above 1 %."""
-  steps = np.arange(total_steps)
-  progress = np.clip(steps / max(total_steps, 1), 0.0, 1.0)
-  momenta = 1.0 - (1.0 - base) * (np.cos(np.pi * progress) + 1.0) / 2.0
+  momenta = np.asarray(ema_momentum(np.arange(total_steps), total_steps, base), np.float64)
   return float(np.exp(np.log(np.maximum(momenta, 1e-300)).sum()))
 
 
