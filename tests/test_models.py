@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 from sleepjax.families import get_family
+from sleepjax.models.layers import gelu
 from sleepjax.models.sleep2vec import SoftmaxGate
 from sleepjax.train.state import build_model
 
@@ -153,3 +154,24 @@ def test_bfloat16_residual_stream_stays_close_to_float32(tiny_config):
   with pytest.raises(ValueError, match="residual_dtype"):
     build_model(_config(tiny_config, residual_dtype="float16"), MODALITIES, seed=0)
 
+
+
+def test_gelu_keeps_only_its_input_for_the_backward():
+  """layers.gelu = jax.nn.gelu (tanh) forward; its gradient matches autodiff's in float32, is
+  within bf16 rounding of the float32 gradient for bf16 inputs (computed in float32), and its
+  backward saves only the input (autodiff of jax.nn.gelu saves tanh-sized intermediates too)."""
+  x32 = 4 * jax.random.normal(jax.random.key(0), (64, 48), jnp.float32)
+  np.testing.assert_array_equal(gelu(x32), jax.nn.gelu(x32, approximate=True))
+  want = jax.grad(lambda x: jax.nn.gelu(x).sum())(x32)
+  np.testing.assert_allclose(jax.grad(lambda x: gelu(x).sum())(x32), want, rtol=1e-5, atol=1e-6)
+  x16 = x32.astype(jnp.bfloat16)
+  want16 = jax.grad(lambda x: jax.nn.gelu(x).sum())(x16.astype(jnp.float32))
+  got16 = jax.grad(lambda x: gelu(x).astype(jnp.float32).sum())(x16)
+  assert got16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got16, np.float32), want16, rtol=2 ** -8, atol=1e-6)
+
+  def saved(f, x):
+    return [leaf.shape for leaf in jax.tree_util.tree_leaves(jax.vjp(f, x)[1])
+            if getattr(leaf, "ndim", 0)]
+  assert saved(gelu, x16) == [x16.shape]
+  assert len(saved(jax.nn.gelu, x16)) > 1  # what the custom backward avoids

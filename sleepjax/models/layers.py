@@ -61,6 +61,36 @@ def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, max_wavelength: float = 1
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BxTxHxK.dtype)
 
 
+_GELU_C = 0.7978845608028654  # sqrt(2 / pi)
+
+
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+  """GELU, tanh approximation (= jax.nn.gelu), whose backward keeps only its input.
+
+  Autodiff of jax.nn.gelu saves the tanh as a second activation-sized tensor: at sleep2vec dense
+  that is one more [30720, 3072] write in the forward and read in the backward per block, memory
+  traffic the H200 profile counted among the step's largest non-matmul costs (BENCHMARKS.md).
+  Keeping x alone (the matmul output XLA already holds) and recomputing tanh in the backward
+  drops both.
+  """
+  return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_fwd(x):
+  return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+  x32 = x.astype(jnp.float32)
+  t = jnp.tanh(_GELU_C * (x32 + 0.044715 * x32 ** 3))
+  slope = 0.5 * (1 + t) + 0.5 * x32 * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * x32 * x32)
+  return ((g.astype(jnp.float32) * slope).astype(g.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
   return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, jnp.float32))
 
@@ -130,7 +160,7 @@ class Block(nnx.Module):
     self.down = dense(mlp, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
   def _mlp(self, x_BxTxD):
-    h_BxTxF = constrain(jax.nn.gelu(self.up(x_BxTxD)),
+    h_BxTxF = constrain(gelu(self.up(x_BxTxD)),
                         ("activation_batch", "activation_time", "activation_mlp"))
     return self.down(h_BxTxF)
 

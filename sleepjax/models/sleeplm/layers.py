@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.models.layers import dense
+from sleepjax.models.layers import dense, gelu
 
 _NEG = -1e9
 
@@ -47,7 +47,7 @@ class SwiGLU(nnx.Module):
 
 
 class GeluMLP(nnx.Module):
-  def __init__(self, d: int, hidden: int, *, dtype, rngs: nnx.Rngs, act=jax.nn.gelu):
+  def __init__(self, d: int, hidden: int, *, dtype, rngs: nnx.Rngs, act=gelu):
     self.up = dense(d, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.down = dense(hidden, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
     self.act = act
@@ -157,7 +157,7 @@ class ResidualBlock(nnx.Module):
   """Pre-LN block: x + attn(ln(x)) [self or cross], then x + mlp(ln(x)) (open_clip style)."""
 
   def __init__(self, d: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs, cross: bool = False,
-               act=jax.nn.gelu):
+               act=gelu):
     self.ln_1 = layer_norm(d, rngs=rngs)
     self.ln_kv = layer_norm(d, rngs=rngs) if cross else None
     self.attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs)
