@@ -34,6 +34,7 @@ DESCRIPTIONS = {
     "synthetic.n_sites": "`sleepjax synth`: sites (montages, sensor habits)",
     "synthetic.hours": "`sleepjax synth`: hours per night",
     "synthetic.seed": "`sleepjax synth`: seed of the cohort",
+    "synthetic.workers": "`sleepjax synth`: processes simulating subjects in parallel",
     "synthetic.hard": "`sleepjax synth`: the hard benchmark cohort (site chains, planted confound)",
     "prep.modalities": "modalities prep harmonises and stores (sleepjax.modalities.CANONICAL)",
     "prep.channel_map": "cohort channel map (data_prep/channel_maps/<name>.json) or a path",
