@@ -66,7 +66,11 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
                       proj_dim=128, head_norm="batch", mask_fraction=0.15, dtype="bfloat16",
                       # cuDNN flash attention on GPUs (measured 25 -> 36 % MFU at dense, batch
                       # 128, H200; BENCHMARKS.md), XLA's attention elsewhere.
-                      attention="auto"))
+                      attention="auto",
+                      # bf16 residual stream and norm outputs (float32 statistics), as MaxText
+                      # keeps activations: the float32 stream's norms and adds were the largest
+                      # memory-bound work of the dense step (BENCHMARKS.md, "Where the time goes").
+                      residual_dtype="compute"))
   c.objective.update(dict(loss="dash", pair_strategy="pair_first", negatives="per_step",
                           temperature=0.2, hard_scale=0.1, sigma_age=20.0, alpha_sex=0.8,
                           gamma_same=1.3, gamma_diff=0.8, eps=1e-6))

@@ -23,7 +23,7 @@ def test_every_command_parses_and_a_bad_key_is_caught(tmp_path):
   bad = tmp_path / "gpu.sh"
   bad.write_text(SCRIPT.read_text().replace("model.residual_dtype", "model.residual_dtyp"))
   r = _run(bad, tmp_path / "out", "check")
-  assert r.returncode == 1 and "CHECK step_residual_bf16: bad flags" in r.stdout, r.stdout
+  assert r.returncode == 1 and "CHECK step_residual_f32: bad flags" in r.stdout, r.stdout
 
 
 def test_table_reads_step_json_and_the_train_log(tmp_path):

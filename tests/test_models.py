@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from sleepjax.families import get_family
-from sleepjax.models.layers import gelu
+from sleepjax.models.layers import Attention, gelu, rope
 from sleepjax.models.sleep2vec import SoftmaxGate
 from sleepjax.train.state import build_model
 
@@ -175,3 +175,29 @@ def test_gelu_keeps_only_its_input_for_the_backward():
             if getattr(leaf, "ndim", 0)]
   assert saved(gelu, x16) == [x16.shape]
   assert len(saved(jax.nn.gelu, x16)) > 1  # what the custom backward avoids
+
+
+def test_attention_equals_the_textbook_form_with_biases():
+  """Attention adds q/k biases after RoPE (rotated separately) and folds v's bias into the output
+  bias; with non-zero biases and masked keys it equals softmax(rope(xWq + bq) rope(xWk + bk)^T)
+  (xWv + bv) Wo + bo computed directly."""
+  d, heads, B, T = 32, 4, 2, 6
+  with nnx.use_eager_sharding(False):
+    att = Attention(d, heads, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  keys = iter(jax.random.split(jax.random.key(1), 8))
+  for name in ("q_bias", "k_bias", "v_bias", "out_bias"):
+    getattr(att, name).value = jax.random.normal(next(keys), (d,))
+  x = jax.random.normal(next(keys), (B, T, d))
+  present = jnp.array([[1, 1, 0, 1, 1, 1], [0, 1, 1, 1, 0, 0]], bool)
+  got = att(x, present)
+
+  hk = (heads, d // heads)
+  proj = lambda w, b: jnp.einsum("btd,dhk->bthk", x, w.value) + b.value.reshape(hk)
+  pos = jnp.arange(T)
+  q, k = rope(proj(att.q, att.q_bias), pos), rope(proj(att.k, att.k_bias), pos)
+  v = proj(att.v, att.v_bias)
+  logits = jnp.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(d // heads)
+  allowed = present[:, None, None, :] | jnp.eye(T, dtype=bool)
+  p = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
+  want = jnp.einsum("bhqs,bshk,hkd->bqd", p, v, att.out.value) + att.out_bias.value
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -51,14 +51,27 @@ def layer_norm(d: int, *, rngs: nnx.Rngs, axis: str = "embed", dtype=jnp.float32
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis,)))
 
 
-def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:
-  """Rotary position embedding over the time axis (computed in float32)."""
+def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, bias_HxK: jax.Array | None = None,
+         max_wavelength: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding over the time axis (computed in float32) of x + bias.
+
+  RoPE is linear, so the bias is rotated on its own ([T, H, K], tiny) and added after: XLA then
+  adds it inside RoPE's elementwise pass, where `x W + b` before RoPE becomes a cuBLAS call whose
+  C operand is the bias broadcast to the full [B, T, H, K] (one more activation written and read).
+  """
   k = x_BxTxHxK.shape[-1] // 2
   freq_K = max_wavelength ** (-jnp.arange(k, dtype=jnp.float32) / k)
   angle_TxK = positions_T[:, None].astype(jnp.float32) * freq_K[None]
   sin, cos = jnp.sin(angle_TxK)[None, :, None], jnp.cos(angle_TxK)[None, :, None]
-  x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BxTxHxK.dtype)
+
+  def rotate(v):
+    v1, v2 = jnp.split(v.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([v1 * cos - v2 * sin, v2 * cos + v1 * sin], -1)
+
+  y = rotate(x_BxTxHxK)
+  if bias_HxK is not None:
+    y = y + rotate(jnp.broadcast_to(bias_HxK, (1, positions_T.shape[0], *bias_HxK.shape)))
+  return y.astype(x_BxTxHxK.dtype)
 
 
 _GELU_C = 0.7978845608028654  # sqrt(2 / pi)
@@ -115,20 +128,27 @@ class Attention(nnx.Module):
                       ("heads", "kv", "embed"))
     self.out_bias = _param(rngs, zeros, (d,), ("embed",))
 
-  def _project(self, x_BxTxD, kernel, bias):
-    y = jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(self.dtype), kernel.value.astype(self.dtype))
-    return y + bias.value.reshape(self.heads, self.head_dim).astype(self.dtype)
+  def _project(self, x_BxTxD, kernel):
+    return jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(self.dtype), kernel.value.astype(self.dtype))
+
+  def _bias(self, bias):
+    return bias.value.reshape(self.heads, self.head_dim)
 
   def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None) -> jax.Array:
     positions_T = jnp.arange(x_BxTxD.shape[1])
-    q_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.q, self.q_bias), positions_T))
-    k_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.k, self.k_bias), positions_T))
-    v_BxTxHxK = _saved(self._project(x_BxTxD, self.v, self.v_bias))
+    q_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.q), positions_T, self._bias(self.q_bias)))
+    k_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.k), positions_T, self._bias(self.k_bias)))
+    v_BxTxHxK = _saved(self._project(x_BxTxD, self.v))
     mask = None if mask_BxT is None else _key_mask(mask_BxT)
     y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask,
                                              implementation=self.implementation)
     y_BxTxD = jnp.einsum("bthk,hkd->btd", y_BxTxHxK, self.out.value.astype(self.dtype))
-    return _saved(y_BxTxD + self.out_bias.value.astype(self.dtype))
+    # v's bias passes through attention unchanged (every query's weights sum to one; the diagonal
+    # keeps each row non-empty), so it is applied as out(b_v), folded into the output bias: the
+    # same function, without a [B, T, H, K] bias broadcast feeding the v projection.
+    out_bias_D = self.out_bias.value + jnp.einsum("hk,hkd->d", self._bias(self.v_bias),
+                                                  self.out.value)
+    return _saved(y_BxTxD + out_bias_D.astype(self.dtype))
 
 
 def _key_mask(present_BxT: jax.Array) -> jax.Array:
