@@ -129,7 +129,7 @@ def compile_step(config, *, run: bool):
   local_batch = trainer.check_batch(config.data.global_batch, mesh)
   batch_sh = sharding.batch_sharding(mesh)
   local = synthetic_batch(config, modalities, local_batch, seed=jax.process_index())
-  step = jax.jit(trainer.skip_nonfinite(make_train_step(graphdef, tx, schedule, config)),
+  step = jax.jit(make_train_step(graphdef, tx, schedule, config),
                  in_shardings=(state_sh, batch_sh),
                  out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   abstract_batch = jax.tree.map(

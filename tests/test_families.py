@@ -66,6 +66,37 @@ def test_family_dict_drives_the_train_step_and_ema(toy):
   assert not np.allclose(state.ema_params["w"].value, state.params["w"].value)  # lags the weights
 
 
+def test_a_nonfinite_step_is_skipped(toy):
+  """A NaN step keeps parameters and EMA exactly, gives AdamW a zero gradient (moments x b1 / b2,
+  count + 1), advances the step counter; the next finite step trains on."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(8, 1, 1), ("data", "fsdp", "tensor"))
+  tx, schedule = make_optimizer(toy.optim, toy.train.steps)
+  graphdef, _, shardings = state_lib.abstract_state(toy, {"eeg": (128, 1)}, tx, mesh, 0)
+  good = {"signals": {"eeg": jnp.ones((8, 2, 1, 3840))}, "masks": {"eeg": jnp.ones((8, 2, 1), bool)}}
+  bad = {**good, "signals": {"eeg": good["signals"]["eeg"].at[0, 0, 0, 0].set(jnp.nan)}}
+  step = jax.jit(make_train_step(graphdef, tx, schedule, toy))
+  state = state_lib.init_state(toy, {"eeg": (128, 1)}, tx, shardings, 0)
+  history = []
+  for batch in (good, bad, good):
+    state, metrics = step(state, batch)
+    history.append((state, float(metrics["skipped"])))
+  assert [h[1] for h in history] == [0.0, 1.0, 0.0] and [int(h[0].step) for h in history] == [1, 2, 3]
+  (before, _), (skipped, _), (after, _) = history
+  for name in ("params", "ema_params"):
+    for a, b in zip(jax.tree.leaves(getattr(skipped, name)), jax.tree.leaves(getattr(before, name))):
+      np.testing.assert_array_equal(a, b)
+  adam = lambda s: next(x for x in jax.tree.leaves(
+      s.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+      if isinstance(x, optax.ScaleByAdamState))
+  b1, b2 = toy.optim.get("b1", 0.9), toy.optim.b2
+  np.testing.assert_array_equal(adam(skipped).mu["w"].value,
+                                np.float32(b1) * adam(before).mu["w"].value)
+  np.testing.assert_array_equal(adam(skipped).nu["w"].value,
+                                np.float32(b2) * adam(before).nu["w"].value)
+  assert int(adam(skipped).count) == int(adam(before).count) + 1
+  assert not np.array_equal(after.params["w"].value, skipped.params["w"].value)
+
+
 def test_family_dict_drives_eval(toy, prepared):
   from sleepjax.evaluate.embed import Encoder, embed_function, embed_split  # pylint: disable=g-import-not-at-top
   from sleepjax.train.trainer import setup  # pylint: disable=g-import-not-at-top

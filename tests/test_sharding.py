@@ -38,7 +38,6 @@ def test_parameters_and_optimizer_state_are_born_sharded(tiny_config):
 def _losses_on_mesh(config, mesh_axes: dict, steps: int = 3) -> list[float]:
   from sleepjax import bench_step  # pylint: disable=g-import-not-at-top
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
   from sleepjax.train.step import make_train_step  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   config.mesh = mesh_axes
@@ -48,7 +47,7 @@ def _losses_on_mesh(config, mesh_axes: dict, steps: int = 3) -> list[float]:
   graphdef, _, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, 0)
   state = state_lib.init_state(config, modalities, tx, state_sh, 0)
   batch_sh = sharding.batch_sharding(mesh)
-  step = jax.jit(trainer.skip_nonfinite(make_train_step(graphdef, tx, schedule, config)),
+  step = jax.jit(make_train_step(graphdef, tx, schedule, config),
                  in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding.replicated(mesh)))
   losses = []
   with jax.set_mesh(mesh):

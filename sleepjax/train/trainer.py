@@ -64,23 +64,6 @@ def setup(config, workdir: str, schedule_segments=None):
   return mesh, manifest, modalities, tx, schedule
 
 
-def skip_nonfinite(train_step):
-  """Wraps a train step: where the loss or gradient norm is not finite, parameters and optimizer
-  state stay as they were (jnp.where inside the jitted step; the step counter and rng advance, the
-  batch is consumed); metrics gain `skipped` (0/1)."""
-
-  def step(state, batch):
-    new, m = train_step(state, batch)
-    ok = jnp.isfinite(m["loss"])
-    if "grad_norm" in m:
-      ok &= jnp.isfinite(m["grad_norm"])
-    kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-    kept = kept.replace(step=new.step, rng=new.rng)
-    return kept, {**m, "skipped": 1.0 - ok.astype(jnp.float32)}
-
-  return step
-
-
 class Preemption:
   """SIGTERM / SIGINT -> stop after the current step (a second SIGINT interrupts at once).
 
@@ -215,7 +198,7 @@ def train(config, workdir: str) -> dict:
   else:
     state = state_lib.init_state(config, modalities, tx, state_sh, config.seed)
 
-  step_fn = jax.jit(skip_nonfinite(make_train_step(graphdef, tx, schedule, config)),
+  step_fn = jax.jit(make_train_step(graphdef, tx, schedule, config),
                     in_shardings=(state_sh, batch_sh),
                     out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   writer = metrics.create_writer(os.path.join(train_dir(workdir), "tb"))
