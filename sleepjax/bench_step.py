@@ -114,15 +114,16 @@ def _flops(config, modalities: dict, local: dict) -> float | None:
     return float(flops(config, modalities, config.data.global_batch, config.data.window_epochs))
 
 
-def compile_step(config, *, run: bool):
-  """(result dict, compiled step, state, batch): compiled for the config's mesh on the devices."""
+def compile_step(config, *, run: bool, devices=None):
+  """(result dict, compiled step, state, batch): compiled for the config's mesh on `devices`
+  (default: every device present; compile-only devices of a topology for `run=False`)."""
   import jax  # pylint: disable=g-import-not-at-top
   from sleepjax import sharding  # pylint: disable=g-import-not-at-top
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sleepjax.train import metrics, optim, state as state_lib, trainer  # pylint: disable=g-import-not-at-top
   from sleepjax.train.step import make_train_step  # pylint: disable=g-import-not-at-top
 
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   modalities = modality_shapes(config)
   tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
   graphdef, abstract, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
@@ -139,13 +140,13 @@ def compile_step(config, *, run: bool):
   with jax.set_mesh(mesh):
     compiled = step.lower(abstract, abstract_batch).compile()
   compile_seconds = time.perf_counter() - t0
-  device = jax.devices()[0]
+  device = mesh.devices.flat[0]
   result = {
       "what": "step", "params": int(sum(x.size for x in jax.tree.leaves(abstract.params))),
       "flops_per_step": _flops(config, modalities, local),
       "xla_flops_per_step": _xla_flops(compiled), "compile_seconds": compile_seconds,
       "device_kind": device.device_kind, "platform": device.platform,
-      "devices": jax.device_count(), "mesh": dict(mesh.shape),
+      "devices": mesh.devices.size, "mesh": dict(mesh.shape),
       "global_batch": config.data.global_batch, "window": config.data.window_epochs,
       "modalities_per_batch": sum(k.startswith("signals/") for k in local),
       "model": {k: v for k, v in config.model.to_dict().items()},

@@ -54,8 +54,9 @@ def mesh_shape(config, n_devices: int) -> tuple[int, ...]:
   return tuple(sizes)
 
 
-def make_mesh(config) -> Mesh:
-  devices = jax.devices()
+def make_mesh(config, devices=None) -> Mesh:
+  """The mesh over `devices` (default: every device; compile-only topology devices work too)."""
+  devices = jax.devices() if devices is None else list(devices)
   shape = mesh_shape(config, len(devices))
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
