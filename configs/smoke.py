@@ -53,7 +53,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # epoch (sleep2vec's: residual MLP on the flattened 30-s epoch) | patch (conv stem on 1-s patches).
   # The CPU demo uses patch: on the demo cohort after 300 steps the flattened-epoch MLP has not yet
   # learnt spectral features (staging macro-F1 0.35, random init 0.21) while the conv stem has
-  # (0.985 vs 0.93); the sleep2vec presets (configs/sleep2vec.py) use epoch, as the paper.
+  # (0.98 vs 0.93); the sleep2vec presets (configs/sleep2vec.py) use epoch, as the paper.
   c.model.tokenizer = "patch"
   c.model.tokenizer_width = 0  # 0 = width; else tokenizers at this width + one projection to width
   c.model.width = 64
