@@ -31,6 +31,8 @@ def attention_implementation(name: str, dtype) -> str | None:
     return "cudnn" if jax.default_backend() == "gpu" and low_precision else None
   return None if name == "xla" else name
 
+# model.dtype / model.param_dtype names -> dtypes
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ACT = ("activation_batch", "activation_time", "activation_embed")
 
 

@@ -10,11 +10,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.models.layers import Transformer, dense, layer_norm
+from sleepjax.models.layers import DTYPES, Transformer, dense, layer_norm
 from sleepjax.models.signal_tokenizer import make_signal_tokenizer
 from sleepjax.sharding import constrain
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _TOKENS = ("activation_batch", "activation_time", "activation_embed")
 
 

@@ -13,6 +13,7 @@ from flax import nnx
 
 from sleepjax import sharding
 from sleepjax.families import get_family
+from sleepjax.models.layers import DTYPES
 
 
 @flax.struct.dataclass
@@ -36,9 +37,6 @@ def build_model(config, modalities: dict[str, tuple[int, int]], seed: int) -> nn
     return get_family(config).build(config, modalities, nnx.Rngs(seed))
 
 
-PARAM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def _cast_floats(tree, dtype):
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                       tree)
@@ -47,13 +45,13 @@ def _cast_floats(tree, dtype):
 def _init(config, modalities, tx, seed: int) -> TrainState:
   _, params = nnx.split(build_model(config, modalities, seed))
   name = config.model.get("param_dtype", "float32")
-  if name not in PARAM_DTYPES:
-    raise ValueError(f"model.param_dtype must be one of {sorted(PARAM_DTYPES)}, got {name!r}")
+  if name not in DTYPES:
+    raise ValueError(f"model.param_dtype must be one of {sorted(DTYPES)}, got {name!r}")
   # Layers create float32 parameters and cast them to model.dtype for each matmul; storing them
   # in bfloat16 halves parameter, gradient and AdamW-moment memory (the moments follow the
   # parameters' dtype) at the cost of small updates rounding away. The EMA stays float32: its
   # per-step change, (1 - momentum) x the difference, is below bfloat16's resolution.
-  params = _cast_floats(params, PARAM_DTYPES[name])
+  params = _cast_floats(params, DTYPES[name])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed + 1)),
                     ema_params=_cast_floats(params, jnp.float32))

@@ -17,7 +17,6 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sleepjax.models.layers import DTYPES
 from sleepjax.models.sleeplm import inputs
 from sleepjax.models.sleeplm.signal import ReconDecoder, SignalEncoder
 from sleepjax.models.sleeplm.text import CaptionDecoder, TextTower
 from sleepjax.modalities import EPOCH_SECONDS
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Caption groups, one learnable decoder prefix each, in the order batches carry them
 # (`data_prep.captions.GROUPS`, the manifest's `caption_groups`).
 GROUPS = ("stage_event", "brain", "cardiac", "respiratory", "somatic")
