@@ -140,6 +140,64 @@ def test_resampling_keeps_a_sine():
   np.testing.assert_allclose(up, np.sin(2 * np.pi * 0.5 * t64), atol=1e-4)
 
 
+def smooth_signal(rate, epochs, fmax, seed=0):
+  """A long recording: sinusoids + noise, all below fmax Hz (sigma ~ 3)."""
+  rng = np.random.default_rng(seed)
+  n = rate * 30 * epochs
+  t = np.arange(n) / rate
+  x = sum(rng.normal() * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+          for f in rng.uniform(0.3, fmax, 8))
+  spec = np.fft.rfft(rng.normal(size=n))
+  spec[np.fft.rfftfreq(n, 1 / rate) > fmax] = 0
+  noise = np.fft.irfft(spec, n)
+  return (x + 3 * noise / noise.std()).astype(np.float32)
+
+
+def resampled_window(name, rate, x, first, present):
+  """`assemble` on the window of len(present) epochs from `first`; absent epochs hold junk."""
+  W = len(present)
+  win = x.reshape(-1, rate * 30)[first:first + W].copy()
+  win[~np.asarray(present)] = 7.0
+  signals = {name: jnp.asarray(win)[None, :, None]}
+  masks = {name: jnp.asarray(present)[None, :, None]}
+  return np.asarray(inputs.assemble(signals, masks, (f"{name}:0",))[0][0, :, 0])
+
+
+def long_context(x, first, W, epochs):
+  """The window's epochs resampled with the whole recording around them, z-scored per epoch."""
+  ref = np.asarray(inputs.resample(jnp.asarray(x), epochs * 64 * 30)).reshape(epochs, -1)
+  ref = ref[first:first + W]
+  return (ref - ref.mean(-1, keepdims=True)) / ref.std(-1, keepdims=True)
+
+
+# (modality, rate, content below fmax Hz): EEG-like at 128 Hz, respiration at 32 Hz (upsampled)
+RECORDINGS = [("eeg", 128, 8.0), ("airflow", 32, 1.0)]
+
+
+@pytest.mark.parametrize("name, rate, fmax", RECORDINGS)
+@pytest.mark.parametrize("W", [1, 2])
+def test_window_edges_match_long_context_resampling(name, rate, fmax, W):
+  """The FFT is circular: the window's first and last 0.5 s must not ring from its far end."""
+  epochs, first, edge = 12, 5, 32  # edge: 0.5 s at 64 Hz
+  x = smooth_signal(rate, epochs, fmax)
+  got = resampled_window(name, rate, x, first, np.ones(W, bool))
+  want = long_context(x, first, W, epochs)
+  np.testing.assert_allclose(got[0, :edge], want[0, :edge], atol=0.02)  # z-scored: 2 % of sigma
+  np.testing.assert_allclose(got[-1, -edge:], want[-1, -edge:], atol=0.02)
+  np.testing.assert_allclose(got, want, atol=0.05)
+
+
+@pytest.mark.parametrize("name, rate, fmax", RECORDINGS)
+def test_epochs_next_to_an_absent_one_match_long_context_resampling(name, rate, fmax):
+  epochs, first, edge = 12, 5, 32
+  x = smooth_signal(rate, epochs, fmax, seed=1)
+  got = resampled_window(name, rate, x, first, np.array([True, False, True]))
+  want = long_context(x, first, 3, epochs)
+  np.testing.assert_allclose(got[0, -edge:], want[0, -edge:], atol=0.02)
+  np.testing.assert_allclose(got[2, :edge], want[2, :edge], atol=0.02)
+  assert (got[1] == 0).all()
+
+
 def test_absent_channel_values_change_nothing():
   c = config()
   model = build(c)
