@@ -273,6 +273,9 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   """
   if sampling not in SAMPLINGS:
     raise ValueError(f"unknown data.modality_sampling {sampling!r}; choose from {SAMPLINGS}")
+  if pair_weights and sampling != "pair_first":  # they would be ignored without a word
+    raise ValueError(f"data.pair_weights is set but data.modality_sampling={sampling!r} draws no "
+                     "pairs; use modality_sampling='pair_first' or empty pair_weights")
   records.check_version(manifest.get("schema_version"), f"{manifest['dir']}: the data's record")
   fields = _fields(fields, caption_len)
   verify_shards(manifest, split, verify, process_index, process_count)

@@ -23,6 +23,10 @@ class Family:
       (loss, metrics): optional split of `loss` (loss == loss_from(encode(...))) that gradient
       accumulation with global negatives needs (`train.microbatches`, sleepjax/train/gradcache.py):
       `encode` is per example, `loss_from` sees the whole batch.
+  prepare(model, batch, rng) -> batch: optional draws made once per global batch (sleep2vec's
+      pair_first pair); `loss` applies it with the first half of `jax.random.split(rng)` and
+      encodes with the second, and gradient accumulation does the same before splitting the
+      batch, so every micro-batch shares the draw and k micro-batches equal one batch.
   """
   name: str
   build: Callable[..., Any]
@@ -32,3 +36,4 @@ class Family:
   fields: Callable[..., tuple]
   encode: Callable[..., Any] | None = None
   loss_from: Callable[..., Any] | None = None
+  prepare: Callable[..., Any] | None = None

@@ -1,6 +1,7 @@
 """The sleep2vec family: cross-modal contrastive pretraining (DAS-H InfoNCE by default)."""
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -44,22 +45,38 @@ def build(config, modalities: dict[str, tuple[int, int]], rngs: nnx.Rngs) -> Sle
   return model
 
 
-def pick_pair(model: Sleep2Vec, masks: dict) -> jax.Array | None:
-  """pair_first on a batch that carries more than two modalities: the two with the most present
-  epochs (the pipeline masks the others out), chosen at run time. None if it carries two."""
-  names = [m for m in model.names if m in masks]
-  if len(names) <= 2:
-    return None
-  count_M = jnp.stack([masks[m].any(-1).sum() for m in names]).astype(jnp.float32)
-  a = jnp.argmax(count_M)
-  b = jnp.argmax(jnp.where(jnp.arange(len(names)) == a, -1.0, count_M))
-  return jnp.stack([jnp.minimum(a, b), jnp.maximum(a, b)])
+def draw_pair(model: Sleep2Vec, batch: dict, rng: jax.Array) -> dict:
+  """pair_first on a batch that carries more than two modalities (`data.modality_sampling` other
+  than pair_first): one pair per global batch, uniform among the pairs present together in at
+  least one epoch of the batch (any pair if none is), as the reference draws one pair per batch.
+
+  It runs on the global batch before any micro-batch split (`train/gradcache.py`), so every
+  micro-batch and device encodes the same two modalities. The pair rides in the batch as int
+  [B, 2] (every row the same, so it splits with the batch): `batch["pair"]`. A batch of two
+  modalities, or another pair strategy, is returned unchanged.
+  """
+  names = [m for m in model.names if m in batch["masks"]]
+  if model.objective.pair_strategy != "pair_first" or len(names) <= 2:
+    return batch
+  present_MxBxW = jnp.stack([batch["masks"][m].any(-1) for m in names])
+  pairs = list(itertools.combinations(range(len(names)), 2))
+  together_P = jnp.stack([(present_MxBxW[a] & present_MxBxW[b]).any() for a, b in pairs])
+  logits_P = jnp.where(together_P | ~together_P.any(), 0.0, -jnp.inf)
+  pair_2 = jnp.asarray(pairs, jnp.int32)[jax.random.categorical(rng, logits_P)]
+  B = present_MxBxW.shape[1]
+  return {**batch, "pair": jnp.broadcast_to(pair_2, (B, 2))}
 
 
 def encode(model: Sleep2Vec, batch: dict, rng: jax.Array) -> dict:
-  """Per-example part of the loss: the transformer's tokens [B, M, W, D] and presence [B, M, W]."""
+  """Per-example part of the loss: the transformer's tokens [B, M, W, D] and presence [B, M, W].
+  pair_first over more than two modalities encodes `batch["pair"]` (`draw_pair`)."""
   objective = model.objective
-  select = pick_pair(model, batch["masks"]) if objective.pair_strategy == "pair_first" else None
+  select = None
+  if objective.pair_strategy == "pair_first" and len(batch["masks"]) > 2:
+    if "pair" not in batch:
+      raise ValueError("pair_first over more than two modalities needs the batch's pair "
+                       "(`draw_pair` on the global batch before encoding)")
+    select = batch["pair"][0]
   out = model.encode(batch["signals"], batch["masks"], rng=rng,
                      mask_fraction=objective.mask_fraction, select=select)
   return {"tokens": out["tokens"], "present": out["present"]}
@@ -73,6 +90,8 @@ def loss_from(model: Sleep2Vec, emb: dict, batch: dict, rng: jax.Array) -> tuple
 
 
 def loss(model: Sleep2Vec, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+  pair_rng, rng = jax.random.split(rng)
+  batch = draw_pair(model, batch, pair_rng)
   return loss_from(model, encode(model, batch, rng), batch, rng)
 
 
@@ -135,4 +154,4 @@ def fields(config) -> tuple[str, ...]:
 
 
 FAMILY = Family(name="sleep2vec", build=build, loss=loss, embed=embed, flops=flops, fields=fields,
-                encode=encode, loss_from=loss_from)
+                encode=encode, loss_from=loss_from, prepare=draw_pair)

@@ -24,13 +24,15 @@ def masked_mean(x, valid, axes):
 
 
 class MaskedBatchNorm(nnx.Module):
-  """BatchNorm over every valid token of the batch (no running statistics).
+  """BatchNorm of per-token features [B, M, W, F] with statistics per modality slot m, over the
+  present tokens (b, w) of the batch (no running statistics).
 
-  Under jit with a batch-sharded input the mean over the batch axis is global (XLA reduces over
-  devices and hosts), so statistics come from the global batch, as the reference's synchronised
-  BatchNorm. The projection head is only used by the contrastive loss, so batch statistics are
-  always used, in training and in evaluation alike; embeddings for downstream use come from the
-  encoder, before the head.
+  Per modality because the reference applies its head to each modality on its own: pooled
+  statistics would leave a modality's offset in its projections as a per-dimension bias. Under
+  jit with a batch-sharded input the mean over the batch axis is global (XLA reduces over
+  devices and hosts), as the reference's synchronised BatchNorm. The projection head is only used
+  by the contrastive loss, so batch statistics are always used, in training and in evaluation
+  alike; embeddings for downstream use come from the encoder, before the head.
   """
 
   def __init__(self, d: int, *, rngs: nnx.Rngs, axis: str = "proj", eps: float = 1e-5):
@@ -40,23 +42,28 @@ class MaskedBatchNorm(nnx.Module):
         rngs.params(), (d,), jnp.float32))
     self.eps = eps
 
-  def __call__(self, x, valid):
-    x = x.astype(jnp.float32)
-    axes = tuple(range(x.ndim - 1))
-    mean = masked_mean(x, valid[..., None], axes)
-    var = masked_mean(jnp.square(x - mean), valid[..., None], axes)
-    return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale.value + self.bias.value
+  def __call__(self, x_BxMxWxF, valid_BxMxW):
+    x_BxMxWxF = x_BxMxWxF.astype(jnp.float32)
+    axes = (0, 2)  # batch and time: one mean and variance per modality slot and feature
+    mean = masked_mean(x_BxMxWxF, valid_BxMxW[..., None], axes)
+    var = masked_mean(jnp.square(x_BxMxWxF - mean), valid_BxMxW[..., None], axes)
+    return (x_BxMxWxF - mean) * jax.lax.rsqrt(var + self.eps) * self.scale.value + self.bias.value
 
 
 class ProjectionHead(nnx.Module):
-  """Linear -> Norm -> ReLU -> Linear(proj) -> Norm, per token; `norm` = batch | layer."""
+  """Linear -> Norm -> ReLU -> Linear(proj) -> Norm, per token; `norm` = batch | layer.
+
+  With BatchNorm (the reference's head) the linears carry no bias: the norm's mean subtraction
+  removes it, so it would only be a parameter with zero gradient that weight decay never sees.
+  """
 
   def __init__(self, d: int, hidden: int, proj: int, *, norm: str, dtype, rngs: nnx.Rngs):
     if norm not in ("batch", "layer"):
       raise ValueError(f"model.head_norm must be 'batch' or 'layer', got {norm!r}")
     self.batch_norm = norm == "batch"
-    self.fc1 = dense(d, hidden, ("embed", "proj"), dtype=dtype, rngs=rngs)
-    self.fc2 = dense(hidden, proj, ("proj", "proj"), dtype=dtype, rngs=rngs)
+    bias = not self.batch_norm
+    self.fc1 = dense(d, hidden, ("embed", "proj"), dtype=dtype, rngs=rngs, use_bias=bias)
+    self.fc2 = dense(hidden, proj, ("proj", "proj"), dtype=dtype, rngs=rngs, use_bias=bias)
     make = ((lambda n: MaskedBatchNorm(n, rngs=rngs)) if self.batch_norm else
             (lambda n: layer_norm(n, rngs=rngs, axis="proj")))
     self.norm1, self.norm2 = make(hidden), make(proj)
@@ -64,9 +71,9 @@ class ProjectionHead(nnx.Module):
   def _norm(self, norm, x, valid):
     return norm(x, valid) if self.batch_norm else norm(x)
 
-  def __call__(self, h, valid):
-    x = jax.nn.relu(self._norm(self.norm1, self.fc1(h), valid))
-    return self._norm(self.norm2, self.fc2(x), valid).astype(jnp.float32)
+  def __call__(self, h_BxMxWxD, valid_BxMxW):
+    x = jax.nn.relu(self._norm(self.norm1, self.fc1(h_BxMxWxD), valid_BxMxW))
+    return self._norm(self.norm2, self.fc2(x), valid_BxMxW).astype(jnp.float32)
 
 
 class SoftmaxGate(nnx.Module):

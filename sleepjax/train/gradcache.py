@@ -10,11 +10,15 @@
 The loss sees exactly the negatives of the full batch; peak activation memory is one micro-batch's
 encoder plus the whole batch's embeddings. Costs one extra encoder forward. The families need the
 split `encode(model, batch, rng) -> embeddings` / `loss_from(model, embeddings, batch, rng) ->
-(loss, metrics)` with `loss == loss_from(encode(...))`. Random draws inside `encode` (mask tokens)
-are made per micro-batch, so they differ from the unsplit batch's draws.
+(loss, metrics)` with `loss == loss_from(encode(...))`. Draws made once per global batch (the
+family's `prepare`: sleep2vec's pair) are made before the split, as `loss` makes them, so every
+micro-batch shares them; random draws inside `encode` (mask tokens) are made per micro-batch, so
+they differ from the unsplit batch's draws.
 
 Micro-batch i holds rows i, i + k, i + 2k, ...: each device's contiguous shard of the batch splits
-locally into k equal parts, with no communication.
+locally into k equal parts, with no communication. That needs k to divide the per-device batch;
+otherwise XLA silently gathers the batch across devices to cut it (25 instead of 12 all-gathers
+measured on the tiny config), so that is refused (`check_microbatches`).
 """
 
 import jax
@@ -25,10 +29,24 @@ from jax.sharding import PartitionSpec as P
 from sleepjax import sharding
 
 
+def check_microbatches(global_batch: int, batch_shards: int, k: int):
+  """Refuses a `train.microbatches` that does not divide each device's share of the batch."""
+  if k < 1:
+    raise ValueError(f"train.microbatches={k} must be >= 1")
+  if global_batch % batch_shards or (global_batch // batch_shards) % k:
+    raise ValueError(
+        f"train.microbatches={k} must divide the per-device batch: data.global_batch="
+        f"{global_batch} over {batch_shards} batch shards (mesh.data x mesh.fsdp) is "
+        f"{global_batch / batch_shards:g} per device")
+
+
+def _batch_shards() -> int:
+  mesh = jax.sharding.get_abstract_mesh()
+  return 1 if mesh.empty else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def _split(x, k: int):
   """[B, ...] -> [k, B / k, ...], micro-batch i = rows i::k."""
-  if x.shape[0] % k:
-    raise ValueError(f"train.microbatches={k} must divide the batch ({x.shape[0]})")
   y = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
   return _constrain(y, 1)
 
@@ -60,6 +78,10 @@ def value_and_grad(family, graphdef, params, batch: dict, rng, microbatches: int
     raise ValueError(f"train.microbatches={microbatches}: the {family.name} family has no "
                      "encode/loss_from split (needed to keep negatives global)")
   k = microbatches
+  check_microbatches(jax.tree.leaves(batch)[0].shape[0], _batch_shards(), k)
+  if family.prepare is not None:  # as `family.loss` does, on the whole batch
+    prepare_rng, rng = jax.random.split(rng)
+    batch = family.prepare(nnx.merge(graphdef, params), batch, prepare_rng)
   micro = jax.tree.map(lambda x: _split(x, k), batch)
   rngs = jax.random.split(rng, k + 1)
 

@@ -23,7 +23,7 @@ from absl import logging
 from sleepjax import sharding
 from sleepjax.data import pipeline, prefetch
 from sleepjax.data.manifest import read_manifest, training_modalities
-from sleepjax.train import checkpoint, metrics, optim, state as state_lib
+from sleepjax.train import checkpoint, gradcache, metrics, optim, state as state_lib
 from sleepjax.train.step import ema_initial_weight, make_train_step
 
 
@@ -146,6 +146,8 @@ def train(config, workdir: str) -> dict:
   set to 1.0 when a signal stopped the run early)."""
   t_start = time.perf_counter()
   mesh, manifest, modalities, _, _ = setup(config, workdir)
+  gradcache.check_microbatches(config.data.global_batch, mesh.shape["data"] * mesh.shape["fsdp"],
+                               config.train.get("microbatches", 1))
   config = config.copy_and_resolve_references()  # the checkpoint's config names what is encoded
   with config.unlocked():
     config.data.modalities = tuple(modalities)
