@@ -75,3 +75,11 @@ def test_dropout_keeps_the_minimum_and_all_present_filters(prepared):
   with pytest.raises(ValueError, match="modality_sampling"):
     pipeline.make_dataset(manifest, "train", MODS, local_batch=8, seed=0, train=True,
                           sampling="nope")
+
+
+def test_pair_weights_without_pair_first_sampling_are_refused():
+  """data.pair_weights only weigh pipeline pair draws; with other sampling they would be ignored."""
+  from sleepjax.data.pipeline import make_dataset  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"data.pair_weights .* data.modality_sampling='all'"):
+    make_dataset({}, "train", ["eeg", "ecg"], local_batch=2, seed=0, train=True, sampling="all",
+                 pair_weights={"eeg+ecg": 1.0})
