@@ -142,35 +142,6 @@ def test_ema_initial_weight_is_what_the_updates_leave_of_the_init():
   assert ema_initial_weight(c.train.steps, c.train.ema_momentum) < 0.01
 
 
-def test_param_dtype_bfloat16_stores_params_and_moments_in_bf16_ema_in_f32(tiny_config):
-  from sleepjax import bench_step, sharding  # pylint: disable=g-import-not-at-top
-  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = tiny_config.copy_and_resolve_references()
-  config.model.param_dtype = "bfloat16"
-  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
-  modalities = {"eeg": (128, 2), "spo2": (4, 1)}
-  tx, schedule = make_optimizer(config.optim, 10)
-  graphdef, _, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, 0)
-  state = state_lib.init_state(config, modalities, tx, state_sh, 0)
-  dtypes = lambda tree: {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
-  assert dtypes(state.params) == {jnp.dtype(jnp.bfloat16)}
-  assert dtypes(state.ema_params) == {jnp.dtype(jnp.float32)}
-  assert jnp.dtype(jnp.bfloat16) in dtypes(state.opt_state)  # AdamW moments follow the params
-  batch = pipeline.to_global(bench_step.synthetic_batch(config, modalities, 16),
-                             sharding.batch_sharding(mesh))
-  step = jax.jit(make_train_step(graphdef, tx, schedule, config))
-  with jax.set_mesh(mesh):
-    new, metrics = step(*step(state, batch)[:1], batch)  # step 0's warmup learning rate is 0
-  assert np.isfinite(float(metrics["loss"]))
-  assert dtypes(new.params) == {jnp.dtype(jnp.bfloat16)} and dtypes(new.ema_params) == {jnp.dtype(jnp.float32)}
-  changed = [not np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
-             for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params))]
-  assert any(changed)
-  config.model.param_dtype = "float16"
-  with pytest.raises(ValueError, match="model.param_dtype"):
-    state_lib.abstract_state(config, modalities, tx, mesh, 0)
-
-
 def _expected_params(width, depth, mlp, tokenizer_width, proj=128, modalities=NINE):
   """sleep2vec's parameter count from the architecture (not from the implementation)."""
   d, dt = width, tokenizer_width or width

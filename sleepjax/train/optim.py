@@ -1,4 +1,14 @@
-"""AdamW with linear warmup and cosine decay; no weight decay on vectors (biases, norms).
+"""AdamW with linear warmup and cosine decay; weight decay on matmul kernels only.
+
+Weight decay acts on the parameters that multiply an input: leaves named `kernel` (every
+`nnx.Linear`) and sleep2vec attention's `q`/`k`/`v`/`out` ([D, heads, head_dim] einsum kernels).
+Everything else is left alone, as CLIP/CoCa and ViT/BEiT do: biases, norm gains, `logit_scale`
+and learned RoPE frequencies (scalars and vectors), and the embedding-like tables that are added
+to or stand in for tokens rather than multiply them: sleep2vec's `mask_token` and
+`modality_embed`, SleepLM's `channel_embed`, text `token_embed`/`pos_embed`/`cls`, caption
+`prefix` and the attentional poolers' `query`. Decay there would pull learned tokens towards zero,
+not regularise a linear map. The rule is by name, so a new 2-D parameter is undecayed until it is
+named here (tests/test_precision.py lists every model's undecayed tables).
 
 Extending a run (a resume with a larger `train.steps`) continues the decay from where it was: the
 schedule is a list of segments `[start, end]`. The first is warmup + cosine from `lr` to
@@ -64,10 +74,21 @@ def _continue(previous: optax.Schedule, start: int, stop: int, end: float) -> op
   return schedule
 
 
+# The names of the leaves that are matmul kernels (the rule above).
+KERNELS = ("kernel", "q", "k", "v", "out")
+
+
+def decay_mask(params):
+  """True where AdamW's weight decay applies: matmul kernels, by name (module docstring)."""
+  def is_kernel(path, p):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return p.ndim > 1 and bool(names) and names[-1] in KERNELS
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
 def make_optimizer(config, segments) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """`config`: `config.optim`; `segments`: total steps or schedule segments (see `make_schedule`)."""
   schedule = make_schedule(config, segments)
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   tx = optax.chain(
       optax.clip_by_global_norm(config.grad_clip),
       optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.b2,

@@ -10,11 +10,17 @@ import optax
 
 from sleepjax.families import get_family
 from sleepjax.train import gradcache
-from sleepjax.train.state import TrainState
+from sleepjax.train.state import TrainState, compute_params
 
 
 def ema_momentum(step, total_steps: int, base: float):
-  """EMA momentum: `base` at step 0 rising to 1 on a cosine over `total_steps` (BYOL/sleep2vec)."""
+  """EMA momentum: `base` at step 0 rising to 1 on a cosine over `total_steps` (BYOL/sleep2vec).
+
+  `base` 0 means no EMA: the momentum stays 0, so the EMA is the parameters themselves at every
+  step (a ramp from 0 would still average over the run's last ~sixth, not what was trained last).
+  """
+  if base == 0:
+    return jnp.zeros_like(jnp.asarray(step, jnp.float32))
   progress = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
   return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
 
@@ -29,6 +35,13 @@ def ema_initial_weight(total_steps: int, base: float) -> float:
 
 def ema_update(ema, params, momentum):
   return jax.tree.map(lambda e, p: momentum * e + (1.0 - momentum) * p, ema, params)
+
+
+def _keep_dtypes(new, old):
+  """The optimizer state in the dtypes it was created with: a bfloat16 first moment comes back
+  from optax as float32 (bf16 moment + f32 gradient) and is rounded back for storage, as optax's
+  own `mu_dtype` does (the update itself used the float32 value)."""
+  return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
 def make_train_step(graphdef, tx, schedule, config):
@@ -49,12 +62,17 @@ def make_train_step(graphdef, tx, schedule, config):
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
     # train.microbatches > 1: GradCache accumulation, negatives stay global (train/gradcache.py).
+    # model.param_dtype: the forward/backward (and FSDP's gathers) use a cast of the float32
+    # master; the optimizer steps the master in float32 (train/state.py).
     (loss, metrics), grads = gradcache.value_and_grad(
-        family, graphdef, state.params, batch, step_rng, config.train.get("microbatches", 1))
+        family, graphdef, compute_params(state.params, config), batch, step_rng,
+        config.train.get("microbatches", 1))
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(jax.tree.map(lambda g: jnp.where(ok, g, 0), grads),
                                    state.opt_state, state.params)
+    opt_state = _keep_dtypes(opt_state, state.opt_state)
     params = optax.apply_updates(state.params, jax.tree.map(lambda u: jnp.where(ok, u, 0), updates))
     momentum = ema_momentum(state.step, config.train.steps, ema_base)
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
