@@ -122,7 +122,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     c.model.signal.patch = 64
     c.data.window_epochs = 1
     c.train.steps, c.optim.lr = 150, 2e-3
-    c.train.ema_momentum = 0.0  # evaluate what was trained last (the schedule is short)
+    c.train.ema_momentum = 0.0  # no EMA: eval uses the weights trained last (short schedule)
     # The demo's eval: one probe (it reports zero-shot, retrieval and captions itself).
     c.eval.tasks = ("staging",)
     c.eval.probe_l2_grid = (1e-3,)

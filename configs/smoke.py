@@ -68,7 +68,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.head_norm = "batch"  # batch (over the global batch's valid tokens) | layer
   c.model.mask_fraction = 0.15  # present tokens replaced by the modality's mask token in training
   c.model.dtype = "float32"  # matmul (compute) dtype: bfloat16 on accelerators
-  c.model.param_dtype = "float32"  # stored parameters + AdamW moments: float32 | bfloat16 (EMA: float32)
+  c.model.param_dtype = "float32"  # step's weights: float32 or bfloat16 (cast of a float32 master)
   c.model.attention = "xla"  # xla | cudnn (flash attention, GPU, bf16) | auto (cudnn on GPU in bf16)
   c.model.residual_dtype = "float32"  # float32 | compute (model.dtype): residual stream + norm outputs
   c.model.remat = "none"  # none | full | save_dots | save_attn_proj (activation memory vs compute)
@@ -102,7 +102,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   # EMA of the weights: this -> 1 (cosine over train.steps). The paper's 0.996 suits its 100k
   # steps; over 300 it would leave ~55 % of the random init in the EMA that eval uses.
-  c.train.ema_momentum = 0.95
+  c.train.ema_momentum = 0.95  # at step 0, -> 1 over train.steps; 0 = no EMA (EMA = params)
   c.train.microbatches = 1  # > 1: GradCache accumulation over that many micro-batches
   c.train.max_nonfinite_steps = 10  # skipped (non-finite) updates in a row before the run stops
   c.train.allow_config_change = False  # resume even if model/data-defining keys changed
