@@ -236,24 +236,89 @@ def _np_logsumexp(x, axis):
   return (mx + np.log(np.exp(x - mx).sum(axis, keepdims=True))).squeeze(axis)
 
 
+def np_clip(a, b, scale, negative=None):
+  """NumPy CLIP loss over rows of a, b; negative[i, j] False removes pair (i, j) (i != j)."""
+  an = a / np.linalg.norm(a, axis=1, keepdims=True)
+  bn = b / np.linalg.norm(b, axis=1, keepdims=True)
+  logits = scale * an @ bn.T
+  if negative is not None:
+    logits = np.where(negative | np.eye(len(a), dtype=bool), logits, -np.inf)
+  diag = np.diag(logits)
+  return 0.5 * ((_np_logsumexp(logits, 1) - diag).mean() + (_np_logsumexp(logits, 0) - diag).mean())
+
+
 def test_clip_loss_matches_numpy():
   rng = np.random.default_rng(0)
   a, b = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
   valid = np.array([1, 1, 0, 1, 1, 1], bool)
-  scale = np.log(1 / 0.07)
-  got, _ = objectives.clip_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(valid), scale)
-  an = a[valid] / np.linalg.norm(a[valid], axis=1, keepdims=True)
-  bn = b[valid] / np.linalg.norm(b[valid], axis=1, keepdims=True)
-  logits = (1 / 0.07) * an @ bn.T
-  diag = np.diag(logits)
-  want = 0.5 * ((_np_logsumexp(logits, 1) - diag).mean() + (_np_logsumexp(logits, 0) - diag).mean())
+  log_scale = np.log(1 / 0.07)
+  got, _ = objectives.clip_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(valid), log_scale)
+  np.testing.assert_allclose(got, np_clip(a[valid], b[valid], 1 / 0.07), rtol=1e-4)
+  same = np.eye(6, dtype=bool)
+  same[0, 3] = same[3, 0] = True
+  got, _ = objectives.clip_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(valid), log_scale,
+                                jnp.asarray(same))
+  want = np_clip(a[valid], b[valid], 1 / 0.07, ~same[valid][:, valid])
   np.testing.assert_allclose(got, want, rtol=1e-4)
-  clipped, _ = objectives.clip_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(valid), 10.0)
-  logits100 = 100.0 * an @ bn.T  # exp(10) > 100: the scale is clipped at 100
-  d100 = np.diag(logits100)
-  want100 = 0.5 * ((_np_logsumexp(logits100, 1) - d100).mean()
-                   + (_np_logsumexp(logits100, 0) - d100).mean())
-  np.testing.assert_allclose(clipped, want100, rtol=1e-4)
+
+
+def test_logit_scale_is_bounded_with_a_gradient_everywhere():
+  """The scale starts at 1/0.07, never exceeds 100, and past the bound still has a gradient (a
+  `minimum` on the use zeroes it there, so the optimiser could never bring it back)."""
+  c = config()
+  model = build(c)
+  batch = make_batch(c)
+  np.testing.assert_allclose(loss_fn(model, batch, jax.random.key(0))[1]["logit_scale"], 1 / 0.07,
+                             rtol=1e-5)
+  x, present = nnx.jit(family.flat_inputs)(model, batch)
+  sig = nnx.jit(lambda m, x, p: m.encode_signal(x, p))(model, x, present)
+  tokens = jnp.asarray(batch["captions"][:, :, 0].reshape(4, -1))
+  group, row = jnp.zeros(4, jnp.int32), jnp.ones(4, bool)
+  model.logit_scale[...] = jnp.asarray(np.log(100.0) + 1.0)
+  graphdef, scale, rest = nnx.split(model, lambda path, _: path[-1] == "logit_scale", ...)
+
+  def con(s):  # the contrastive term as the loss computes it, differentiated w.r.t. the scale
+    terms = family.group_terms(nnx.merge(graphdef, s, rest), sig, tokens, tokens != 0, group, row)
+    return terms["con"]
+
+  loss_con, grads = jax.jit(jax.value_and_grad(con))(scale)
+  assert abs(float(jax.tree.leaves(grads)[0])) > 1e-4 * abs(float(loss_con))
+  assert 50.0 < loss_fn(model, batch, jax.random.key(0))[1]["logit_scale"] <= 100.0
+
+
+def test_retrieval_top1_averages_both_directions():
+  signal = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+  text = jnp.array([[1.0, 0.1], [0.9, 0.5]])  # signal->text: 0->0, 1->1; text->signal: 0->0, 1->0
+  valid = jnp.ones(2, bool)
+  _, top1 = objectives.clip_loss(signal, text, valid, 0.0)
+  np.testing.assert_allclose(top1, 0.75)
+  _, top1 = objectives.clip_loss(signal, text, valid, 0.0, jnp.ones((2, 2), bool))
+  np.testing.assert_allclose(top1, 1.0)
+
+
+def test_identical_captions_are_not_negatives():
+  """Epochs 0 and 2 carry the same caption (every group), so (0, 2) and (2, 0) are not negatives."""
+  c = config()
+  model = build(c)
+  batch = make_batch(c, B=2, W=2)
+  caps = batch["captions"]
+  caps[:] = caps[:, :, :1]  # one caption per epoch whichever group is drawn
+  caps[1, 0] = caps[0, 0]
+  batch["caption_mask"] = caps != 0
+  _, metrics = loss_fn(model, batch, jax.random.key(0))
+  x, present = nnx.jit(family.flat_inputs)(model, batch)
+  signal = nnx.jit(lambda m, x, p: m.encode_signal(x, p)["latent"])(model, x, present)
+  tokens = jnp.asarray(caps[:, :, 0].reshape(4, -1))
+  text = nnx.jit(lambda m, t: m.encode_text(t, t != 0)["latent"])(model, tokens)
+  scale = float(metrics["logit_scale"])
+  negative = ~np.eye(4, dtype=bool)
+  negative[0, 2] = negative[2, 0] = False
+  want = np_clip(np.asarray(signal), np.asarray(text), scale, negative)
+  with_duplicates = np_clip(np.asarray(signal), np.asarray(text), scale)
+  assert abs(want - with_duplicates) > 1e-3  # the fixture can tell the two apart
+  np.testing.assert_allclose(metrics["loss_con"], want, rtol=1e-4)
+  same = np.asarray(objectives.same_caption(tokens))
+  np.testing.assert_array_equal(same, ~negative)
 
 
 def test_caption_loss_matches_numpy():

@@ -63,7 +63,8 @@ def available_groups(caption_mask_NxGxL: jax.Array) -> jax.Array:
 def group_terms(model: SleepLM, sig: dict, tokens_NxL, valid_NxL, group_N, row_N) -> dict:
   text = model.encode_text(tokens_NxL, valid_NxL)
   logits = model.decoder(text["states"], group_N, sig["memory"])
-  con, top1 = objectives.clip_loss(sig["latent"], text["latent"], row_N, model.logit_scale[...])
+  con, top1 = objectives.clip_loss(sig["latent"], text["latent"], row_N, model.log_scale(),
+                                   objectives.same_caption(tokens_NxL))
   cap, acc = objectives.caption_loss(logits, tokens_NxL, valid_NxL, row_N)
   return {"con": con, "cap": cap, "retrieval_top1": top1, "caption_token_acc": acc}
 
@@ -88,7 +89,7 @@ def loss(model: SleepLM, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
   metrics = {"loss_con": terms["con"], "loss_cap": terms["cap"],
              "retrieval_top1": terms["retrieval_top1"],
              "caption_token_acc": terms["caption_token_acc"],
-             "logit_scale": jnp.exp(model.logit_scale[...])}
+             "logit_scale": jnp.exp(model.log_scale())}
   weighted = {"lambda_con": terms["con"], "lambda_cap": terms["cap"]}
   if model.recon is not None:
     metrics["loss_rec"] = objectives.recon_loss(model.reconstruct(sig["memory"]), x, present)

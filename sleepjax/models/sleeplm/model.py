@@ -17,6 +17,23 @@ from sleepjax.modalities import EPOCH_SECONDS
 # Caption groups, one learnable decoder prefix each, in the order batches carry them
 # (`data_prep.captions.GROUPS`, the manifest's `caption_groups`).
 GROUPS = ("stage_event", "brain", "cardiac", "respiratory", "somatic")
+MAX_LOGIT_SCALE = 100.0  # the CLIP scale's bound (OpenCLIP's clamp)
+
+
+def bounded_log_scale(raw: jax.Array) -> jax.Array:
+  """The logit-scale parameter -> log of the CLIP scale, in (-inf, log 100).
+
+  A soft minimum, log 100 - softplus(log 100 - raw): ~raw well below the bound, never above it, and
+  a gradient everywhere (`minimum` on the use has none once the parameter passes the bound, so an
+  optimiser leaves it there for good)."""
+  top = jnp.log(MAX_LOGIT_SCALE)
+  return top - jax.nn.softplus(top - raw)
+
+
+def raw_log_scale(scale: float) -> float:
+  """The parameter value whose `bounded_log_scale` is log(scale), for 0 < scale < 100."""
+  top = np.log(MAX_LOGIT_SCALE)
+  return float(top - np.log(np.expm1(top - np.log(scale))))
 
 
 class SleepLM(nnx.Module):
@@ -32,7 +49,11 @@ class SleepLM(nnx.Module):
     self.recon = (ReconDecoder(c.signal.width, c.signal.heads, c.recon_depth, n,
                                c.rate * EPOCH_SECONDS, dtype=dtype, rngs=rngs)
                   if c.recon_depth else None)
-    self.logit_scale = nnx.Param(jnp.asarray(np.log(1 / 0.07), jnp.float32))
+    self.logit_scale = nnx.Param(jnp.asarray(raw_log_scale(1 / 0.07), jnp.float32))
+
+  def log_scale(self) -> jax.Array:
+    """log of the CLIP logit scale (starts at log 1/0.07, bounded by log 100)."""
+    return bounded_log_scale(self.logit_scale[...])
 
   def inputs(self, signals: dict, masks: dict) -> tuple[jax.Array, jax.Array]:
     """-> x [B, W, K, rate*30] z-scored, present [B, W, K]."""
