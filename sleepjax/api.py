@@ -213,29 +213,38 @@ def load(path: str | os.PathLike, *, step: int | None = None) -> Model:
   """Restores a checkpoint with its own saved config onto the available devices (data parallel).
 
   `path`: a workdir (its train/checkpoints), a checkpoints directory, or one step's directory.
+  Without `step` (or a step's directory), the newest checkpoint that restores, with a warning
+  naming any newer one skipped; a given step that does not restore is an error naming it.
   EMA parameters are used where the train state has them.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from sleepjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import checkpoint, state as state_lib  # pylint: disable=g-import-not-at-top
   from sleepjax.train.optim import make_optimizer  # pylint: disable=g-import-not-at-top
 
   ckpt_dir, given_step, workdir = _checkpoint_dir(pathlib.Path(path).expanduser().resolve())
-  with ocp.CheckpointManager(ckpt_dir) as manager:
-    step = step if step is not None else given_step
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{ckpt_dir}: no checkpoint found")
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    config = config_tools.from_dict(saved["config"])
-    names = tuple(config.data.get("modalities", ())) or tuple(config.prep.modalities)
-    with config.unlocked():
-      config.data.modalities = names
-    modalities = {m: (CANONICAL[m].rate, len(CANONICAL[m].channels)) for m in names}
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    tx, _ = make_optimizer(config.optim, config.train.steps)
-    graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+
+  def read(s: int):
+    with ocp.CheckpointManager(ckpt_dir) as manager:
+      with checkpoint.reading(ckpt_dir, s):
+        saved = manager.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+      config = config_tools.from_dict(saved["config"])
+      names = tuple(config.data.get("modalities", ())) or tuple(config.prep.modalities)
+      with config.unlocked():
+        config.data.modalities = names
+      modalities = {m: (CANONICAL[m].rate, len(CANONICAL[m].channels)) for m in names}
+      mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+      tx, _ = make_optimizer(config.optim, config.train.steps)
+      graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+      with checkpoint.reading(ckpt_dir, s):
+        state = manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+    return config, graphdef, mesh, state
+
+  found = checkpoint.restore_newest(ckpt_dir, read, step if step is not None else given_step,
+                                    choose="sleepjax.api.load(path, step=<step>)")
+  if found is None:
+    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint found")
+  (config, graphdef, mesh, state), step = found
   ema = getattr(state, "ema_params", None)
   use_ema = ema is not None and bool(jax.tree.leaves(ema))
   return Model(config, graphdef, ema if use_ema else state.params, mesh, int(step), workdir,

@@ -164,7 +164,8 @@ def caption_night(api_model, signals: dict, masks: dict, *, group: str = "stage_
 
 
 def restore_model(config, workdir: str):
-  """(SleepLM model with the latest checkpoint's parameters on the host, manifest, tokenizer)."""
+  """(SleepLM model with the parameters of checkpoint `eval.checkpoint_step`, else of the newest
+  that restores, on the host; manifest, tokenizer, step)."""
   import os  # pylint: disable=g-import-not-at-top
   from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
   from sleepjax.train import checkpoint, state as state_lib  # pylint: disable=g-import-not-at-top
@@ -174,7 +175,9 @@ def restore_model(config, workdir: str):
                      f"{config.model.get('family', 'sleep2vec')!r}")
   mesh, manifest, modalities, tx, _ = setup(config, workdir)
   graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
-  params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract)
+  params, step = checkpoint.restore_params(
+      os.path.join(train_dir(workdir), "checkpoints"), abstract,
+      config.eval.get("checkpoint_step", 0) or None, choose="--config.eval.checkpoint_step=<step>")
   if "tokenizer" not in manifest:
     raise ValueError(f"{manifest['dir']}: no caption tokenizer; run `sleepjax tokenizer`")
   tokenizer = CaptionTokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))

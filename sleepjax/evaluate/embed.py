@@ -9,9 +9,7 @@ import dataclasses
 import os
 
 import jax
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from sleepjax import sharding
@@ -31,37 +29,6 @@ class Encoder:
   embed: object  # (model, batch) -> {"epoch": [B, W, D], optional "per_modality", "present", ...}
 
 
-def saved_config(checkpoint_dir: str, step: int):
-  """The config a checkpoint was trained with (None for checkpoints that carry none)."""
-  path = os.path.join(os.path.abspath(checkpoint_dir), str(step), "config")
-  if not os.path.isdir(path):
-    return None
-  with ocp.CheckpointManager(os.path.abspath(checkpoint_dir)) as manager:
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  return ml_collections.ConfigDict(saved)
-
-
-def model_config(config, workdir: str):
-  """The command line's config with the model/objective sections of the checkpoint's own config
-  (what the parameters were trained as); eval/data/mesh stay as given."""
-  ckpt_dir = os.path.join(train_dir(workdir), "checkpoints")
-  with ocp.CheckpointManager(os.path.abspath(ckpt_dir)) as manager:
-    step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint found")
-  if hasattr(checkpoint, "config_for_eval"):  # the trainer's merge: architecture from the checkpoint
-    return checkpoint.config_for_eval(config, ckpt_dir, step), ckpt_dir, step
-  saved = saved_config(ckpt_dir, step)
-  config = ml_collections.ConfigDict(config.to_dict())
-  if saved is not None:
-    for section in ("model", "objective", "prep", "text"):
-      if section in saved:
-        config[section] = saved[section]
-    if "modalities" in saved.get("data", {}):  # the modalities the model was built for
-      config.data.modalities = tuple(saved.data.modalities)
-  return config, ckpt_dir, step
-
-
 def embed_function(config):
   from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
   return get_family(config).embed
@@ -70,15 +37,30 @@ def embed_function(config):
 def restore(config, workdir: str):
   """(config, setup, pretrained Encoder, random-init Encoder, checkpoint step).
 
-  Parameters restore onto the current mesh (any topology); EMA parameters when the state has them.
+  The checkpoint is `eval.checkpoint_step`, else the newest that restores
+  (`checkpoint.restore_newest`); its own config gives the model (eval/data/mesh keys stay as
+  given). Parameters restore onto the current mesh (any topology), EMA parameters when the state
+  has them.
   """
-  config, ckpt_dir, step = model_config(config, workdir)
-  mesh, manifest, modalities, tx, _ = setup(config, workdir)
-  graphdef, abstract, shardings = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  ckpt_dir = os.path.join(train_dir(workdir), "checkpoints")
+
+  def read(step: int):
+    merged = checkpoint.config_for_eval(config, ckpt_dir, step)
+    mesh, manifest, modalities, tx, _ = setup(merged, workdir)
+    graphdef, abstract, shardings = state_lib.abstract_state(merged, modalities, tx, mesh,
+                                                             merged.seed)
+    checkpoint.check_split_hash(ckpt_dir, step, manifest,
+                                merged.eval.get("allow_split_mismatch", False))
+    # Parameters only (EMA when saved): the optimizer state is never read for evaluation.
+    params, _ = checkpoint.restore_params(ckpt_dir, abstract, step)
+    return merged, (mesh, manifest, modalities), tx, graphdef, shardings, params
+
+  found = checkpoint.restore_newest(ckpt_dir, read, config.eval.get("checkpoint_step", 0) or None,
+                                    choose="--config.eval.checkpoint_step=<step>")
+  if found is None:
+    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint found")
+  (config, (mesh, manifest, modalities), tx, graphdef, shardings, params), step = found
   init = state_lib.init_state(config, modalities, tx, shardings, config.seed)
-  checkpoint.check_split_hash(ckpt_dir, step, manifest, config.eval.get("allow_split_mismatch", False))
-  # Parameters only (EMA when saved): the optimizer state is never read for evaluation.
-  params, step = checkpoint.restore_params(ckpt_dir, abstract, step)
   embed = embed_function(config)
   return (config, (mesh, manifest, modalities), Encoder("pretrained", graphdef, params, embed),
           Encoder("random_init", graphdef, init.params, embed), step)

@@ -3,10 +3,18 @@
 The config saved with a checkpoint is the truth about the model: a resume that would change what
 the run means (model shape, modalities, global batch, window, sampling, seed) is refused with the
 differing keys listed, and evaluation rebuilds the model from the saved config.
+
+Every restore (train, eval, `sleepjax.api.load`, captions, sweeps) picks its step through
+`restore_newest`: a checkpoint that does not read (a file cut short by a torn write on network
+storage) is skipped for the newest older one that does, with a warning naming it and why; an
+explicitly requested step is never swapped for another.
 """
 
+import contextlib
 import json
 import os
+import pathlib
+from typing import Callable, TypeVar
 
 import grain
 import jax
@@ -14,8 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from sleepjax import config_tools
+
+T = TypeVar("T")
 
 # Keys (or key prefixes) that define shapes or the data a run sees: a resume may not change them.
 FROZEN_KEYS = ("model", "objective", "data.modalities", "data.global_batch", "data.window_epochs",
@@ -31,6 +42,111 @@ EVAL_SIDE_KEYS = ("eval", "mesh", "data.dir", "data.global_batch", "data.read_th
 
 class NonFiniteStateError(RuntimeError):
   """A state with non-finite parameters was about to be checkpointed."""
+
+
+class UnreadableCheckpointError(ValueError):
+  """A checkpoint step that does not restore (e.g. a file cut short by a torn write)."""
+
+
+def _one_line(e: BaseException) -> str:
+  """The innermost cause of `e` on one line (Orbax wraps TensorStore's precise message)."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _not_json(step_dir: pathlib.Path) -> list[str]:
+  """The files of a step that should hold JSON but do not parse: Orbax's own errors name none.
+
+  Skipped: OCDBT's binary B-tree nodes and array data (`*.ocdbt`, `d/`), and the commit markers.
+  """
+  bad = []
+  for path in sorted(step_dir.rglob("*")):
+    if (not path.is_file() or path.suffix == ".ocdbt" or path.parent.name == "d"
+        or path.name == "commit_success.txt"):
+      continue
+    try:
+      json.loads(path.read_bytes())
+    except ValueError:
+      bad.append(str(path.relative_to(step_dir)))
+  return bad
+
+
+@contextlib.contextmanager
+def reading(directory, step: int):
+  """Turns any failure inside into `UnreadableCheckpointError` naming the step's directory, its
+  files that are not valid JSON, and the underlying error on one line."""
+  try:
+    yield
+  except UnreadableCheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (a torn file surfaces as anything)
+    step_dir = pathlib.Path(os.path.abspath(os.fspath(directory))) / str(step)
+    torn = _not_json(step_dir)
+    where = f" ({', '.join(torn)}: not valid JSON, cut short?)" if torn else ""
+    raise UnreadableCheckpointError(f"{step_dir}{where}: {_one_line(e)}") from e
+
+
+def all_steps(directory) -> list[int]:
+  """The steps saved in `directory` (as Orbax lists them), oldest first."""
+  if not os.path.isdir(directory):
+    return []
+  with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+    return sorted(manager.all_steps())
+
+
+def _everywhere(ok: bool) -> bool:
+  """True if every process read its part: all processes then agree on the step they restore
+  (a torn per-process file fails on one process only)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(jnp.int32(ok)).all())
+
+
+def _read_agreed(directory, read: Callable[[int], T], step: int) -> T:
+  try:
+    out, error = read(step), None
+  except UnreadableCheckpointError as e:
+    out, error = None, e
+  if not _everywhere(error is None):
+    raise error or UnreadableCheckpointError(
+        f"{os.path.abspath(directory)}/{step}: another process could not read its part")
+  return out
+
+
+def restore_newest(directory, read: Callable[[int], T], step: int | None = None, *,
+                   choose: str = "step=<step>") -> tuple[T, int] | None:
+  """(read(step), step) for `step` if given, else for the newest step in `directory` that reads;
+  None when there is no checkpoint at all.
+
+  The one path by which every restore picks its step. `read` raises `UnreadableCheckpointError`
+  (wrap its reads in `reading`) for a checkpoint that does not restore: an older one is tried,
+  with a warning naming the one skipped and why; any other error (a refused resume) propagates.
+  An explicit `step` is never swapped for another: its error is raised. `choose` names how the
+  caller picks a step (its flag), for the error when none restores.
+  """
+  steps = all_steps(directory)
+  if step:
+    if step not in steps:
+      raise FileNotFoundError(f"{os.path.abspath(directory)}/{step}: no such checkpoint (saved "
+                              f"steps: {steps or 'none'})")
+    return _read_agreed(directory, read, step), step
+  failures = []
+  for candidate in reversed(steps):
+    try:
+      return _read_agreed(directory, read, candidate), candidate
+    except UnreadableCheckpointError as e:
+      failures.append(str(e))
+      logging.warning("checkpoint %s does not restore, skipped (nothing is deleted): %s",
+                      os.path.join(os.path.abspath(directory), str(candidate)), e)
+  if not failures:
+    return None
+  raise UnreadableCheckpointError(
+      f"{os.path.abspath(directory)}: no checkpoint restores; tried steps "
+      f"{', '.join(map(str, reversed(steps)))}: " + "; ".join(failures) + ". Restore one "
+      f"explicitly with {choose} to see its error alone, repair or move them, or start afresh "
+      "in a new --workdir.")
 
 
 def make_manager(directory: str, config) -> ocp.CheckpointManager:
@@ -78,19 +194,54 @@ def check_process_count(manager: ocp.CheckpointManager, step: int):
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter=None):
-  """Restores onto the shardings carried by `abstract_state` (any topology); the iterator in place."""
-  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  """Restores onto the shardings carried by `abstract_state` (any topology); the iterator in place.
+
+  The state first: a checkpoint whose state does not read leaves the iterator untouched.
+  """
+  with reading(manager.directory, step):
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))["state"]
   if data_iter is not None:
     check_process_count(manager, step)
-    args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-  return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+    with reading(manager.directory, step):
+      manager.restore(step, args=ocp.args.Composite(
+          data=grain.checkpoint.CheckpointRestore(data_iter)))
+  return state
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int) -> list[str]:
+  """Moves the checkpoints newer than `step` (the resume point) to <directory>/skipped/<step>,
+  untouched, so the run can save those steps again (Orbax refuses a step it already lists, and
+  keep-N would count them); Orbax neither lists nor deletes what is there. Returns the new paths.
+  """
+  newer = [s for s in manager.all_steps() if s > step]
+  if not newer:
+    return []
+  root = manager.directory / "skipped"
+  targets = []
+  for s in newer:
+    target, k = root / str(s), 1
+    while target.exists():  # the same step skipped before: keep both
+      k += 1
+      target = root / f"{s}.{k}"
+    targets.append(target)
+  if jax.process_index() == 0:
+    root.mkdir(parents=True, exist_ok=True)
+    for s, target in zip(newer, targets):
+      (manager.directory / str(s)).rename(target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("sleepjax: newer checkpoints set aside")
+  manager.reload()
+  logging.warning("resuming from step %d: the newer checkpoints %s moved to %s (not deleted)",
+                  step, newer, root)
+  return [str(t) for t in targets]
 
 
 def _read_json(directory, step: int, item: str) -> dict | None:
   path = os.path.join(os.fspath(directory), str(step), item, "metadata")
   if not os.path.exists(path):
     return None
-  with open(path) as f:
+  with reading(directory, step), open(path) as f:
     return json.load(f)
 
 
@@ -201,20 +352,23 @@ def config_for_eval(config, directory: str, step: int | None = None):
 
 
 def restore_params(directory: str, abstract_state, step: int | None = None,
-                   field: str | None = None):
-  """Parameters (`field`; default: EMA parameters when the state has them) of the latest (or
-  given) checkpoint.
+                   field: str | None = None, *, choose: str = "step=<step>"):
+  """(parameters, step): `field` (default: EMA parameters when the state has them) of the given
+  checkpoint, else of the newest that restores (`restore_newest`).
 
   Only the parameter arrays are read: the optimizer state is never restored for evaluation.
   """
-  with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{directory}: no checkpoint found")
-    name = field or (
-        "ema_params" if getattr(abstract_state, "ema_params", None) is not None else "params")
-    target = {name: getattr(abstract_state, name)}
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                     partial_restore=True)))["state"]
-    return restored[name], step
+  name = field or (
+      "ema_params" if getattr(abstract_state, "ema_params", None) is not None else "params")
+  target = {name: getattr(abstract_state, name)}
+
+  def read(s: int):
+    with ocp.CheckpointManager(os.path.abspath(directory)) as manager, reading(directory, s):
+      return manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))["state"][name]
+
+  found = restore_newest(directory, read, step, choose=choose)
+  if found is None:
+    raise FileNotFoundError(f"{directory}: no checkpoint found")
+  return found

@@ -1,4 +1,4 @@
-"""`sleepjax train`: the training loop. Resumes from the latest checkpoint in the workdir.
+"""`sleepjax train`: the training loop. Resumes from the newest checkpoint that restores.
 
 Faults: SIGTERM/SIGINT finish the current step, save (state + iterator + config) and return (exit
 0); multi-process jobs agree on the step through JAX's preemption sync point. A step whose loss or
@@ -125,20 +125,15 @@ def _flops_per_step(config, modalities) -> float | None:
     return None
 
 
-def _resume_plan(config, ckpt: str):
-  """(latest step or None, schedule segments, saved meta); refuses meaning-changing resumes."""
-  manager = checkpoint.make_manager(ckpt, config)
-  latest = manager.latest_step()
-  manager.close()
-  if latest is None:
-    return None, [[0, config.train.steps]], {}
-  saved = checkpoint.saved_config(ckpt, latest)
+def _resume_plan(config, ckpt: str, step: int):
+  """(schedule segments, saved meta) of checkpoint `step`; refuses meaning-changing resumes."""
+  saved = checkpoint.saved_config(ckpt, step)
   checkpoint.check_resume_config(saved, config, ckpt)
-  meta = checkpoint.saved_meta(ckpt, latest)
+  meta = checkpoint.saved_meta(ckpt, step)
   saved_steps = (saved or {}).get("train", {}).get("steps", config.train.steps)
-  segments = optim.extend_segments(meta.get("schedule", [[0, saved_steps]]), latest,
+  segments = optim.extend_segments(meta.get("schedule", [[0, saved_steps]]), step,
                                    config.train.steps)
-  return latest, segments, meta
+  return segments, meta
 
 
 def train(config, workdir: str) -> dict:
@@ -152,25 +147,11 @@ def train(config, workdir: str) -> dict:
   with config.unlocked():
     config.data.modalities = tuple(modalities)
   ckpt = checkpoint_dir(workdir)
-  latest, segments, meta = _resume_plan(config, ckpt)
-  tx, schedule = optim.make_optimizer(config.optim, segments)
-  graphdef, abstract, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
-  n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
-  logging.info("model: %.2fM parameters, mesh %s", n_params / 1e6, dict(mesh.shape))
-  ema_base = config.train.get("ema_momentum", 0.996)
-  left = ema_initial_weight(config.train.steps, ema_base) if ema_base else 0.0
-  if left > 0.01:
-    logging.warning("train.ema_momentum=%s over %d steps: the EMA parameters (used by eval) keep "
-                    "%.0f %% of the random init; lower it for a run this short", ema_base,
-                    config.train.steps, 100 * left)
-  if len(segments) > 1:
-    logging.info("learning-rate schedule segments %s (decay continues, see train/optim.py)", segments)
-
   local_batch = check_batch(config.data.global_batch, mesh)
   batch_sh = sharding.batch_sharding(mesh)
   inject = set(config.train.get("inject_nan_steps", ()))
   # The step the last batch read ahead feeds (restoring the iterator starts the read-ahead).
-  next_step = [latest or 0]
+  next_step = [0]
 
   def to_device(local):
     next_step[0] += 1
@@ -193,10 +174,37 @@ def train(config, workdir: str) -> dict:
       depth=config.data.get("device_prefetch", 2))
 
   manager = checkpoint.make_manager(ckpt, config)
-  if latest is not None:
-    state = checkpoint.restore(manager, latest, abstract, it)
+
+  def resume(step: int):
+    """One checkpoint: refuses a meaning-changing resume, then state, then iterator position."""
+    segments, meta = _resume_plan(config, ckpt, step)
+    tx, _ = optim.make_optimizer(config.optim, segments)
+    _, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+    next_step[0] = step
+    return segments, meta, checkpoint.restore(manager, step, abstract, it)
+
+  found = checkpoint.restore_newest(ckpt, resume, config.train.get("resume_step", 0) or None,
+                                    choose="--config.train.resume_step=<step>")
+  segments, meta, state = [[0, config.train.steps]], {}, None
+  if found is not None:
+    (segments, meta, state), latest = found
+    # Newer steps (unreadable, or passed over by train.resume_step) would block saving those
+    # steps again: they move, untouched, to checkpoints/skipped/.
+    checkpoint.set_aside(manager, latest)
     logging.info("resumed from step %d", latest)
-  else:
+  tx, schedule = optim.make_optimizer(config.optim, segments)
+  graphdef, abstract, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  logging.info("model: %.2fM parameters, mesh %s", n_params / 1e6, dict(mesh.shape))
+  ema_base = config.train.get("ema_momentum", 0.996)
+  left = ema_initial_weight(config.train.steps, ema_base) if ema_base else 0.0
+  if left > 0.01:
+    logging.warning("train.ema_momentum=%s over %d steps: the EMA parameters (used by eval) keep "
+                    "%.0f %% of the random init; lower it for a run this short", ema_base,
+                    config.train.steps, 100 * left)
+  if len(segments) > 1:
+    logging.info("learning-rate schedule segments %s (decay continues, see train/optim.py)", segments)
+  if state is None:
     state = state_lib.init_state(config, modalities, tx, state_sh, config.seed)
 
   step_fn = jax.jit(make_train_step(graphdef, tx, schedule, config),
