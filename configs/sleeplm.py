@@ -100,8 +100,10 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.train.log_every = 25
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3
+  c.train.resume_step = 0  # > 0: resume this step (newer ones set aside); 0: newest that restores
 
   c.eval = ml_collections.ConfigDict()
+  c.eval.checkpoint_step = 0  # > 0: evaluate/caption this step; 0: the newest that restores
   c.eval.tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval",
                   "sleeplm")
   c.eval.train_split = "train"

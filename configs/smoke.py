@@ -100,6 +100,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.log_every = 25
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3
+  c.train.resume_step = 0  # > 0: resume this step (newer ones set aside); 0: newest that restores
   # EMA of the weights: this -> 1 (cosine over train.steps). The paper's 0.996 suits its 100k
   # steps; over 300 it would leave ~55 % of the random init in the EMA that eval uses.
   c.train.ema_momentum = 0.95  # at step 0, -> 1 over train.steps; 0 = no EMA (EMA = params)
@@ -110,6 +111,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.inject_nan_steps = ()  # tests: steps whose batch is poisoned with NaN
 
   c.eval = ml_collections.ConfigDict()
+  c.eval.checkpoint_step = 0  # > 0: evaluate/caption this step; 0: the newest that restores
   # also: yasa, sleeplm, supervised, finetune
   c.eval.tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval")
   c.eval.train_split = "train"  # probes, regressors and heads are fitted here
