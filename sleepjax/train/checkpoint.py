@@ -50,8 +50,8 @@ class UnreadableCheckpointError(ValueError):
 
 def _one_line(e: BaseException) -> str:
   """The innermost cause of `e` on one line (Orbax wraps TensorStore's precise message)."""
-  while (e.__cause__ or e.__context__) is not None:
-    e = e.__cause__ or e.__context__
+  while (inner := e.__cause__ or (None if e.__suppress_context__ else e.__context__)) is not None:
+    e = inner
   lines = str(e).strip().splitlines()
   return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
@@ -138,8 +138,7 @@ def restore_newest(directory, read: Callable[[int], T], step: int | None = None,
       return _read_agreed(directory, read, candidate), candidate
     except UnreadableCheckpointError as e:
       failures.append(str(e))
-      logging.warning("checkpoint %s does not restore, skipped (nothing is deleted): %s",
-                      os.path.join(os.path.abspath(directory), str(candidate)), e)
+      logging.warning("checkpoint does not restore, trying an older one (nothing deleted): %s", e)
   if not failures:
     return None
   raise UnreadableCheckpointError(
@@ -198,11 +197,12 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
 
   The state first: a checkpoint whose state does not read leaves the iterator untouched.
   """
+  if data_iter is not None:
+    check_process_count(manager, step)
   with reading(manager.directory, step):
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))["state"]
   if data_iter is not None:
-    check_process_count(manager, step)
     with reading(manager.directory, step):
       manager.restore(step, args=ocp.args.Composite(
           data=grain.checkpoint.CheckpointRestore(data_iter)))
