@@ -22,6 +22,16 @@ def config(size="tiny"):
   return load_config(f"{REPO / 'configs' / 'sleeplm.py'}:{size}")
 
 
+def deep_config():
+  """tiny with two text and decoder layers and two prefix tokens per caption group: what only
+  shows past the first layer or the first prefix token (the prefix seeing text, cache slots off by
+  the prefix length) is visible."""
+  c = config()
+  c.model.text.depth = c.model.decoder.depth = 2
+  c.model.decoder.prefix_len = 2
+  return c
+
+
 def make_batch(c, B=2, W=2, seed=0):
   rng = np.random.default_rng(seed)
   L, G = c.data.caption_len, 5
@@ -114,7 +124,7 @@ def test_prefix_causal_mask():
 
 
 def test_caption_token_never_sees_later_tokens():
-  c = config()
+  c = deep_config()
   model = build(c)
   batch = make_batch(c, B=1, W=2)
   memory = memory_fn(model, batch)

@@ -1,4 +1,8 @@
-"""SleepLM generation: KV-cache decoding equals full re-decoding; greedy and beam search."""
+"""SleepLM generation: KV-cache decoding equals full re-decoding; greedy and beam search.
+
+At text and decoder depth 2 with 2 prefix tokens per group: a cache slot written at the wrong
+position, a layer reading another layer's cache, or a prefix that sees text only show past the
+first layer and the first prefix token."""
 
 import numpy as np
 
@@ -9,11 +13,11 @@ from flax import nnx
 from sleepjax import generate
 from sleepjax.families import sleeplm as family
 from sleepjax.caption_tokenizer import BOS_ID, EOS_ID, PAD_ID
-from tests.test_sleeplm import build, caption_logits, config, make_batch
+from tests.test_sleeplm import build, caption_logits, deep_config, make_batch
 
 
 def _setup():
-  c = config()
+  c = deep_config()
   model = build(c)
   batch = make_batch(c, B=1, W=3)
   x, present = nnx.jit(family.flat_inputs)(model, batch)
