@@ -5,6 +5,15 @@
   --config=configs/sleep2vec.py:size=<S>     a row of SIZES (scaling sweeps), e.g. size=20m
   --config=configs/sleep2vec.py:smoke        CPU demo size (configs/smoke.py's data and model),
                                              with the preset's objective and sampling
+  --config=configs/sleep2vec.py:dense_reference   dense as published (REFERENCE below)
+  --config=configs/sleep2vec.py:large_reference   large as published (+ its 768-wide head)
+
+The reference presets reproduce the published code's architecture (JinZr/sleep2vec: RoFormer):
+post-LN with LayerNorm eps 1e-12 and an input LayerNorm, dropout 0.1 (tokenizer MLP branch,
+encoder input, attention probabilities, attention and MLP outputs; training only), no modality
+embedding, a Linear from the tokenizers to the encoder with the mask token before it. The default
+presets (pre-LN, no dropout, a modality embedding) train faster per step (BENCHMARKS.md,
+"Reference vs default encoder"); they are not the published model.
 
 Parameter counts are for sleep2vec's own inputs: eeg, eog, emg, ecg as single-channel 3840-sample
 epochs and heart_rate, spo2, airflow, nasal_pressure, resp_effort as 120-sample ones. A
@@ -30,6 +39,9 @@ SIZES = {
     "600m": (1536, 20, 16, 6144, 768),  # 620 M
     "1b": (2048, 24, 16, 8192, 1024),  # 1.26 B
 }
+# The published encoder's layout (model keys; see the module docstring).
+REFERENCE = dict(norm="post", norm_eps=1e-12, dropout=0.1, attention_dropout=0.1,
+                 modality_embed=False, token_proj="always")
 NINE = ("eeg", "eog", "emg", "ecg", "heart_rate", "spo2", "airflow", "nasal_pressure",
         "resp_effort")
 
@@ -49,13 +61,14 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
     c.objective.loss = "dash"
     c.data.modality_sampling = "pair_first"
     return c
+  reference = arg in ("dense_reference", "large_reference")
   if arg.startswith("size="):
     size = arg.partition("=")[2]
-  elif arg in ("dense", "large"):
-    size = arg
+  elif arg in ("dense", "large") or reference:
+    size = arg.removesuffix("_reference")
   else:
-    raise ValueError(f"configs/sleep2vec.py: unknown arg {arg!r} (dense, large, smoke, "
-                     f"size=<{'|'.join(SIZES)}>)")
+    raise ValueError(f"configs/sleep2vec.py: unknown arg {arg!r} (dense, large, dense_reference, "
+                     f"large_reference, smoke, size=<{'|'.join(SIZES)}>)")
   if size not in SIZES:
     raise ValueError(f"configs/sleep2vec.py: unknown size {size!r}; choose from {list(SIZES)}")
 
@@ -71,6 +84,9 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
                       # keeps activations: the float32 stream's norms and adds were the largest
                       # memory-bound work of the dense step (BENCHMARKS.md, "Where the time goes").
                       residual_dtype="compute"))
+  if reference:
+    c.model.update(REFERENCE)
+    c.model.proj_hidden = 768  # the reference's head is 768 wide at both sizes
   c.objective.update(dict(loss="dash", pair_strategy="pair_first", negatives="per_step",
                           temperature=0.2, hard_scale=0.1, sigma_age=20.0, alpha_sex=0.8,
                           gamma_same=1.3, gamma_diff=0.8, eps=1e-6))

@@ -60,7 +60,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.depth = 2
   c.model.heads = 4
   c.model.mlp = 256
-  c.model.norm = "pre"  # pre | post (LayerNorm placement in the transformer blocks)
+  c.model.norm = "pre"  # pre | post (RoFormer/BERT: a LayerNorm on the input and after each add)
+  c.model.norm_eps = 1e-6  # the transformer's LayerNorm epsilon (the reference's RoFormer: 1e-12)
+  c.model.dropout = 0.0  # training only: epoch tokenizer's MLP branch, encoder input, block outputs
+  c.model.attention_dropout = 0.0  # training only: attention probabilities (not attention=cudnn)
+  c.model.modality_embed = True  # a learned vector per modality added to its tokens (reference: no)
+  c.model.token_proj = "auto"  # auto (if tokenizer_width != width) | always (after the mask token)
   c.model.stem_features = 32  # patch tokenizer only
   c.model.patch_seconds = 1  # patch tokenizer only
   c.model.proj_hidden = 0  # projection head hidden width; 0 = width

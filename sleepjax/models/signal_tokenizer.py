@@ -10,30 +10,34 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.models.layers import dense, layer_norm
+from sleepjax.models.layers import dense, dropout, layer_norm
 from sleepjax.modalities import EPOCH_SECONDS
 
 
 class EpochSignalTokenizer(nnx.Module):
   """sleep2vec: the flattened epoch x (channels * samples values) ->
-  `LayerNorm(Linear(2D->D)(SiLU(Linear(in->2D)(x))) + Linear(in->D)(x))`.
+  `LayerNorm(Dropout(Linear(2D->D)(SiLU(Linear(in->2D)(x)))) + Linear(in->D)(x))`, the dropout
+  (`dropout`, training only: with an `rng`) on the MLP branch, where the reference has it.
 
   A multi-channel modality (two EEG derivations) widens the input: in = channels * rate * 30.
   """
 
-  def __init__(self, rate: int, channels: int, d: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, rate: int, channels: int, d: int, *, dtype, rngs: nnx.Rngs,
+               dropout: float = 0.0):
     n_in = channels * rate * EPOCH_SECONDS
     self.up = dense(n_in, 2 * d, ("patch", "mlp"), dtype=dtype, rngs=rngs)
     self.down = dense(2 * d, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
     self.skip = dense(n_in, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
     self.norm = layer_norm(d, rngs=rngs)
-    self.dtype = dtype
+    self.dtype, self.dropout_rate = dtype, dropout
 
-  def __call__(self, x_BxWxCxS: jax.Array, present_BxWxC: jax.Array) -> jax.Array:
+  def __call__(self, x_BxWxCxS: jax.Array, present_BxWxC: jax.Array,
+               rng: jax.Array | None = None) -> jax.Array:
     B, W, C, S = x_BxWxCxS.shape
     x_BxWxCxS = jnp.where(present_BxWxC[..., None], x_BxWxCxS.astype(self.dtype), 0)
     x_BxWxI = x_BxWxCxS.reshape(B, W, C * S)
-    return self.norm(self.down(jax.nn.silu(self.up(x_BxWxI))) + self.skip(x_BxWxI))
+    mlp_BxWxD = dropout(self.down(jax.nn.silu(self.up(x_BxWxI))), self.dropout_rate, rng)
+    return self.norm(mlp_BxWxD + self.skip(x_BxWxI))
 
 
 class PatchSignalTokenizer(nnx.Module):
@@ -53,7 +57,9 @@ class PatchSignalTokenizer(nnx.Module):
     self.mix = dense(channels * 2 * features, d, ("features", "embed"), dtype=dtype, rngs=rngs)
     self.dtype = dtype
 
-  def __call__(self, x_BxWxCxS: jax.Array, present_BxWxC: jax.Array) -> jax.Array:
+  def __call__(self, x_BxWxCxS: jax.Array, present_BxWxC: jax.Array,
+               rng: jax.Array | None = None) -> jax.Array:
+    del rng  # no dropout in this stem (`model.dropout` acts in the transformer only)
     B, W, C, S = x_BxWxCxS.shape
     x_BxWxCxS = jnp.where(present_BxWxC[..., None], x_BxWxCxS.astype(self.dtype), 0)
     x_BxWxCxNxL = x_BxWxCxS.reshape(B, W, C, S // self.patch, self.patch)
@@ -69,7 +75,8 @@ class PatchSignalTokenizer(nnx.Module):
 
 def make_signal_tokenizer(config, rate: int, channels: int, d: int, *, dtype, rngs: nnx.Rngs):
   if config.tokenizer == "epoch":
-    return EpochSignalTokenizer(rate, channels, d, dtype=dtype, rngs=rngs)
+    return EpochSignalTokenizer(rate, channels, d, dtype=dtype, rngs=rngs,
+                                dropout=config.get("dropout", 0.0))
   if config.tokenizer == "patch":
     return PatchSignalTokenizer(rate, channels, config.stem_features, d, config.patch_seconds,
                           dtype=dtype, rngs=rngs)

@@ -103,32 +103,46 @@ class Sleep2Vec(nnx.Module):
     d = config.width
     dt = config.get("tokenizer_width", 0) or d
     self.names = tuple(modalities)
+    token_proj = config.get("token_proj", "auto")
+    if token_proj not in ("auto", "always"):
+      raise ValueError(f"model.token_proj must be 'auto' or 'always', got {token_proj!r}")
     self.tokenizers = nnx.Dict({
         name: make_signal_tokenizer(config, rate, channels, dt, dtype=dtype, rngs=rngs)
         for name, (rate, channels) in modalities.items()})
-    # large: tokenizers stay narrower, one shared projection up to the transformer width.
-    self.token_proj = dense(dt, d, ("features", "embed"), dtype=dtype, rngs=rngs) if dt != d else None
+    # large: tokenizers stay narrower, one shared projection up to the transformer width;
+    # "always": the reference's embedding_projection, which the mask token precedes.
+    self.mask_before_proj = token_proj == "always"
+    self.token_proj = (dense(dt, d, ("features", "embed"), dtype=dtype, rngs=rngs)
+                       if dt != d or self.mask_before_proj else None)
     init = nnx.with_partitioning(nnx.initializers.normal(0.02), ("modality", "embed"))
-    self.modality_embed = nnx.Param(init(rngs.params(), (len(self.names), d)))
-    self.mask_token = nnx.Param(init(rngs.params(), (len(self.names), d)))
+    self.modality_embed = (nnx.Param(init(rngs.params(), (len(self.names), d)))
+                           if config.get("modality_embed", True) else None)
+    self.mask_token = nnx.Param(init(rngs.params(),
+                                     (len(self.names), dt if self.mask_before_proj else d)))
     residual = config.get("residual_dtype", "float32")
     if residual not in ("float32", "compute"):
       raise ValueError(f"model.residual_dtype must be 'float32' or 'compute', got {residual!r}")
+    # Dropout needs keys of its own, drawn only when some rate is on (the mask-token draw of a
+    # model without dropout stays what it was).
+    self.dropout_on = config.get("dropout", 0.0) > 0 or config.get("attention_dropout", 0.0) > 0
     self.encoder = Transformer(d, config.depth, config.heads, config.mlp, dtype=dtype, rngs=rngs,
                                norm=config.get("norm", "pre"), remat=config.get("remat", "none"),
                                attention=config.get("attention", "xla"),
-                               residual_dtype=jnp.float32 if residual == "float32" else dtype)
+                               residual_dtype=jnp.float32 if residual == "float32" else dtype,
+                               norm_eps=config.get("norm_eps", 1e-6),
+                               dropout=config.get("dropout", 0.0),
+                               attention_dropout=config.get("attention_dropout", 0.0))
     self.head = ProjectionHead(d, config.get("proj_hidden", 0) or d, config.proj_dim,
                                norm=config.get("head_norm", "batch"), dtype=dtype, rngs=rngs)
 
   def present(self, names, masks) -> jax.Array:
     return jnp.stack([masks[m].any(-1) for m in names], 1)  # [B, M, W]
 
-  def token(self, i: int, signals, masks) -> jax.Array:
-    """Modality i's tokens [B, W, D] (tokenized, projected), before masking and embeddings."""
+  def token(self, i: int, signals, masks, rng: jax.Array | None = None) -> jax.Array:
+    """Modality i's tokens [B, W, Dt] at the tokenizer width, before masking, projection and
+    embeddings; `rng`: the tokenizer's dropout (training)."""
     m = self.names[i]
-    x_BxWxD = self.tokenizers[m](signals[m], masks[m])
-    return x_BxWxD if self.token_proj is None else self.token_proj(x_BxWxD)
+    return self.tokenizers[m](signals[m], masks[m], rng)
 
   def encode(self, signals: dict, masks: dict, *, rng: jax.Array | None = None,
              mask_fraction: float = 0.0, select: jax.Array | None = None) -> dict:
@@ -138,6 +152,10 @@ class Sleep2Vec(nnx.Module):
 
     Returns names (static, or None with `select`), index [M] (modality ids), tokens [B, M, W, D]
     (the shared transformer's outputs) and present [B, M, W].
+
+    `rng` marks training: it draws the mask tokens and, with `model.dropout` or
+    `model.attention_dropout` on, the dropout masks (a pure function of `rng`: the same key gives
+    the same masks, as GradCache's second forward needs). Without it the encoder is deterministic.
     """
     names = [m for m in self.names if m in signals]
     if not names:
@@ -146,26 +164,45 @@ class Sleep2Vec(nnx.Module):
     if unknown:
       raise ValueError(f"batch modalities {sorted(unknown)} are not among the model's {self.names}")
     ids = [self.names.index(m) for m in names]
+    mask_rng = tok_rng = enc_rng = None
+    if rng is not None:
+      mask_rng = rng
+      if self.dropout_on:
+        mask_rng, tok_rng, enc_rng = jax.random.split(rng, 3)
+    tok_key = lambda i: None if tok_rng is None else jax.random.fold_in(tok_rng, i)
     if select is None:
       index = jnp.asarray(ids)
-      x_BxMxWxD = jnp.stack([self.token(i, signals, masks) for i in ids], 1)
+      x_BxMxWxD = jnp.stack([self.token(i, signals, masks, tok_key(i)) for i in ids], 1)
       present_BxMxW = self.present(names, masks)
     else:
-      branches = [lambda i=i: (self.token(i, signals, masks), masks[self.names[i]].any(-1))
-                  for i in ids]
+      branches = [lambda i=i: (self.token(i, signals, masks, tok_key(i)),
+                               masks[self.names[i]].any(-1)) for i in ids]
       pairs = [jax.lax.switch(s, branches) for s in select]
       x_BxMxWxD = jnp.stack([p[0] for p in pairs], 1)
       present_BxMxW = jnp.stack([p[1] for p in pairs], 1)
       index, names = jnp.asarray(ids)[select], None
-    B, M, W, D = x_BxMxWxD.shape
-    if rng is not None and mask_fraction > 0:
-      replace_BxMxW = jax.random.bernoulli(rng, mask_fraction, (B, M, W)) & present_BxMxW
+    B, M, W, _ = x_BxMxWxD.shape
+    replace_BxMxW = None
+    if mask_rng is not None and mask_fraction > 0:
+      replace_BxMxW = jax.random.bernoulli(mask_rng, mask_fraction, (B, M, W)) & present_BxMxW
+
+    def mask(x_BxMxWxD):
+      if replace_BxMxW is None:
+        return x_BxMxWxD
       mask_BxMxWxD = self.mask_token.value[index][None, :, None].astype(x_BxMxWxD.dtype)
-      x_BxMxWxD = jnp.where(replace_BxMxW[..., None], mask_BxMxWxD, x_BxMxWxD)
-    x_BxMxWxD = x_BxMxWxD + self.modality_embed.value[index][None, :, None].astype(x_BxMxWxD.dtype)
+      return jnp.where(replace_BxMxW[..., None], mask_BxMxWxD, x_BxMxWxD)
+
+    x_BxMxWxD = mask(x_BxMxWxD) if self.mask_before_proj else x_BxMxWxD
+    if self.token_proj is not None:
+      x_BxMxWxD = self.token_proj(x_BxMxWxD)
+    x_BxMxWxD = x_BxMxWxD if self.mask_before_proj else mask(x_BxMxWxD)
+    D = x_BxMxWxD.shape[-1]
+    if self.modality_embed is not None:
+      embed_BxMxWxD = self.modality_embed.value[index][None, :, None]
+      x_BxMxWxD = x_BxMxWxD + embed_BxMxWxD.astype(x_BxMxWxD.dtype)
     x_BxMxWxD = jnp.where(present_BxMxW[..., None], x_BxMxWxD, 0)  # absent epochs carry nothing
     h = self.encoder(constrain(x_BxMxWxD.reshape(B * M, W, D), _TOKENS),
-                     present_BxMxW.reshape(B * M, W))
+                     present_BxMxW.reshape(B * M, W), enc_rng)
     return {"names": names, "index": index, "tokens": h.reshape(B, M, W, D),
             "present": present_BxMxW}
 
