@@ -9,7 +9,7 @@ Resampling is band-limited (FFT: 128 Hz -> 64 Hz keeps the bins below 32 Hz, 32 
 zero-pads the spectrum) over the window of consecutive epochs, so the joins between present epochs
 are exact. An FFT is circular, so what lies beyond a present stretch is filled before it runs:
 each absent epoch (and half an epoch beyond each end of the window) takes, on the half next to a
-present epoch, that epoch's point reflection (`fill_absent`). A present stretch then continues
+present epoch, that epoch's point reflection (`resample_epochs`). A present stretch then continues
 smoothly instead of jumping to zeros or wrapping onto the window's far end; the remaining jumps sit
 half an epoch (15 s) away from any present sample, where a brick-wall filter's 1/t tail has decayed
 to ~1e-4 of the jump. Absent samples are never read. What lies beyond a present stretch is unknown,
@@ -53,37 +53,35 @@ def resample(x: jax.Array, n_out: int) -> jax.Array:
   return jnp.fft.irfft(spec, n=n_out, axis=-1) * (n_out / n)
 
 
-def fill_absent(x_BxCxWxS: jax.Array, present_BxCxW: jax.Array) -> jax.Array:
-  """Absent epochs -> point reflections of their present neighbours: the first half continues the
-  previous epoch's end, the second half leads into the next epoch's start (zeros where that
-  neighbour is absent too). Present epochs are kept as they are.
+def reflections(x_BxCxWxS: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Half an epoch of point reflection (2 x(edge) - x(edge + t)) on each side of every epoch ->
+  (before [B, C, W, S/2] leading into its first sample, after [B, C, W, S/2] continuing its last).
 
-  A point reflection (2 x(edge) - x(edge + t)) continues both the value and the slope, so only the
-  curvature breaks at the join; a plain mirror breaks the slope, which a brick-wall filter turns
-  into ringing of ~10 % of sigma for content near 20 Hz."""
+  A point reflection continues both the value and the slope, so only the curvature breaks at the
+  join; a plain mirror breaks the slope, which a brick-wall filter turns into ringing of ~10 % of
+  sigma for content near 20 Hz."""
   S = x_BxCxWxS.shape[-1]
-  x = jnp.where(present_BxCxW[..., None], x_BxCxWxS.astype(jnp.float32), 0.0)
-  shift = lambda a, k: jnp.roll(a, k, axis=2).at[:, :, 0 if k > 0 else -1].set(0)
-  prev, nxt = shift(x, 1), shift(x, -1)
-  # sample j of the gap: 2 prev[S-1] - prev[S-2-j] for j < S/2, 2 next[0] - next[S-j] after
-  left = 2 * prev[..., -1:] - jnp.flip(prev, -1)[..., 1:S // 2 + 1]
-  right = 2 * nxt[..., :1] - jnp.flip(nxt, -1)[..., S // 2 - 1:S - 1]
-  return jnp.where(present_BxCxW[..., None], x, jnp.concatenate([left, right], -1))
+  flipped = x_BxCxWxS[..., ::-1]
+  before = 2 * x_BxCxWxS[..., :1] - flipped[..., S // 2 - 1:S - 1]
+  after = 2 * x_BxCxWxS[..., -1:] - flipped[..., 1:S // 2 + 1]
+  return before, after
 
 
 def resample_epochs(x_BxCxWxS: jax.Array, present_BxCxW: jax.Array, samples: int) -> jax.Array:
   """Resample a window of consecutive epochs to `samples` per epoch -> [B, C, W, samples] float32.
 
-  Absent epochs are filled (`fill_absent`) and the window gets half an epoch of reflection on
-  each side, then the (W + 1)-epoch stretch is resampled in one FFT and the extra halves cropped:
-  the FFT is (W + 1) / W times longer than the bare window's, and costs nothing next to the
-  encoder."""
+  An absent epoch becomes the continuation of the previous epoch (first half) and the lead-in to
+  the next (second half), zeros where those are absent too; the window gets half an epoch of
+  reflection on each side; the (W + 1)-epoch stretch is resampled in one FFT and the extra halves
+  cropped (an FFT (W + 1) / W times the bare window's, a few elementwise passes)."""
   B, C, W, S = x_BxCxWxS.shape
-  pad = jnp.zeros((B, C, 1, S), jnp.float32)
-  edge = jnp.zeros((B, C, 1), bool)
-  x = jnp.concatenate([pad, x_BxCxWxS.astype(jnp.float32), pad], 2)
-  filled = fill_absent(x, jnp.concatenate([edge, present_BxCxW, edge], 2))
-  stretch = filled.reshape(B, C, (W + 2) * S)[..., S // 2:-(S // 2)]
+  x = jnp.where(present_BxCxW[..., None], x_BxCxWxS.astype(jnp.float32), 0.0)
+  before, after = reflections(x)
+  none = jnp.zeros_like(before[:, :, :1])
+  gap = jnp.concatenate([jnp.concatenate([none, after[:, :, :-1]], 2),
+                         jnp.concatenate([before[:, :, 1:], none], 2)], -1)
+  x = jnp.where(present_BxCxW[..., None], x, gap)
+  stretch = jnp.concatenate([before[:, :, 0], x.reshape(B, C, W * S), after[:, :, -1]], -1)
   out = resample(stretch, (W + 1) * samples)[..., samples // 2:samples // 2 + W * samples]
   return out.reshape(B, C, W, samples)
 
