@@ -1,6 +1,7 @@
 """GradCache accumulation: k micro-batches give the single-batch loss and gradients."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -97,3 +98,21 @@ def test_remat_policies_give_the_same_gradients():
   for name, g in grads.items():
     for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(g)):
       assert np.allclose(a, b, rtol=1e-5, atol=1e-7), name
+
+
+def test_bfloat16_micro_batch_gradients_are_summed_in_float32(tiny_config):
+  """Under model.param_dtype=bfloat16 the step differentiates a bf16 cast of the weights; the k
+  micro-batch gradients must still be summed in float32 (traced only, no compile)."""
+  config = tiny_config.copy_and_resolve_references()
+  config.data.modality_sampling = "pair_first"
+  modalities = {"eeg": (128, 2), "ecg": (128, 1)}
+  tx, _ = make_optimizer(config.optim, 10)
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, 0)
+  params_bf16 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.bfloat16), abstract.params)
+  batch = pipeline.nest(bench_step.synthetic_batch(config, modalities, 16))
+  family = get_family(config)
+  _, grads = jax.eval_shape(
+      lambda p, b: gradcache.value_and_grad(family, graphdef, p, b, jax.random.key(0), 2),
+      params_bf16, batch)
+  assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}

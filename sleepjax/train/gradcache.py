@@ -117,7 +117,10 @@ def value_and_grad(family, graphdef, params, batch: dict, rng, microbatches: int
 
     _, vjp = jax.vjp(encode_floats, params)
     (g,) = vjp(list(g_mb))
-    return jax.tree.map(jnp.add, acc, g), None
+    return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g), None
 
-  grads, _ = jax.lax.scan(body, g_params, (micro, rngs[:k], g_micro))
+  # The sum is kept in float32 whatever the parameters' dtype (bfloat16 under
+  # model.param_dtype=bfloat16): k bf16 partial sums would round each other away.
+  acc = jax.tree.map(lambda g: g.astype(jnp.float32), g_params)
+  grads, _ = jax.lax.scan(body, acc, (micro, rngs[:k], g_micro))
   return (value, metrics), grads
