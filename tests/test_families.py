@@ -155,7 +155,7 @@ def _expected_params(width, depth, mlp, tokenizer_width, proj=128, modalities=NI
   attention = 4 * (d * d + d)
   block = attention + (d * mlp + mlp) + (mlp * d + d) + 2 * 2 * d
   total += depth * block + 2 * d  # + final LayerNorm
-  total += (d * d + d) + 2 * d + (d * proj + proj) + 2 * proj  # Linear, BN, ReLU, Linear, BN
+  total += d * d + 2 * d + d * proj + 2 * proj  # Linear, BN, ReLU, Linear, BN (no bias before a BN)
   return total
 
 
