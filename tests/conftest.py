@@ -1,9 +1,21 @@
 """Tests run JAX on CPU with 8 simulated devices; set before anything imports JAX."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
+# One persistent compilation cache per test session, shared by every test and every subprocess a
+# test starts (CLI runs, multi-process training): most tests compile the same tiny programs, and
+# XLA's compile dominates the suite on a 2-core machine. Fresh per session, so CI and a local run
+# measure the same thing and no stale executable outlives a change to the code.
+_CACHE = tempfile.mkdtemp(prefix="sleepjax-xla-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pathlib  # pylint: disable=wrong-import-position
 
