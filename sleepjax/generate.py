@@ -164,24 +164,24 @@ def caption_night(api_model, signals: dict, masks: dict, *, group: str = "stage_
 
 
 def restore_model(config, workdir: str):
-  """(SleepLM model with the parameters of checkpoint `eval.checkpoint_step`, else of the newest
-  that restores, on the host; manifest, tokenizer, step)."""
+  """(config, SleepLM model on the host, manifest, tokenizer, step) of checkpoint
+  `eval.checkpoint_step`, else of the newest that restores, through the one restore path
+  (`sleepjax.train.restore`): the model and the returned config are the checkpoint's own (the
+  command line gives only eval-side keys: any other model key on it is ignored); the data's split
+  hash must be the one the checkpoint trained on."""
   import os  # pylint: disable=g-import-not-at-top
   from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
-  from sleepjax.train import checkpoint, state as state_lib  # pylint: disable=g-import-not-at-top
-  from sleepjax.train.trainer import setup, train_dir  # pylint: disable=g-import-not-at-top
-  if config.model.get("family") != "sleeplm":
-    raise ValueError(f"captions need a SleepLM config (model.family='sleeplm'), got "
-                     f"{config.model.get('family', 'sleep2vec')!r}")
-  mesh, manifest, modalities, tx, _ = setup(config, workdir)
-  graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
-  params, step = checkpoint.restore_params(
-      os.path.join(train_dir(workdir), "checkpoints"), abstract,
-      config.eval.get("checkpoint_step", 0) or None, choose="--config.eval.checkpoint_step=<step>")
-  if "tokenizer" not in manifest:
-    raise ValueError(f"{manifest['dir']}: no caption tokenizer; run `sleepjax tokenizer`")
-  tokenizer = CaptionTokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
-  return nnx.merge(graphdef, jax.device_get(params)), manifest, tokenizer, step
+  from sleepjax.train import restore  # pylint: disable=g-import-not-at-top
+  r = restore.restore_workdir(config, workdir)
+  family = r.config.model.get("family", "sleep2vec")
+  if family != "sleeplm":
+    raise ValueError(f"captions need a SleepLM checkpoint (model.family='sleeplm'); the one in "
+                     f"{workdir} is model.family={family!r}")
+  if "tokenizer" not in r.manifest:
+    raise ValueError(f"{r.manifest['dir']}: no caption tokenizer; run `sleepjax tokenizer`")
+  tokenizer = CaptionTokenizer(os.path.join(r.manifest["dir"], r.manifest["tokenizer"]["path"]))
+  return (r.config, nnx.merge(r.graphdef, jax.device_get(r.params)), r.manifest, tokenizer,
+          r.step)
 
 
 def recording_records(manifest: dict, recording: str | None) -> tuple[str, list]:
@@ -210,7 +210,7 @@ def caption_recording(config, workdir: str, recording: str | None = None) -> dic
   """Generated captions of one recording's epochs beside their reference captions: every
   `eval.caption_stride`-th epoch from the first, `eval.caption_epochs` of them (0 = all)."""
   from sleepjax import records  # pylint: disable=g-import-not-at-top
-  model, manifest, tokenizer, step = restore_model(config, workdir)
+  config, model, manifest, tokenizer, step = restore_model(config, workdir)
   recording, recs = recording_records(manifest, recording)
   names = [m for m in config.prep.modalities if f"sig/{m}" in recs[0]]
   signals = {m: np.concatenate([a[f"sig/{m}"] for a in recs]) for m in names}

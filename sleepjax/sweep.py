@@ -331,13 +331,13 @@ def val_loss(config, workdir: str, max_batches: int = 16) -> dict:
 
   from sleepjax import families, sharding  # pylint: disable=g-import-not-at-top
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from sleepjax.train import checkpoint, state as state_lib  # pylint: disable=g-import-not-at-top
-  from sleepjax.train.trainer import check_batch, setup, train_dir  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import restore  # pylint: disable=g-import-not-at-top
+  from sleepjax.train.trainer import check_batch, checkpoint_dir  # pylint: disable=g-import-not-at-top
 
-  mesh, manifest, modalities, tx, _ = setup(config, workdir)
-  graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
-  params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract)
-  family = families.FAMILIES[config.model.get("family", "sleep2vec")]
+  r = restore.restore(checkpoint_dir(workdir), config, workdir=workdir)
+  config, mesh, manifest, modalities, graphdef, params = (
+      r.config, r.mesh, r.manifest, r.modalities, r.graphdef, r.params)
+  family = families.get_family(config)
   local_batch = check_batch(config.data.global_batch, mesh)
   split = "val" if manifest["splits"].get("val", {}).get("records") else config.eval.test_split
   n = min(max_batches, max(1, math.ceil(manifest["splits"][split]["records"]
@@ -355,8 +355,8 @@ def val_loss(config, workdir: str, max_batches: int = 16) -> dict:
     for i in range(n):
       batch = pipeline.to_global(next(it), batch_sh)
       losses.append(float(loss_fn(params, batch, jax.random.key(i))))
-  return {"val_loss": float(np.mean(losses)), "loss_split": split, "step": int(step),
-          "params": int(sum(x.size for x in jax.tree.leaves(abstract.params))),
+  return {"val_loss": float(np.mean(losses)), "loss_split": split, "step": r.step,
+          "params": int(sum(x.size for x in jax.tree.leaves(params))),
           "train_subjects": _train_subjects(manifest, config), "modalities": list(modalities)}
 
 

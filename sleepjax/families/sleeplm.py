@@ -214,7 +214,7 @@ def text_report(config, workdir: str, split: str | None = None, pool: int = 32) 
   from sleepjax.evaluate import metrics  # pylint: disable=g-import-not-at-top
   from sleepjax.modalities import STAGES  # pylint: disable=g-import-not-at-top
   split = split or config.eval.test_split
-  model, manifest, tokenizer, step = generate.restore_model(config, workdir)
+  config, model, manifest, tokenizer, step = generate.restore_model(config, workdir)
   group = GROUPS.index("stage_event")
   L = config.data.caption_len
   signal_fn = nnx.jit(lambda m, b: embed(m, b)["signal"])
