@@ -119,7 +119,8 @@ def test_val_loss_every_n_steps_is_the_eval_mode_family_loss(prepared, tiny_conf
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
-  from sleepjax.train import checkpoint, hooks, state as state_lib, trainer  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import checkpoint, hooks, trainer  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   workdir = _workdir(prepared, tmp_path, "val")
   config = _config(tiny_config, steps=5, val_every=2, val_batches=2, checkpoint_every=4)
   config.model.dropout = 0.2  # on in training, off in val_loss

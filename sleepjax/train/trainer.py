@@ -6,8 +6,8 @@ profiler window, checkpoints, validation loss every `train.val_every` steps, log
 Faults: SIGTERM/SIGINT finish the current step, save (state + iterator + config) and return (exit
 0); multi-process jobs agree on the step through JAX's preemption sync point. A step whose loss or
 gradients are not finite leaves the state unchanged (inside the jitted step) and is counted;
-`train.max_nonfinite_steps` such steps in a row stop the run with `hooks.NonFiniteError`. No checkpoint is
-ever written from a non-finite state.
+`train.max_nonfinite_steps` such steps in a row stop the run with `hooks.NonFiniteError`. No
+checkpoint is ever written from a non-finite state.
 
 Accounting: metrics are means over each log interval; `data_wait_frac` is the time the host blocked
 on the input iterator (next() plus the host-to-device copy); goodput splits wall time into init,
