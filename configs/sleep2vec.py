@@ -103,6 +103,7 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
   c.train.steps = 100_000
   c.train.log_every = 100
   c.train.checkpoint_every = 2000
+  c.train.val_every = 1000  # > 0: val_loss (eval mode, fixed batches and keys) every N steps
   c.train.ema_momentum = 0.996
   c.optim.lr = 5e-5
   c.optim.b1 = 0.9

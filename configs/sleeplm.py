@@ -101,6 +101,8 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3
   c.train.resume_step = 0  # > 0: resume this step (newer ones set aside); 0: newest that restores
+  c.train.val_every = 0  # > 0: val_loss (eval mode, fixed batches and keys) every N steps
+  c.train.val_batches = 4  # validation batches val_loss averages over
 
   c.eval = ml_collections.ConfigDict()
   c.eval.checkpoint_step = 0  # > 0: evaluate/caption this step; 0: the newest that restores

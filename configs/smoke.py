@@ -113,7 +113,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.max_nonfinite_steps = 10  # skipped (non-finite) updates in a row before the run stops
   c.train.allow_config_change = False  # resume even if model/data-defining keys changed
   c.train.profile_steps = 0  # > 0: trace that many steps (after compilation) into train/tb
-  c.train.inject_nan_steps = ()  # tests: steps whose batch is poisoned with NaN
+  c.train.val_every = 0  # > 0: val_loss (eval mode, fixed batches and keys) every N steps
+  c.train.val_batches = 4  # validation batches val_loss averages over
 
   c.eval = ml_collections.ConfigDict()
   c.eval.checkpoint_step = 0  # > 0: evaluate/caption this step; 0: the newest that restores
