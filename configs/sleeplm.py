@@ -127,8 +127,8 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     c.data.window_epochs = 1
     c.train.steps, c.optim.lr = 150, 2e-3
     c.train.ema_momentum = 0.0  # no EMA: eval uses the weights trained last (short schedule)
-    # The demo's eval: one probe (it reports zero-shot, retrieval and captions itself).
-    c.eval.tasks = ("staging",)
+    # The demo's eval: one probe and the text tasks (zero-shot, retrieval, captions).
+    c.eval.tasks = ("staging", "sleeplm")
     c.eval.probe_l2_grid = (1e-3,)
     c.eval.caption_epochs, c.eval.caption_stride = 8, 20  # across the night: several stages
   if size == "tiny":

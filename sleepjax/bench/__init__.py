@@ -7,6 +7,10 @@
   step   the jitted train step on synthetic batches: compile time, step time, MFU, memory per
          device; `--aot_devices=N` compiles for N devices, `--profile_steps=N` traces N steps and
          writes bench/profile_ops.json (device time by kernel category and op; sleepjax/profile.py)
+
+  Every benchmark lives in this package, above the layers it measures: `step.py` (`bench step`),
+  `pair_first.py` (pair-first vs all-modality loss compute: `python -m sleepjax.bench.pair_first`),
+  `sleeplm.py` (a SleepLM preset's train step: `python -m sleepjax.bench.sleeplm`).
 """
 
 import json
@@ -284,8 +288,8 @@ def bench_data(config, workdir: str) -> dict:
 
 
 def bench_step(config, workdir: str) -> dict:
-  """The jitted train step on synthetic batches: see `sleepjax.bench_step`."""
-  from sleepjax import bench_step as step  # pylint: disable=g-import-not-at-top
+  """The jitted train step on synthetic batches: see `sleepjax.bench.step`."""
+  from sleepjax.bench import step  # pylint: disable=g-import-not-at-top
   return step.bench_step(config, workdir)
 
 

@@ -237,7 +237,7 @@ def _aot_subprocess(config, workdir: str, n: int) -> dict:
       f.write(config.to_json())
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-    code = ("import json, sys, ml_collections; from sleepjax import bench_step; "
+    code = ("import json, sys, ml_collections; from sleepjax.bench import step as bench_step; "
             "c = ml_collections.ConfigDict(json.load(open(sys.argv[1]))); "
             "r = bench_step.compile_step(c, run=False)[0]; json.dump(r, open(sys.argv[2], 'w'))")
     subprocess.run([sys.executable, "-c", code, cfg, out], env=env, check=True)

@@ -34,7 +34,7 @@ import time
 
 import ml_collections
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 RUNS = "runs"
 RESULT = "result.json"
 SWEEP_ONLY = ("sweep", "launch")  # config sections that describe the sweep, not a run
