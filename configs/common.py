@@ -25,6 +25,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.synthetic.hours = 1.5  # `sleepjax synth`: hours per night
   c.synthetic.seed = 0  # `sleepjax synth`: seed of the cohort
   c.synthetic.workers = 1  # `sleepjax synth`: processes simulating subjects in parallel
+  c.synthetic.hard = False  # `sleepjax synth`: the hard benchmark cohort (site chains, planted confound)
 
   c.prep = ml_collections.ConfigDict()
   c.prep.raw_dir = ""  # default: <workdir>/raw

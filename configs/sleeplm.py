@@ -88,7 +88,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     c.eval.probe_l2_grid = (1e-3,)
     c.eval.caption_epochs, c.eval.caption_stride = 8, 20  # across the night: several stages
   if size == "tiny":
-    c.synthetic = dict(n_subjects=6, n_sites=2, hours=1.0, seed=0, workers=1)
+    c.synthetic.n_subjects, c.synthetic.hours = 6, 1.0
     c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
     c.data.global_batch, c.data.caption_len = 8, 48
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3

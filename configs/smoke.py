@@ -13,7 +13,7 @@ from sleepjax.configs import common
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = common.get_config()  # the base is the demo's size
   if arg == "tiny":
-    c.synthetic = dict(n_subjects=6, n_sites=2, hours=1.0, seed=0, workers=1)
+    c.synthetic.n_subjects, c.synthetic.hours = 6, 1.0
     c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
     c.data.global_batch = 16
     c.model.width, c.model.mlp, c.model.depth = 32, 64, 1
@@ -27,7 +27,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # The hard benchmark (data_prep/synthetic.py, `hard=True`): three sites with their own
     # montage, gain drift, noise and a planted site-stage artefact; age ranges differ by site.
     # The site task trains probes on sites a and b and tests on site c's test subjects.
-    c.synthetic = dict(n_subjects=24, n_sites=3, hours=1.5, seed=0, workers=1, hard=True)
+    c.synthetic.n_subjects, c.synthetic.n_sites, c.synthetic.hard = 24, 3, True
     c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
     c.eval.train_sites = ("site-a", "site-b")
     c.eval.test_sites = ("site-c",)

@@ -151,7 +151,7 @@ def cmd_demo(config, workdir: str):
   # Evaluation restores the checkpoint in a fresh process, as a researcher would.
   subprocess.run([sys.executable, "-m", "sleepjax", "eval", *_INVOCATION.config_args(),
                   f"--workdir={workdir}"], check=True)
-  if config.model.get("family") == "sleeplm":
+  if config.model.family == "sleeplm":
     from sleepjax.families import sleeplm  # pylint: disable=g-import-not-at-top
     print(sleeplm.format_text_report(sleeplm.text_report(config, workdir)))
     cmd_caption(config, workdir)
