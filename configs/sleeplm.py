@@ -74,7 +74,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.objective.caption_groups = "random"  # random: one group per epoch per step | all
 
   c.optim.lr = 1e-3
-  c.train.ema_momentum = 0.996  # long schedules (sizes other than smoke and tiny)
+  c.train.ema_momentum = 0.996
   c.eval.tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval",
                   "sleeplm")
 
