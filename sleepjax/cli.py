@@ -152,7 +152,7 @@ def cmd_demo(config, workdir: str):
   # Evaluation restores the checkpoint in a fresh process, as a researcher would.
   subprocess.run([sys.executable, "-m", "sleepjax", "eval", *_INVOCATION.config_args(),
                   f"--workdir={workdir}"], check=True)
-  if config.model.get("family") == "sleeplm":
+  if config.model.family == "sleeplm":
     cmd_caption(config, workdir)
   print(f"\noutputs in {os.path.abspath(workdir)}:\n"
         f"  raw cohort      raw/ (EDF+, NSRR XML, metadata.csv)\n"

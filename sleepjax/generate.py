@@ -33,7 +33,7 @@ def restore_model(config, workdir: str):
   from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
   from sleepjax.train import restore  # pylint: disable=g-import-not-at-top
   r = restore.restore_workdir(config, workdir)
-  family = r.config.model.get("family", "sleep2vec")
+  family = r.config.model.family
   if family != "sleeplm":
     raise ValueError(f"captions need a SleepLM checkpoint (model.family='sleeplm'); the one in "
                      f"{workdir} is model.family={family!r}")
@@ -76,8 +76,8 @@ def caption_recording(config, workdir: str, recording: str | None = None) -> dic
   signals = {m: np.concatenate([a[f"sig/{m}"] for a in recs]) for m in names}
   masks = {m: np.concatenate([a[f"mask/{m}"] for a in recs]) for m in names}
   n = len(masks[names[0]])
-  epochs = list(range(0, n, max(int(config.eval.get("caption_stride", 1)), 1)))
-  epochs = epochs[:config.eval.get("caption_epochs", 0) or None]
+  epochs = list(range(0, n, max(int(config.eval.caption_stride), 1)))
+  epochs = epochs[:config.eval.caption_epochs or None]
   refs = {}
   for a in recs:
     for g, texts in records.texts(a["captions"]).items():

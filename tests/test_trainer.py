@@ -39,19 +39,20 @@ def _config(tiny_config, **train):
 
 def test_schedule_extension_continues_the_decay():
   from sleepjax.train import optim  # pylint: disable=g-import-not-at-top
-  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
-  cfg = ConfigDict(dict(lr=1.0, warmup_steps=2))
+  from sleepjax.configs import common  # pylint: disable=g-import-not-at-top
+  cfg = common.get_config().optim
+  cfg.lr, cfg.warmup_steps = 1.0, 2
   assert optim.extend_segments([[0, 10]], 10, 10) == [[0, 10]]
   assert optim.extend_segments([[0, 10]], 0, 20) == [[0, 20]]  # nothing trained yet: replace
   # A finished run extended: the learning rate stays at the end value, never jumps back up.
   finished = optim.make_schedule(cfg, optim.extend_segments([[0, 10]], 10, 20))
-  assert np.allclose([finished(s) for s in range(10, 21)], optim.END_FRACTION)
+  assert np.allclose([finished(s) for s in range(10, 21)], cfg.end_lr_fraction)
   # Extended midway: continuous at the resume step, then monotonically down to the end value.
   base = optim.make_schedule(cfg, 10)
   mid = optim.make_schedule(cfg, optim.extend_segments([[0, 10]], 5, 30))
   assert np.allclose([mid(s) for s in range(6)], [base(s) for s in range(6)])
   tail = np.array([mid(s) for s in range(5, 31)])
-  assert np.all(np.diff(tail) <= 1e-7) and np.isclose(tail[-1], optim.END_FRACTION)
+  assert np.all(np.diff(tail) <= 1e-7) and np.isclose(tail[-1], cfg.end_lr_fraction)
   assert tail[1] > base(6)  # the rest of the decay is stretched over the longer run
 
 

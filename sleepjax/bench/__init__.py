@@ -108,13 +108,6 @@ DATA_TARGETS = {"sleep2vec_pair": 80_000, "nine_modalities": 25_000, "vs_memmap"
                 "scaling_efficiency_at_2": 0.7}
 
 
-def _bench_settings(config) -> dict:
-  """`bench.*` from the config where present (data size, seconds per row, worker counts)."""
-  settings = dict(subjects=8, hours=8.0, segment_epochs=240, seconds=3.0, max_workers=0)
-  settings.update({k: v for k, v in (config.get("bench") or {}).items() if k in settings})
-  return settings
-
-
 def _cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -238,7 +231,7 @@ def bench_data(config, workdir: str) -> dict:
   """The training input pipeline at the shapes that matter vs a numpy memmap of the same bytes:
   reader threads and worker processes from 1 to every core, warm cache."""
   from sleepjax.data.manifest import read_manifest  # pylint: disable=g-import-not-at-top
-  settings = _bench_settings(config)
+  settings = config.bench.to_dict()  # data size, seconds per row, worker counts
   manifest = read_manifest(_ensure_data(config, workdir, settings))
   memmaps = _memmap_files(manifest, os.path.join(manifest["dir"], "memmap"))
   cores = _cores()

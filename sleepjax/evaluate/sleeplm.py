@@ -25,13 +25,6 @@ from sleepjax.modalities import STAGES
 from sleepjax.models.sleeplm.decode import caption_epochs
 from sleepjax.objectives.sleeplm import l2_normalize
 
-DEFAULTS = dict(caption_eval_group="all", max_caption_len=48, beams=1, caption_eval_epochs=32,
-                caption_examples=6)
-
-
-def _opt(ctx, key):
-  return ctx.config.eval.get(key, DEFAULTS[key])
-
 
 def host_model(ctx, encoder):
   """The encoder's model with host parameters (gathered to every process first: any sharding)."""
@@ -183,9 +176,9 @@ def captioning(ctx, model, tokenizer, refs, signals) -> dict:
   rows = []
   for (rid, first), (sig, mask) in sorted(signals.items()):
     n = len(next(iter(mask.values())))  # one segment: one continuous window
-    gen = caption_epochs(model, tokenizer, sig, mask, _opt(ctx, "caption_eval_group"),
-                                  max_len=int(_opt(ctx, "max_caption_len")),
-                                  beams=int(_opt(ctx, "beams")), chunk=n)
+    gen = caption_epochs(model, tokenizer, sig, mask, ctx.config.eval.caption_eval_group,
+                         max_len=int(ctx.config.eval.max_caption_len),
+                         beams=int(ctx.config.eval.beams), chunk=n)
     for i, per_group in enumerate(gen):
       captions, features = refs[(rid, first + i)]
       truths = feature_truths(ctx.manifest, features)
@@ -198,7 +191,7 @@ def captioning(ctx, model, tokenizer, refs, signals) -> dict:
                        "reference_numeric_faithfulness":
                            metrics.numeric_faithfulness(captions[g], truths)})
   groups = list(dict.fromkeys(r["group"] for r in rows))
-  n = _opt(ctx, "caption_examples")
+  n = ctx.config.eval.caption_examples
   examples = rows[::max(1, len(rows) // max(n, 1))][:n]  # spread over the captioned epochs
   return {**_summary(rows), "groups": {g: _summary([r for r in rows if r["group"] == g])
                                        for g in groups},
@@ -208,18 +201,18 @@ def captioning(ctx, model, tokenizer, refs, signals) -> dict:
 
 def sleeplm(ctx) -> dict:
   """Text retrieval, zero-shot staging and captioning for each encoder of a SleepLM checkpoint."""
-  if ctx.config.model.get("family", "sleep2vec") != "sleeplm":
+  if ctx.config.model.family != "sleeplm":
     return {"skipped": "not a SleepLM checkpoint"}
   from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
   split = ctx.split("test")
   tokenizer = CaptionTokenizer(os.path.join(ctx.manifest["dir"], ctx.manifest["tokenizer"]["path"]))
   refs, segments = references(ctx.manifest, split)
-  chosen = caption_segments(segments, int(_opt(ctx, "caption_eval_epochs")))
+  chosen = caption_segments(segments, int(ctx.config.eval.caption_eval_epochs))
   signals = {}
   for rid, first, a in _segments(ctx.manifest, split, keep=lambda r, f: (r, f) in chosen):
     names = [m for m in ctx.modalities if f"sig/{m}" in a]
     signals[(rid, first)] = ({m: a[f"sig/{m}"] for m in names}, {m: a[f"mask/{m}"] for m in names})
-  out = {"split": split, "caption_group": _opt(ctx, "caption_eval_group"),
+  out = {"split": split, "caption_group": ctx.config.eval.caption_eval_group,
          "pool": ctx.opt("retrieval_pool")}
   for enc in ctx.encoders:
     model = host_model(ctx, ctx.encoder(enc))

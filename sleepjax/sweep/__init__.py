@@ -136,7 +136,7 @@ def grid(config, sizes: dict):
   config.train.steps).
   """
   s = config.sweep
-  pool = tuple(s.modalities or config.data.get("modalities") or config.prep.modalities)
+  pool = tuple(s.modalities or config.data.modalities or config.prep.modalities)
   for size in s.sizes or ("base",):
     if s.sizes and size not in sizes:
       raise KeyError(f"sweep size {size!r} is not in the size table ({', '.join(sizes)})")
@@ -221,14 +221,14 @@ def set_key(config: ml_collections.ConfigDict, key: str, value):
 def model_modalities(config) -> dict[str, tuple[int, int]]:
   """{modality: (rate, channels)} the run trains on, from the canonical table (no data needed)."""
   from sleepjax.modalities import CANONICAL  # pylint: disable=g-import-not-at-top
-  names = config.data.get("modalities") or config.prep.modalities
+  names = config.data.modalities or config.prep.modalities
   return {m: (CANONICAL[m].rate, len(CANONICAL[m].channels)) for m in names}
 
 
 def flops_per_step(config) -> float:
   """The family's analytic training FLOPs per step (fwd + bwd) for this config."""
   from sleepjax import families  # pylint: disable=g-import-not-at-top
-  family = families.FAMILIES[config.model.get("family", "sleep2vec")]
+  family = families.FAMILIES[config.model.family]
   return float(family.flops(config, model_modalities(config), config.data.global_batch,
                             config.data.window_epochs))
 
@@ -394,7 +394,7 @@ def run_member(config, workdir: str) -> dict | None:
       flops_per_step=per_step, flops=per_step * config.train.steps,
       tokens=epochs * len(result["modalities"]), epochs_seen=epochs,
       modality_count=len(result["modalities"]),
-      subject_fraction=float(config.data.get("subject_fraction", 1.0)), seed=config.seed,
+      subject_fraction=float(config.data.subject_fraction), seed=config.seed,
       train_loss=last.get("loss"), wall_s_last_job=time.time() - t0)
   if jax.process_index() == 0:
     _write(result_path, json.dumps(result, indent=1) + "\n")
@@ -405,7 +405,7 @@ def run_member(config, workdir: str) -> dict | None:
 
 def _train_subjects(manifest: dict, config) -> int:
   n = len(manifest["splits"]["train"]["subjects"])
-  return max(1, math.ceil(n * float(config.data.get("subject_fraction", 1.0))))
+  return max(1, math.ceil(n * float(config.data.subject_fraction)))
 
 
 # ---------------------------------------------------------------------------------------------

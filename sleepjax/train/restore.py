@@ -43,7 +43,7 @@ def _saved_config(directory, step: int) -> ml_collections.ConfigDict:
     raise ValueError(f"{os.path.abspath(directory)}/{step}: no config saved with this checkpoint; "
                      "restore it with a config (`sleepjax eval --config=...`)")
   config = config_tools.from_dict(saved)
-  if not config.data.get("modalities", ()):  # older checkpoints: the modalities prep wrote
+  if not config.data.modalities:  # older checkpoints: the modalities prep wrote
     with config.unlocked():
       config.data.modalities = tuple(config.prep.modalities)
   return config
@@ -73,7 +73,7 @@ def restore(directory, config=None, *, workdir: str | None = None, step: int | N
     else:
       mesh, manifest, modalities, tx, _ = trainer.setup(merged, workdir)
       checkpoint.check_split_hash(directory, s, manifest,
-                                  merged.eval.get("allow_split_mismatch", False))
+                                  merged.eval.allow_split_mismatch)
     graphdef, abstract, shardings = state_lib.abstract_state(merged, modalities, tx, mesh,
                                                              merged.seed)
     # Parameters only: the optimizer state is never read to use a model.

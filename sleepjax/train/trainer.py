@@ -55,7 +55,7 @@ def setup(config, workdir: str, schedule_segments=None):
   """What training and evaluation share: mesh, manifest, model modalities, optimizer."""
   mesh = sharding.make_mesh(config.mesh)
   manifest = read_manifest(data_dir(config, workdir))
-  names = training_modalities(manifest, config.data.get("modalities", ()))
+  names = training_modalities(manifest, config.data.modalities)
   modalities = state_lib.model_modalities(manifest, names)
   tx, schedule = optim.make_optimizer(config.optim, schedule_segments or config.train.steps)
   return mesh, manifest, modalities, tx, schedule
@@ -142,9 +142,9 @@ def _batches(config, manifest, modalities, mesh) -> prefetch.DevicePrefetch:
       process_index=jax.process_index(), process_count=jax.process_count(),
       read_threads=config.data.read_threads, prefetch=config.data.prefetch,
       workers=config.data.workers, verify=config.data.verify_shards,
-      subject_fraction=config.data.get("subject_fraction", 1.0), fields=_fields(config))),
+      subject_fraction=config.data.subject_fraction, fields=_fields(config))),
       lambda local: pipeline.to_global(local, batch_sh),
-      depth=config.data.get("device_prefetch", 2))
+      depth=config.data.device_prefetch)
 
 
 def _restore_or_init(config, ckpt: str, manager, it, modalities, mesh):
@@ -158,7 +158,7 @@ def _restore_or_init(config, ckpt: str, manager, it, modalities, mesh):
     _, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
     return segments, meta, checkpoint.restore(manager, step, abstract, it)
 
-  found = checkpoint.restore_newest(ckpt, resume, config.train.get("resume_step", 0) or None,
+  found = checkpoint.restore_newest(ckpt, resume, config.train.resume_step or None,
                                     choose="--config.train.resume_step=<step>")
   segments, meta, state = [[0, config.train.steps]], {}, None
   if found is not None:
@@ -180,7 +180,7 @@ def _restore_or_init(config, ckpt: str, manager, it, modalities, mesh):
 
 
 def _warn_short_ema(config):
-  ema_base = config.train.get("ema_momentum", 0.996)
+  ema_base = config.train.ema_momentum
   left = ema_initial_weight(config.train.steps, ema_base) if ema_base else 0.0
   if left > 0.01:
     logging.warning("train.ema_momentum=%s over %d steps: the EMA parameters (used by eval) keep "
@@ -191,24 +191,24 @@ def _warn_short_ema(config):
 def _hooks(config, workdir, manifest, modalities, mesh, manager, it, writer, chrono, step, segments,
            meta) -> list[hooks_lib.Hook]:
   """The hooks in the order they run after each step (train/hooks.py); the metric logger last."""
-  c = config.train
+  train_cfg = config.train
   means = metrics.IntervalMeans()
   guard = hooks_lib.NonFiniteGuard(
-      c.get("max_nonfinite_steps", 10), int(meta.get("skipped_total", 0)), chrono, means.add,
-      due=lambda s: s % c.log_every == 0 or manager.should_save(s),
+      train_cfg.max_nonfinite_steps, int(meta.get("skipped_total", 0)), chrono, means.add,
+      due=lambda s: s % train_cfg.log_every == 0 or manager.should_save(s),
       last_checkpoint=lambda: f"step {manager.latest_step()} in {checkpoint_dir(workdir)}")
   # The data split the run trained on: eval refuses a re-prepared cohort whose splits moved.
   run_meta = lambda: {"schedule": segments, "skipped_total": guard.skipped_total,
                       "split_hash": manifest.get("split_hash")}
-  profile_steps = c.get("profile_steps", 0)
   out = [guard,
-         hooks_lib.Profiler(step + 3, profile_steps, os.path.join(train_dir(workdir), "tb")),
+         hooks_lib.Profiler(step + 3, train_cfg.profile_steps,
+                            os.path.join(train_dir(workdir), "tb")),
          hooks_lib.Checkpointer(manager, it, config, run_meta, chrono)]
-  if c.val_every:
-    out.append(hooks_lib.ValLoss(config, manifest, modalities, mesh, every=c.val_every,
-                                 batches=c.val_batches, writer=writer, chrono=chrono))
+  if train_cfg.val_every:
+    out.append(hooks_lib.ValLoss(config, manifest, modalities, mesh, every=train_cfg.val_every,
+                                 batches=train_cfg.val_batches, writer=writer, chrono=chrono))
   out.append(hooks_lib.MetricLogger(
-      writer, chrono, means, lambda: guard.skipped_total, every=c.log_every,
+      writer, chrono, means, lambda: guard.skipped_total, every=train_cfg.log_every,
       global_batch=config.data.global_batch, window=config.data.window_epochs,
       flops=_flops_per_step(config, modalities)))
   return out
@@ -220,7 +220,7 @@ def train(config, workdir: str) -> dict:
   t_start = time.perf_counter()
   mesh, manifest, modalities, _, _ = setup(config, workdir)
   gradcache.check_microbatches(config.data.global_batch, mesh.shape["data"] * mesh.shape["fsdp"],
-                               config.train.get("microbatches", 1))
+                               config.train.microbatches)
   config = config.copy_and_resolve_references()  # the checkpoint's config names what is encoded
   with config.unlocked():
     config.data.modalities = tuple(modalities)
