@@ -120,7 +120,8 @@ def _compile(argv: list[str]) -> str:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump}"
                              " --xla_dump_hlo_module_re=.*train_step.* --xla_gpu_enable_triton_gemm=false")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  from sleepjax import bench_step, config_tools  # pylint: disable=g-import-not-at-top
+  from sleepjax import config_tools  # pylint: disable=g-import-not-at-top
+  from sleepjax.bench import step as bench_step  # pylint: disable=g-import-not-at-top
   config = config_tools.load_config(opts.pop("config"))
   for key, value in opts.items():
     config_tools.override(config, key.removeprefix("config."), value)

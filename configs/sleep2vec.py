@@ -3,7 +3,7 @@
   --config=configs/sleep2vec.py:dense        768 x 12, 16 heads, MLP 3072 (~134 M parameters)
   --config=configs/sleep2vec.py:large        1024 x 16, 16 heads, tokenizers 768 -> 1024 (~217 M)
   --config=configs/sleep2vec.py:size=<S>     a row of SIZES (scaling sweeps), e.g. size=20m
-  --config=configs/sleep2vec.py:smoke        CPU demo size (configs/smoke.py's data and model),
+  --config=configs/sleep2vec.py:smoke        CPU demo size (configs/common.py's data and model),
                                              with the preset's objective and sampling
   --config=configs/sleep2vec.py:dense_reference   dense as published (REFERENCE below)
   --config=configs/sleep2vec.py:large_reference   large as published (+ its 768-wide head)
@@ -21,10 +21,9 @@ multi-channel modality (two EEG derivations) widens its tokenizer's input (chann
 which adds tokenizer parameters.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from sleepjax.configs import common
 
 # name -> (width, depth, heads, mlp, tokenizer_width; 0 = width). Approximate parameter counts
 # with sleep2vec's inputs in the comments (tokenizers dominate the smallest sizes: the nine
@@ -46,17 +45,9 @@ NINE = ("eeg", "eog", "emg", "ecg", "heart_rate", "spo2", "airflow", "nasal_pres
         "resp_effort")
 
 
-def _smoke(arg: str = "") -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smoke.py")
-  spec = importlib.util.spec_from_file_location("sleepjax_smoke_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
   if arg == "smoke":
-    c = _smoke()
+    c = common.get_config()
     c.objective.pair_strategy = "pair_first"
     c.objective.loss = "dash"
     c.data.modality_sampling = "pair_first"
@@ -72,7 +63,7 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
   if size not in SIZES:
     raise ValueError(f"configs/sleep2vec.py: unknown size {size!r}; choose from {list(SIZES)}")
 
-  c = _smoke()
+  c = common.get_config()
   width, depth, heads, mlp, tokenizer_width = SIZES[size]
   c.model.update(dict(family="sleep2vec", tokenizer="epoch", tokenizer_width=tokenizer_width,
                       width=width, depth=depth, heads=heads, mlp=mlp, norm="pre", proj_hidden=0,
@@ -103,6 +94,7 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
   c.train.steps = 100_000
   c.train.log_every = 100
   c.train.checkpoint_every = 2000
+  c.train.val_every = 1000  # > 0: val_loss (eval mode, fixed batches and keys) every N steps
   c.train.ema_momentum = 0.996
   c.optim.lr = 5e-5
   c.optim.b1 = 0.9

@@ -22,8 +22,7 @@ class Slice:
 
   @classmethod
   def from_config(cls, config) -> "Slice":
-    s = cls(int(config.get("num_shards", 1) or 1), int(config.get("shard_index", 0)),
-            bool(config.get("merge", False)))
+    s = cls(int(config.num_shards), int(config.shard_index), bool(config.merge))
     if s.num_shards < 1 or not 0 <= s.shard_index < s.num_shards:
       raise ValueError(f"prep.shard_index={s.shard_index} must be in [0, prep.num_shards="
                        f"{s.num_shards})")

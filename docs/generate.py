@@ -41,14 +41,12 @@ def config_reference() -> str:
   from sleepjax import config_tools  # pylint: disable=g-import-not-at-top
   lines = [HEADER + "# Config keys\n",
            "Every key of every preset, with its value there and its meaning (the trailing comment on",
-           "the key's line in the config file, else `sleepjax.config_tools.DESCRIPTIONS`). Override",
+           "the key's line in the config file, else in the shared base `configs/common.py`). Override",
            "any key with `--config.<key>=<value>`; `sleepjax config --config=<spec>` prints a resolved",
            "config and `--diff` what differs from its preset.\n"]
-  # A key means the same in every file: comments from all shipped configs, this file's winning.
-  shared = {k: v for name in presets() for k, v in config_tools.comments(config_tools.CONFIGS / name).items()}
   for name, specs in presets().items():
     path = config_tools.CONFIGS / name
-    notes = {**config_tools.DESCRIPTIONS, **shared, **config_tools.comments(path)}
+    notes = {**config_tools.descriptions(), **config_tools.comments(path)}
     flat = {}
     for spec in specs:
       try:

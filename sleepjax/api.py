@@ -29,8 +29,9 @@ from flax import nnx
 
 from data_prep import annotations as annotations_lib
 from data_prep import channels, edf, harmonise, qc
-from sleepjax import config_tools, sharding
+from sleepjax import families, generate, sharding
 from sleepjax.modalities import CANONICAL, EPOCH_SECONDS, STAGES
+from sleepjax.train import restore
 
 STAGING_HEAD = os.path.join("eval", "staging_head.npz")  # under the workdir; see `save_staging_head`
 SIGNAL_EXTENSIONS = (".edf", ".bdf", ".rec")
@@ -73,39 +74,21 @@ def _checkpoint_dir(path: pathlib.Path) -> tuple[pathlib.Path, int | None, pathl
                           "directory or a checkpoint step")
 
 
-def _family(config):
-  """The model family of `config` (sleepjax.families), or None where there is no such registry."""
-  try:
-    from sleepjax import families  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  name = config.model.get("family", "sleep2vec")
-  if name not in families.FAMILIES:
-    raise ValueError(f"model.family={name!r} is not a known family ({', '.join(families.FAMILIES)})")
-  return families.FAMILIES[name]
-
-
 class Model:
   """A restored checkpoint on the available devices; see the module docstring."""
 
-  def __init__(self, config, graphdef, params, mesh, step: int, workdir: pathlib.Path | None,
-               ema: bool = False):
+  def __init__(self, config, graphdef, params, mesh, step: int, workdir: pathlib.Path | None):
     self.config, self.graphdef, self.params, self.mesh = config, graphdef, params, mesh
     self.step, self.workdir = step, workdir
-    self.ema = ema  # the parameters are the train state's exponential moving average
+    self.ema = True  # `restore` reads the train state's exponential moving average of the weights
     self.modalities = tuple(config.data.modalities)
-    self.family = _family(config)
+    self.family = families.get_family(config)
     self._forward = jax.jit(self._embed_batch)
     self._head = None
 
   # ----------------------------------------------------------------------------- embeddings
   def _embed_batch(self, params, batch):
-    model = nnx.merge(self.graphdef, params)
-    if self.family is not None:
-      out = dict(self.family.embed(model, batch))
-    else:  # before the family interface: Sleep2Vec.__call__
-      raw = model(batch["signals"], batch["masks"])
-      out = {"epoch": raw["fused"], "per_modality": raw["tokens"], "present": raw["present"]}
+    out = self.family.embed(nnx.merge(self.graphdef, params), batch)
     keep = {"epoch": out["epoch"].astype(np.float32)}
     if "per_modality" in out:
       keep["per_modality"] = out["per_modality"].astype(np.float32)
@@ -193,17 +176,9 @@ class Model:
   # ----------------------------------------------------------------------------- captions
   def caption(self, night, annotations: str | os.PathLike | None = None, **kwargs):
     """Generated captions of a night (SleepLM checkpoints; `sleepjax.generate`)."""
-    family = self.config.model.get("family", "sleep2vec")
-    try:
-      from sleepjax import generate  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      generate = None
-    if family != "sleeplm" or generate is None or not hasattr(generate, "caption_night"):
-      raise ValueError(f"caption() needs a SleepLM checkpoint (model.family='sleeplm') and "
-                       f"sleepjax.generate.caption_night; this checkpoint is model.family="
-                       f"{family!r}" + ("" if generate is not None and hasattr(
-                           generate, "caption_night") else ", and sleepjax.generate has no "
-                           "caption_night yet"))
+    if self.family.name != "sleeplm":
+      raise ValueError(f"caption() needs a SleepLM checkpoint (model.family='sleeplm'); this "
+                       f"checkpoint is model.family={self.family.name!r}")
     signals, masks, _ = self.prepare(night, annotations)
     return generate.caption_night(self, signals, masks, **kwargs)
 
@@ -215,40 +190,12 @@ def load(path: str | os.PathLike, *, step: int | None = None) -> Model:
   `path`: a workdir (its train/checkpoints), a checkpoints directory, or one step's directory.
   Without `step` (or a step's directory), the newest checkpoint that restores, with a warning
   naming any newer one skipped; a given step that does not restore is an error naming it.
-  EMA parameters are used where the train state has them.
+  The EMA parameters (every train state keeps them), through `sleepjax.train.restore`.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from sleepjax.train import checkpoint, state as state_lib  # pylint: disable=g-import-not-at-top
-  from sleepjax.train.optim import make_optimizer  # pylint: disable=g-import-not-at-top
-
   ckpt_dir, given_step, workdir = _checkpoint_dir(pathlib.Path(path).expanduser().resolve())
-
-  def read(s: int):
-    with ocp.CheckpointManager(ckpt_dir) as manager:
-      with checkpoint.reading(ckpt_dir, s):
-        saved = manager.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-      config = config_tools.from_dict(saved["config"])
-      names = tuple(config.data.get("modalities", ())) or tuple(config.prep.modalities)
-      with config.unlocked():
-        config.data.modalities = names
-      modalities = {m: (CANONICAL[m].rate, len(CANONICAL[m].channels)) for m in names}
-      mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-      tx, _ = make_optimizer(config.optim, config.train.steps)
-      graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
-      with checkpoint.reading(ckpt_dir, s):
-        state = manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))["state"]
-    return config, graphdef, mesh, state
-
-  found = checkpoint.restore_newest(ckpt_dir, read, step if step is not None else given_step,
-                                    choose="sleepjax.api.load(path, step=<step>)")
-  if found is None:
-    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint found")
-  (config, graphdef, mesh, state), step = found
-  ema = getattr(state, "ema_params", None)
-  use_ema = ema is not None and bool(jax.tree.leaves(ema))
-  return Model(config, graphdef, ema if use_ema else state.params, mesh, int(step), workdir,
-               ema=use_ema)
+  r = restore.restore(ckpt_dir, step=step if step is not None else given_step,
+                      choose="sleepjax.api.load(path, step=<step>)")
+  return Model(r.config, r.graphdef, r.params, r.mesh, r.step, workdir)
 
 
 # ------------------------------------------------------------------------------- one night

@@ -32,7 +32,8 @@ import traceback
 from absl import app, flags, logging
 
 import sleepjax
-from sleepjax import bench_step, config_tools, distributed  # bench_step: --aot_devices
+from sleepjax import config_tools, distributed
+from sleepjax.bench import step as bench_step  # pylint: disable=unused-import  (defines the bench step flags)
 from sleepjax.config_tools import ConfigError, load_config  # pylint: disable=unused-import  (API)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: raw/, data/, train/, eval/ live here.")
@@ -151,9 +152,7 @@ def cmd_demo(config, workdir: str):
   # Evaluation restores the checkpoint in a fresh process, as a researcher would.
   subprocess.run([sys.executable, "-m", "sleepjax", "eval", *_INVOCATION.config_args(),
                   f"--workdir={workdir}"], check=True)
-  if config.model.get("family") == "sleeplm":
-    from sleepjax.families import sleeplm  # pylint: disable=g-import-not-at-top
-    print(sleeplm.format_text_report(sleeplm.text_report(config, workdir)))
+  if config.model.family == "sleeplm":
     cmd_caption(config, workdir)
   print(f"\noutputs in {os.path.abspath(workdir)}:\n"
         f"  raw cohort      raw/ (EDF+, NSRR XML, metadata.csv)\n"
@@ -200,7 +199,7 @@ def cmd_sweep_run(config, workdir: str):
 
 def cmd_sweep_report(config, workdir: str):
   del config
-  from sleepjax import sweep_report  # pylint: disable=g-import-not-at-top
+  from sleepjax.sweep import report as sweep_report  # pylint: disable=g-import-not-at-top
   sweep_report.report(workdir)
 
 

@@ -1,5 +1,6 @@
 """Config files: finding them (also in an installed wheel), loading, `--config.<key>=<value>`
-overrides with one-line errors, flat key listings with one-line descriptions, diffs.
+overrides with one-line errors, flat key listings with one-line descriptions (the trailing
+comments of the keys' lines: configs/common.py's, then the preset's), diffs.
 
 A config file is a Python file with `get_config(arg="") -> ml_collections.ConfigDict`; a spec is
 `path.py[:arg]`. Relative paths are looked up in the working directory first, then among the
@@ -27,62 +28,10 @@ class ConfigError(ValueError):
   """A config that cannot be loaded or overridden; the message is one line."""
 
 
-# One-line descriptions of keys whose config line has no comment (a comment always wins).
-DESCRIPTIONS = {
-    "seed": "seed of model init, data order and the probe",
-    "synthetic.n_subjects": "`sleepjax synth`: subjects (one night each)",
-    "synthetic.n_sites": "`sleepjax synth`: sites (montages, sensor habits)",
-    "synthetic.hours": "`sleepjax synth`: hours per night",
-    "synthetic.seed": "`sleepjax synth`: seed of the cohort",
-    "synthetic.workers": "`sleepjax synth`: processes simulating subjects in parallel",
-    "synthetic.hard": "`sleepjax synth`: the hard benchmark cohort (site chains, planted confound)",
-    "prep.modalities": "modalities prep harmonises and stores (sleepjax.modalities.CANONICAL)",
-    "prep.channel_map": "cohort channel map (data_prep/channel_maps/<name>.json) or a path",
-    "prep.segment_epochs": "30-s epochs per stored segment (the unit of shuffling and eval)",
-    "prep.shard_records": "segments per ArrayRecord shard",
-    "prep.split_fractions": "train/val/test fractions, split by subject",
-    "prep.seed": "seed of the subject split and of caption wording",
-    "prep.workers": "prep worker processes (0 = one per core)",
-    "data.modalities": "modalities to train on (empty = all the manifest has)",
-    "data.window_epochs": "30-s epochs per training window",
-    "data.global_batch": "windows per step over all devices and processes",
-    "data.modality_dropout": "dropout sampling: probability of masking a present modality",
-    "data.min_modalities": "dropout sampling: modalities always kept per record",
-    "data.read_threads": "reader threads per process",
-    "data.prefetch": "batches prefetched per process",
-    "model.family": "model family (sleepjax.families.FAMILIES)",
-    "model.tokenizer": "epoch (residual MLP on the flattened 30-s epoch) | patch (conv stem on "
-                       "1-s patches)",
-    "model.width": "transformer width D",
-    "model.depth": "transformer layers",
-    "model.heads": "attention heads",
-    "model.mlp": "MLP hidden width",
-    "model.stem_features": "signal tokenizer filter-bank features",
-    "model.patch_seconds": "signal tokenizer patch length (s); divides 30",
-    "model.proj_dim": "contrastive projection size",
-    "objective.temperature": "InfoNCE temperature",
-    "objective.pair_strategy": "which modality pairs the contrastive loss uses",
-    "optim.lr": "peak learning rate (AdamW, warmup then cosine)",
-    "optim.warmup_steps": "linear warmup steps",
-    "optim.weight_decay": "AdamW weight decay",
-    "optim.b2": "AdamW beta2",
-    "optim.grad_clip": "global gradient-norm clip",
-    "mesh.data": "data-parallel mesh axis (-1 = the remaining devices)",
-    "mesh.fsdp": "FSDP mesh axis (parameters sharded)",
-    "mesh.tensor": "tensor-parallel mesh axis",
-    "train.log_every": "steps between logged metrics",
-    "train.checkpoint_every": "steps between checkpoints",
-    "train.keep_checkpoints": "checkpoints kept",
-    "eval.tasks": "tasks `sleepjax eval` runs (README: Evaluation)",
-    "eval.train_split": "split the staging probe is fitted on",
-    "eval.test_split": "split the staging probe is scored on",
-    "eval.probe_steps": "staging probe optimiser steps",
-    "eval.probe_lr": "staging probe learning rate",
-    "eval.probe_l2": "staging probe L2 penalty",
-    "bench.hours": "`sleepjax bench data`: hours per synthetic night",
-    "bench.segment_epochs": "`sleepjax bench data`: epochs per stored segment",
-    "bench.subjects": "`sleepjax bench data`: synthetic subjects prepared for the benchmark",
-    "eval.max_caption_len": "SleepLM eval: longest generated caption (tokens)",
+# The shared base (its keys' meanings are the comments on their lines there).
+BASE = CONFIGS / "common.py"
+# Sections a sweep file adds (sleepjax/sweep.py builds them): their keys' meanings.
+SWEEP_DESCRIPTIONS = {
     "launch.eval": "sweeps: also run `sleepjax eval` (linear probe) after each run",
     "launch.stop_after_steps": "sweeps: train at most this many steps per job, then requeue (0 = all)",
     "launch.local.cpu_devices": "local runner: simulated CPU devices per run",
@@ -115,42 +64,6 @@ DESCRIPTIONS = {
     "launch.xpk.vm_setup": "shell lines run on each TPU VM worker before sleepjax",
     "launch.xpk.workload_prefix": "prefix of xpk workload names",
     "launch.xpk.zone": "Google Cloud zone",
-    "model.channels": "SleepLM input channels: (modality, channel index) per entry",
-    "model.decoder.depth": "SleepLM caption decoder layers",
-    "model.decoder.heads": "SleepLM caption decoder attention heads",
-    "model.decoder.mlp_ratio": "SleepLM caption decoder MLP width / model width",
-    "model.decoder.prefix_len": "SleepLM caption-group prefix tokens",
-    "model.decoder.width": "SleepLM caption decoder width",
-    "model.embed_dim": "SleepLM shared signal/text embedding size",
-    "model.rate": "SleepLM input sampling rate (Hz)",
-    "model.recon_depth": "SleepLM reconstruction decoder layers",
-    "model.signal.conv_dim": "SleepLM Conv1d patch features",
-    "model.signal.decoder_tokens": "SleepLM pooled tokens the decoders attend to",
-    "model.signal.depth": "SleepLM signal encoder dual blocks",
-    "model.signal.heads": "SleepLM signal encoder attention heads",
-    "model.signal.mlp_ratio": "SleepLM signal encoder SwiGLU width / model width",
-    "model.signal.patch": "SleepLM samples per patch (16 = 0.25 s at 64 Hz)",
-    "model.signal.width": "SleepLM signal encoder width",
-    "model.size": "SleepLM size-table row this config was built from",
-    "model.text.context": "SleepLM text tower context (tokens)",
-    "model.text.depth": "SleepLM text tower layers",
-    "model.text.heads": "SleepLM text tower attention heads",
-    "model.text.mlp_ratio": "SleepLM text tower MLP width / model width",
-    "model.text.width": "SleepLM text tower width",
-    "objective.alpha_sex": "DAS-H: kernel factor for a different-sex pair",
-    "objective.eps": "DAS-H: floor weight (same-night negatives get it)",
-    "objective.gamma_diff": "DAS-H: site gate for a different-site pair",
-    "objective.gamma_same": "DAS-H: site gate for a same-site pair",
-    "objective.sigma_age": "DAS-H: age kernel width (years)",
-    "objective.lambda_cap": "SleepLM: weight of the caption loss",
-    "objective.lambda_con": "SleepLM: weight of the contrastive loss",
-    "objective.lambda_rec": "SleepLM: weight of the reconstruction loss",
-    "optim.b1": "AdamW beta1",
-    "optim.end_lr_fraction": "final learning rate as a fraction of the peak",
-    "prep.shard_index": "sharded prep: this job's slice (0 .. num_shards-1)",
-    "prep.split_fractions.train": "fraction of subjects in train",
-    "prep.split_fractions.val": "fraction of subjects in val",
-    "prep.split_fractions.test": "fraction of subjects in test",
     "sweep.budgets_flops": "FLOP budgets; a run's steps = budget / analytic FLOPs per step",
     "sweep.modalities": "modalities the subsets are drawn from",
     "sweep.modality_counts": "modality-subset sizes swept",
@@ -202,14 +115,39 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:
-  """A config saved as JSON (e.g. in a checkpoint) -> ConfigDict; JSON lists become tuples."""
+  """A config saved as JSON (a checkpoint's) -> ConfigDict; JSON lists become tuples. Keys a config
+  saved before they existed lacks come from the shared base, so old checkpoints still restore."""
   def tuples(x):
     if isinstance(x, dict):
       return {k: tuples(v) for k, v in x.items()}
     if isinstance(x, list):
       return tuple(tuples(v) for v in x)
     return x
-  return ml_collections.ConfigDict(tuples(d))
+  config = ml_collections.ConfigDict(tuples(d))
+  known = "model" in config and "family" in config.model
+  _fill(config, base(config.model.family if known else "sleep2vec"))
+  return config
+
+
+def base(family: str) -> ml_collections.ConfigDict:
+  """configs/common.py's base; for another family than the base's, only the model keys all
+  families share (its model and objective sections are its own)."""
+  from sleepjax.configs import common  # pylint: disable=g-import-not-at-top
+  c = common.get_config()
+  if family != c.model.family:
+    c.model = {k: c.model[k] for k in common.SHARED_MODEL}
+    c.objective = {}
+  return c
+
+
+def _fill(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict):
+  """Adds the keys of `defaults` that `config` lacks, section by section."""
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif (isinstance(value, ml_collections.ConfigDict)
+          and isinstance(config[key], ml_collections.ConfigDict)):
+      _fill(config[key], value)
 
 
 def _one_line(e: BaseException) -> str:
@@ -355,9 +293,14 @@ def _target(line: list[tokenize.TokenInfo]) -> str | None:
   return None
 
 
+def descriptions() -> dict[str, str]:
+  """{key: meaning} of every key of the base and of the sweep sections."""
+  return {**SWEEP_DESCRIPTIONS, **comments(BASE)}
+
+
 def describe_keys(config, path: str | os.PathLike | None = None, sections=None) -> list[str]:
   """Lines `key  value  description` for every key (of `sections`, if given)."""
-  notes = {**DESCRIPTIONS, **(comments(path) if path else {})}
+  notes = {**descriptions(), **(comments(path) if path else {})}
   keys = {k: v for k, v in flatten(config).items()
           if not sections or k.split(".")[0] in sections}
   width = max((len(k) for k in keys), default=0)

@@ -151,7 +151,7 @@ def _resume_read(directory, config):
 
 
 def _eval_read(directory, config):
-  """Eval's reads of one step (evaluate.embed.restore's `read`, without the model setup)."""
+  """Eval's reads of one step (train.restore.restore's `read`, without the model setup)."""
   from sleepjax.train import checkpoint  # pylint: disable=g-import-not-at-top
 
   def read(step):

@@ -1,9 +1,9 @@
 """The night-level sequence head: nights assembled exactly, and a planted temporal rule that a
 per-epoch probe cannot learn and the sequence head must."""
 
-import ml_collections
 import numpy as np
 
+from sleepjax.configs import common
 from sleepjax.evaluate import sequence, tasks
 
 W, SEGS = 10, 4  # epochs per segment, segments per night
@@ -49,10 +49,11 @@ def test_nights_are_assembled_by_epoch_index_with_gaps_masked():
 
 
 def test_sequence_head_learns_a_rule_a_per_epoch_probe_cannot():
-  config = ml_collections.ConfigDict({"eval": dict(
+  config = common.get_config()
+  config.eval.update(dict(
       probe_steps=200, probe_lr=0.05, probe_l2=1e-4, probe_l2_grid=(1e-4,), sequence_steps=150,
       sequence_eval_every=25, sequence_width=32, sequence_attention_layers=1,
-      sequence_seeds=(0, 1))})
+      sequence_seeds=(0, 1)))
   ctx = tasks.Context(config, _manifest(), ["eeg"], ["pretrained"],
                       lambda enc, split, subset: _table(split))
   probe = tasks.staging(ctx)["pretrained"]

@@ -1,9 +1,9 @@
 """Evaluation tasks on hand-made embedding tables whose answers are known exactly."""
 
-import ml_collections
 import numpy as np
 import pytest
 
+from sleepjax.configs import common
 from sleepjax.evaluate import reports, tasks
 
 E, D = 12, 8
@@ -45,10 +45,11 @@ def _table(split: str, rem_as_n2: bool = False, night_dims: bool = True) -> dict
 
 
 def _context(night_dims=True, **eval_overrides):
-  config = ml_collections.ConfigDict({"eval": dict(
+  config = common.get_config()
+  config.eval.update(dict(
       probe_steps=300, probe_lr=0.05, probe_l2=1e-4, probe_l2_grid=(1e-4,), seeds=(0, 1),
       fractions=(0.01, 1.0), ridge_alphas=(1e-6,), event_kinds=("apnea",),
-      robustness_max_subsets=32, **eval_overrides)})
+      robustness_max_subsets=32, **eval_overrides))
   calls = []
 
   def embed(encoder, split, subset):

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sleepjax import bench_step, sharding
+from sleepjax import sharding
+from sleepjax.bench import step as bench_step
 from sleepjax.data import pipeline
 from sleepjax.families import get_family
 from sleepjax.train import gradcache, state as state_lib

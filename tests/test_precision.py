@@ -95,7 +95,8 @@ def test_bfloat16_weight_decay_shrinks_the_master_weights(monkeypatch, tiny_conf
 def test_bfloat16_keeps_float32_master_ema_and_second_moment(tiny_config):
   """param_dtype=bfloat16 on the real sleep2vec step: params, EMA and AdamW's second moment stay
   float32 across steps, the first moment is bf16; an unknown dtype is refused."""
-  from sleepjax import bench_step, sharding  # pylint: disable=g-import-not-at-top
+  from sleepjax import sharding  # pylint: disable=g-import-not-at-top
+  from sleepjax.bench import step as bench_step  # pylint: disable=g-import-not-at-top
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
   config = tiny_config.copy_and_resolve_references()
   config.model.param_dtype = "bfloat16"

@@ -36,7 +36,7 @@ def test_parameters_and_optimizer_state_are_born_sharded(tiny_config):
 
 
 def _losses_on_mesh(config, mesh_axes: dict, steps: int = 3) -> list[float]:
-  from sleepjax import bench_step  # pylint: disable=g-import-not-at-top
+  from sleepjax.bench import step as bench_step  # pylint: disable=g-import-not-at-top
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sleepjax.train.step import make_train_step  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()

@@ -371,16 +371,6 @@ def test_loss_terms_and_weights():
   assert np.isfinite(loss_all) and set(m_all) == set(m)
 
 
-def test_caption_stage_reads_every_stage_template():
-  from data_prep.captions import STAGE_TEMPLATES  # pylint: disable=g-import-not-at-top
-  for stage, templates in STAGE_TEMPLATES.items():
-    for text in templates:
-      assert family.caption_stage(text) == stage, text
-      assert family.caption_stage(text[:-1] + ", no scored events.") == stage, text
-  assert family.caption_stage("Stage N2 sleep. Scored as REM.") == -1  # two stages: none
-  assert family.caption_stage("Slow-wave activity.") == -1
-
-
 def test_flops_positive_and_scale_with_batch():
   c = config("base")
   f1 = family.flops(c, MODALITIES, 8, 1)

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax import generate
 from sleepjax.families import sleeplm as family
+from sleepjax.models.sleeplm import decode
 from sleepjax.caption_tokenizer import BOS_ID, EOS_ID, PAD_ID
 from tests.test_sleeplm import build, caption_logits, deep_config, make_batch
 
@@ -30,7 +30,7 @@ def test_kv_cache_logits_equal_full_decoding():
   tokens = jnp.asarray(batch["captions"][0, :, 1, :20])
   group = jnp.array([0, 2, 4])
   full = caption_logits(model, tokens, jnp.ones_like(tokens, bool), group, memory)
-  cached = nnx.jit(generate.cached_logits)(model, memory, group, tokens)
+  cached = nnx.jit(decode.cached_logits)(model, memory, group, tokens)
   np.testing.assert_allclose(cached, full, atol=2e-4, rtol=2e-4)
 
 
@@ -38,7 +38,7 @@ def test_greedy_equals_argmax_of_full_redecoding():
   model, _, x, present, memory = _setup()
   group = jnp.array([0, 1, 3])
   max_len = 12
-  out = np.asarray(generate.caption(model, x, present, group, max_len=max_len))
+  out = np.asarray(decode.caption(model, x, present, group, max_len=max_len))
   assert (out[:, 0] == BOS_ID).all()
   # causal decoding: the full logits at position t - 1 are the next-token logits given out[:, :t]
   full = caption_logits(model, jnp.asarray(out), jnp.ones(out.shape, bool), group, memory)
@@ -50,10 +50,10 @@ def test_greedy_equals_argmax_of_full_redecoding():
 def test_beam_search():
   model, _, x, present, memory = _setup()
   group = jnp.array([0, 1, 3])
-  greedy = generate.caption(model, x, present, group, max_len=10)
-  one_beam = generate.caption(model, x, present, group, max_len=10, beams=1)
+  greedy = decode.caption(model, x, present, group, max_len=10)
+  one_beam = decode.caption(model, x, present, group, max_len=10, beams=1)
   np.testing.assert_array_equal(greedy, one_beam)
-  tokens, score = nnx.jit(generate.beam_search, static_argnames=("max_len", "beams"))(
+  tokens, score = nnx.jit(decode.beam_search, static_argnames=("max_len", "beams"))(
       model, memory, group, max_len=10, beams=4)
   assert tokens.shape == (3, 10) and (np.asarray(tokens[:, 0]) == BOS_ID).all()
   assert np.isfinite(np.asarray(score)).all()

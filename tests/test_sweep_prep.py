@@ -54,7 +54,7 @@ def test_two_shards_and_merge_equal_single_prep_byte_for_byte(prepared, tiny_con
   assert not mismatch and not errors
 
 
-def test_shard_slices_are_disjoint_and_cover_the_cohort():
+def test_shard_slices_are_disjoint_and_cover_the_cohort(tiny_config):
   from data_prep.cluster import Slice  # pylint: disable=g-import-not-at-top
   metas = [{"recording_id": f"r{i}"} for i in range(11)]
   parts = [Slice(3, i).select(metas, metas) for i in range(3)]
@@ -62,4 +62,4 @@ def test_shard_slices_are_disjoint_and_cover_the_cohort():
   assert sorted(ids) == sorted(m["recording_id"] for m in metas) and len(set(ids)) == 11
   assert Slice(3, 1).select(metas, metas[:1]) == []  # resumes: only what is left of its slice
   with pytest.raises(ValueError, match="shard_index"):
-    Slice.from_config({"num_shards": 2, "shard_index": 2})
+    Slice.from_config(_prep_config(tiny_config, num_shards=2, shard_index=2))

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from sleepjax import sweep_report
+from sleepjax.sweep import report as sweep_report
 from sleepjax.data import sampling
 
 

@@ -39,19 +39,20 @@ def _config(tiny_config, **train):
 
 def test_schedule_extension_continues_the_decay():
   from sleepjax.train import optim  # pylint: disable=g-import-not-at-top
-  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
-  cfg = ConfigDict(dict(lr=1.0, warmup_steps=2))
+  from sleepjax.configs import common  # pylint: disable=g-import-not-at-top
+  cfg = common.get_config().optim
+  cfg.lr, cfg.warmup_steps = 1.0, 2
   assert optim.extend_segments([[0, 10]], 10, 10) == [[0, 10]]
   assert optim.extend_segments([[0, 10]], 0, 20) == [[0, 20]]  # nothing trained yet: replace
   # A finished run extended: the learning rate stays at the end value, never jumps back up.
   finished = optim.make_schedule(cfg, optim.extend_segments([[0, 10]], 10, 20))
-  assert np.allclose([finished(s) for s in range(10, 21)], optim.END_FRACTION)
+  assert np.allclose([finished(s) for s in range(10, 21)], cfg.end_lr_fraction)
   # Extended midway: continuous at the resume step, then monotonically down to the end value.
   base = optim.make_schedule(cfg, 10)
   mid = optim.make_schedule(cfg, optim.extend_segments([[0, 10]], 5, 30))
   assert np.allclose([mid(s) for s in range(6)], [base(s) for s in range(6)])
   tail = np.array([mid(s) for s in range(5, 31)])
-  assert np.all(np.diff(tail) <= 1e-7) and np.isclose(tail[-1], optim.END_FRACTION)
+  assert np.all(np.diff(tail) <= 1e-7) and np.isclose(tail[-1], cfg.end_lr_fraction)
   assert tail[1] > base(6)  # the rest of the decay is stretched over the longer run
 
 
@@ -71,10 +72,28 @@ def test_config_diff_lists_meaning_changing_keys(tiny_config):
   checkpoint.check_resume_config(saved, config, "somewhere")
 
 
-def test_nan_skipped_then_named_error_and_refused_resume(prepared, tiny_config, tmp_path):
-  from sleepjax.train import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+def _poison(monkeypatch, *steps, resumed_at=0):
+  """The batches of `steps` reach the devices with NaN signals: the trainer's read-ahead starts at
+  its resume point, so the k-th batch it copies over feeds step `resumed_at + k`."""
+  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  monkeypatch.undo()  # the real copy, not a previous poisoning
+  to_global, reads = pipeline.to_global, [0]
+
+  def poisoned(local, batch_sharding):
+    reads[0] += 1
+    if resumed_at + reads[0] in steps:
+      local = {k: (v * np.nan if k.startswith("signals/") else v) for k, v in local.items()}
+    return to_global(local, batch_sharding)
+
+  monkeypatch.setattr(pipeline, "to_global", poisoned)
+
+
+def test_nan_skipped_then_named_error_and_refused_resume(prepared, tiny_config, tmp_path,
+                                                         monkeypatch):
+  from sleepjax.train import checkpoint, hooks, trainer  # pylint: disable=g-import-not-at-top
   workdir = _workdir(prepared, tmp_path, "nan")
-  config = _config(tiny_config, steps=4, inject_nan_steps=(3,))
+  config = _config(tiny_config, steps=4)
+  _poison(monkeypatch, 3)
   last = trainer.train(config, str(workdir))
   assert last["skipped_total"] == 1 and np.isfinite(last["loss"])
   assert 3 not in _losses(workdir) and {1, 2, 4} <= set(_losses(workdir))
@@ -82,9 +101,9 @@ def test_nan_skipped_then_named_error_and_refused_resume(prepared, tiny_config, 
   assert checkpoint.saved_meta(ckpt, 4)["skipped_total"] == 1
 
   # K non-finite steps in a row: a named error, and no checkpoint past the last good one.
-  config = _config(tiny_config, steps=8, inject_nan_steps=(5, 6), max_nonfinite_steps=2,
-                   checkpoint_every=1)
-  with pytest.raises(trainer.NonFiniteError, match="2 steps in a row"):
+  config = _config(tiny_config, steps=8, max_nonfinite_steps=2, checkpoint_every=1)
+  _poison(monkeypatch, 5, 6, resumed_at=4)
+  with pytest.raises(hooks.NonFiniteError, match="2 steps in a row"):
     trainer.train(config, str(workdir))
   assert sorted(int(s) for s in os.listdir(ckpt) if s.isdigit())[-1] == 5  # step 5 kept step 4's state
 
@@ -93,6 +112,42 @@ def test_nan_skipped_then_named_error_and_refused_resume(prepared, tiny_config, 
   config.data.global_batch = 8
   with pytest.raises(ValueError, match=r"data\.global_batch: 16 -> 8"):
     trainer.train(config, str(workdir))
+
+
+def test_val_loss_every_n_steps_is_the_eval_mode_family_loss(prepared, tiny_config, tmp_path):
+  """val_loss at the steps train.val_every names, equal to the family's loss (dropout off) of the
+  step's parameters on the first validation batches with keys 0, 1, ... computed by hand."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import checkpoint, hooks, trainer  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  workdir = _workdir(prepared, tmp_path, "val")
+  config = _config(tiny_config, steps=5, val_every=2, val_batches=2, checkpoint_every=4)
+  config.model.dropout = 0.2  # on in training, off in val_loss
+  trainer.train(config, str(workdir))
+  events = EventAccumulator(str(workdir / "train" / "tb"))
+  events.Reload()
+  logged = {e.step: e.value for e in events.Scalars("val_loss")}
+  assert set(logged) == {2, 4}, logged
+
+  mesh, manifest, modalities, tx, _ = trainer.setup(config, str(workdir))
+  _, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  ckpt = trainer.checkpoint_dir(str(workdir))
+  params = jax.device_get(checkpoint.restore(checkpoint.make_manager(ckpt, config), 4,
+                                             abstract).params)
+  # The tiny cohort has no validation records: the test split stands in (as sweeps score it).
+  split = "val" if manifest["splits"]["val"]["records"] else config.eval.test_split
+  assert hooks.val_split(manifest, config) == split
+  it = iter(pipeline.make_dataset(
+      manifest, split, list(modalities), window=config.data.window_epochs,
+      local_batch=config.data.global_batch, seed=0, train=True, sampling="all"))
+  config.model.dropout = 0.0
+  model = nnx.merge(nnx.graphdef(state_lib.build_model(config, modalities, 0)), params)
+  family = get_family(config)
+  by_hand = np.mean([float(family.loss(model, pipeline.nest(next(it)), jax.random.key(i))[0])
+                     for i in range(2)])
+  assert abs(logged[4] - by_hand) <= 1e-4 * abs(by_hand), (logged[4], by_hand)
 
 
 def test_eval_config_comes_from_the_checkpoint(prepared, tiny_config, tmp_path, monkeypatch):

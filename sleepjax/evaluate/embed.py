@@ -6,7 +6,6 @@ every process ends with the same complete table, in an order independent of the 
 """
 
 import dataclasses
-import os
 
 import jax
 import numpy as np
@@ -14,8 +13,9 @@ from flax import nnx
 
 from sleepjax import sharding
 from sleepjax.data import pipeline
-from sleepjax.train import checkpoint, state as state_lib
-from sleepjax.train.trainer import check_batch, setup, train_dir
+from sleepjax.families import get_family
+from sleepjax.train import restore as restore_lib, state as state_lib
+from sleepjax.train.trainer import check_batch
 
 LABELS = ("stage", "events", "features", "epoch_index", "age", "sex", "site", "recording")
 
@@ -30,40 +30,19 @@ class Encoder:
 
 
 def embed_function(config):
-  from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
   return get_family(config).embed
 
 
 def restore(config, workdir: str):
-  """(config, setup, pretrained Encoder, random-init Encoder, checkpoint step).
-
-  The checkpoint is `eval.checkpoint_step`, else the newest that restores
-  (`checkpoint.restore_newest`); its own config gives the model (eval/data/mesh keys stay as
-  given). Parameters restore onto the current mesh (any topology), EMA parameters when the state
-  has them.
-  """
-  ckpt_dir = os.path.join(train_dir(workdir), "checkpoints")
-
-  def read(step: int):
-    merged = checkpoint.config_for_eval(config, ckpt_dir, step)
-    mesh, manifest, modalities, tx, _ = setup(merged, workdir)
-    graphdef, abstract, shardings = state_lib.abstract_state(merged, modalities, tx, mesh,
-                                                             merged.seed)
-    checkpoint.check_split_hash(ckpt_dir, step, manifest,
-                                merged.eval.get("allow_split_mismatch", False))
-    # Parameters only (EMA when saved): the optimizer state is never read for evaluation.
-    params, _ = checkpoint.restore_params(ckpt_dir, abstract, step)
-    return merged, (mesh, manifest, modalities), tx, graphdef, shardings, params
-
-  found = checkpoint.restore_newest(ckpt_dir, read, config.eval.get("checkpoint_step", 0) or None,
-                                    choose="--config.eval.checkpoint_step=<step>")
-  if found is None:
-    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint found")
-  (config, (mesh, manifest, modalities), tx, graphdef, shardings, params), step = found
-  init = state_lib.init_state(config, modalities, tx, shardings, config.seed)
-  embed = embed_function(config)
-  return (config, (mesh, manifest, modalities), Encoder("pretrained", graphdef, params, embed),
-          Encoder("random_init", graphdef, init.params, embed), step)
+  """(config, setup, pretrained Encoder, random-init Encoder, checkpoint step), through the one
+  restore path (`sleepjax.train.restore.restore_workdir`): the checkpoint's own config with the
+  eval-side keys as given, EMA parameters on the current mesh, the split hash checked."""
+  r = restore_lib.restore_workdir(config, workdir)
+  init = state_lib.init_state(r.config, r.modalities, r.tx, r.shardings, r.config.seed)
+  embed = embed_function(r.config)
+  return (r.config, (r.mesh, r.manifest, r.modalities),
+          Encoder("pretrained", r.graphdef, r.params, embed),
+          Encoder("random_init", r.graphdef, init.params, embed), r.step)
 
 
 def _with_subset(batch: dict, modalities: list[str], subset) -> dict:

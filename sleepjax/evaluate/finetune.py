@@ -21,13 +21,6 @@ from sleepjax.evaluate import metrics, tasks as tasks_lib
 from sleepjax.modalities import STAGES
 from sleepjax.train.trainer import check_batch
 
-DEFAULTS = dict(finetune_steps=200, finetune_lr=1e-3, finetune_fractions=(0.01, 1.0),
-                finetune_seeds=(0,))
-
-
-def _opt(ctx, key):
-  return ctx.config.eval.get(key, DEFAULTS[key])
-
 
 def local_batches(ctx, split: str) -> list[dict]:
   """This process's slice of `split` as local batches, padded so every process has as many."""
@@ -80,9 +73,10 @@ def train_head(ctx, encoder, *, freeze_tokenizers: bool, fraction: float, seed: 
   def trainable(path, _):
     return "frozen" if freeze_tokenizers and "tokenizers" in map(str, path) else "train"
   labels = jax.tree_util.tree_map_with_path(trainable, encoder.params)
-  tx_enc = optax.multi_transform({"train": optax.adamw(_opt(ctx, "finetune_lr"), weight_decay=0.01),
+  lr = ctx.config.eval.finetune_lr
+  tx_enc = optax.multi_transform({"train": optax.adamw(lr, weight_decay=0.01),
                                   "frozen": optax.set_to_zero()}, labels)
-  tx_head = optax.adam(_opt(ctx, "finetune_lr"))
+  tx_head = optax.adam(lr)
 
   def loss_fn(params, head, batch, y):
     x = embed(nnx.merge(graphdef, params), batch)["epoch"].astype(jnp.float32)
@@ -101,7 +95,7 @@ def train_head(ctx, encoder, *, freeze_tokenizers: bool, fraction: float, seed: 
   params = encoder.params
   opt_enc, opt_head = tx_enc.init(params), tx_head.init(head)
   with jax.set_mesh(mesh):
-    for i in range(_opt(ctx, "finetune_steps")):
+    for i in range(ctx.config.eval.finetune_steps):
       j = i % len(batches)
       g = pipeline.to_global({**batches[j], "stage": labelled[j]}, batch_sh)
       params, head, opt_enc, opt_head = step(params, head, opt_enc, opt_head, g, g["stage"])
@@ -111,14 +105,14 @@ def train_head(ctx, encoder, *, freeze_tokenizers: bool, fraction: float, seed: 
 def _run(ctx, init: str, freeze_tokenizers: bool, name: str) -> dict:
   sites = ctx.site_sides()
   out = {"init": init, "freeze_tokenizers": freeze_tokenizers,
-         "steps": _opt(ctx, "finetune_steps")}
+         "steps": ctx.config.eval.finetune_steps}
   for variant, train_sites, test_sites in (("in_site", None, None), ("cross_site", *sites)):
     if variant == "cross_site" and sites[0] is None:
       continue
     curve = {}
-    for fraction in _opt(ctx, "finetune_fractions"):
+    for fraction in ctx.config.eval.finetune_fractions:
       runs = []
-      for seed in _opt(ctx, "finetune_seeds"):
+      for seed in ctx.config.eval.finetune_seeds:
         enc = ctx.encoder(init)
         params, head = train_head(ctx, enc, freeze_tokenizers=freeze_tokenizers, fraction=fraction,
                                   seed=seed, sites=train_sites)

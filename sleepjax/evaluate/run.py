@@ -18,7 +18,7 @@ ALL_TASKS = {**tasks_lib.TASKS, **sequence.TASKS, **baselines.TASKS, **sleeplm.T
 
 
 def _task_names(config) -> list[str]:
-  names = tasks_lib.option(config, "tasks")
+  names = config.eval.tasks
   names = [names] if isinstance(names, str) else list(names)
   names = [n for part in names for n in part.split(",") if n]
   if unknown := [n for n in names if n not in ALL_TASKS]:
@@ -44,7 +44,7 @@ def evaluate(config, workdir: str) -> dict:
                           embed_encoder=embed_encoder,
                           batches=lambda split: finetune.local_batches(ctx, split))
   report = {"checkpoint_step": step, "workdir": os.path.abspath(workdir),
-            "family": config.model.get("family", "sleep2vec"), "modalities": list(modalities),
+            "family": config.model.family, "modalities": list(modalities),
             "stages": list(tasks_lib.STAGES), "encoders": list(encoders),
             "splits": reports.split_summary(manifest), "tasks": {}, "seconds": {}}
   for name in names:

@@ -18,14 +18,6 @@ from flax import nnx
 from sleepjax.evaluate import metrics, tasks as tasks_lib
 from sleepjax.modalities import STAGES
 
-DEFAULTS = dict(sequence_width=64, sequence_conv_layers=3, sequence_attention_layers=1,
-                sequence_heads=4, sequence_steps=300, sequence_lr=2e-3, sequence_weight_decay=0.01,
-                sequence_batch=8, sequence_eval_every=25, sequence_patience=4, sequence_seeds=(0,))
-
-
-def _opt(ctx, key):
-  return ctx.config.eval.get(key, DEFAULTS[key])
-
 
 def nights(table: dict) -> dict:
   """Whole nights from a segment table: x [N, T, D], stage [N, T] (-1 where no epoch), mask
@@ -99,12 +91,12 @@ def fit(ctx, train: dict, val: dict | None, seed: int):
   mu, sd = real.mean(0), real.std(0) + 1e-6
   counts = np.bincount(train["stage"][train["stage"] >= 0], minlength=K)
   weight_K = jnp.asarray(np.where(counts > 0, counts.sum() / (K * np.maximum(counts, 1)), 0.0))
-  model = SequenceHead(train["x"].shape[-1], K, width=_opt(ctx, "sequence_width"),
-                       conv_layers=_opt(ctx, "sequence_conv_layers"),
-                       attention_layers=_opt(ctx, "sequence_attention_layers"),
-                       heads=_opt(ctx, "sequence_heads"), rngs=nnx.Rngs(seed))
+  model = SequenceHead(train["x"].shape[-1], K, width=ctx.config.eval.sequence_width,
+                       conv_layers=ctx.config.eval.sequence_conv_layers,
+                       attention_layers=ctx.config.eval.sequence_attention_layers,
+                       heads=ctx.config.eval.sequence_heads, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model)
-  tx = optax.adamw(_opt(ctx, "sequence_lr"), weight_decay=_opt(ctx, "sequence_weight_decay"))
+  tx = optax.adamw(ctx.config.eval.sequence_lr, weight_decay=ctx.config.eval.sequence_weight_decay)
 
   def norm(n):
     return np.where(n["mask"][..., None], (n["x"] - mu) / sd, 0.0).astype(np.float32)
@@ -129,13 +121,13 @@ def fit(ctx, train: dict, val: dict | None, seed: int):
     return np.asarray(jnp.argmax(logits_of(params, norm(n), n["mask"], n["length"]), -1))
 
   x_tr = norm(train)
-  B = min(_opt(ctx, "sequence_batch"), len(x_tr))
+  B = min(ctx.config.eval.sequence_batch, len(x_tr))
   rng = np.random.default_rng([seed, 7])
   opt = tx.init(params)
   use_val = val is not None and (val["stage"] >= 0).any()
   best = (-np.inf, 0, params)
   history, stale = {}, 0
-  steps, every = _opt(ctx, "sequence_steps"), _opt(ctx, "sequence_eval_every")
+  steps, every = ctx.config.eval.sequence_steps, ctx.config.eval.sequence_eval_every
   order = np.zeros(0, np.int64)
   for i in range(1, steps + 1):
     if len(order) < B:  # epochs of nights: every night once before any twice
@@ -148,7 +140,7 @@ def fit(ctx, train: dict, val: dict | None, seed: int):
       history[i] = f1
       if f1 > best[0]:
         best, stale = (f1, i, params), 0
-      elif (stale := stale + 1) >= _opt(ctx, "sequence_patience"):
+      elif (stale := stale + 1) >= ctx.config.eval.sequence_patience:
         break
   if not use_val:  # no val labels: the last parameters
     best = (float("nan"), i, params)
@@ -168,7 +160,7 @@ def sequence(ctx) -> dict:
                              tasks_lib.subjects(ctx, tabs["test"]), "sequence")
     n = {s: nights(t) for s, t in tabs.items() if t is not None}
     test, keep, runs = n["test"], n["test"]["mask"], []
-    for seed in _opt(ctx, "sequence_seeds"):
+    for seed in ctx.config.eval.sequence_seeds:
       predict, info = fit(ctx, n["train"], n.get("val"), seed)
       pred = predict(test)
       runs.append(({**metrics.staging(test["stage"][keep], pred[keep], STAGES), **info}, pred))

@@ -22,13 +22,8 @@ from sleepjax import records, sharding
 from sleepjax.data.manifest import shard_paths
 from sleepjax.evaluate import metrics
 from sleepjax.modalities import STAGES
-
-DEFAULTS = dict(caption_eval_group="all", max_caption_len=48, beams=1, caption_eval_epochs=32,
-                caption_examples=6)
-
-
-def _opt(ctx, key):
-  return ctx.config.eval.get(key, DEFAULTS[key])
+from sleepjax.models.sleeplm.decode import caption_epochs
+from sleepjax.objectives.sleeplm import l2_normalize
 
 
 def host_model(ctx, encoder):
@@ -86,9 +81,37 @@ def _rows(ctx, table, refs) -> dict:
           "captions": [refs[(r, int(e))][0] for r, e in zip(rids, epochs)]}
 
 
+def stage_prompts() -> dict[int, tuple[str, ...]]:
+  """Stage code -> prompts in the caption language (the stage_event captions' own sentences)."""
+  from data_prep.captions import STAGE_TEMPLATES  # pylint: disable=g-import-not-at-top
+  return dict(STAGE_TEMPLATES)
+
+
+def text_embeddings(model, tokenizer, texts, max_len: int) -> np.ndarray:
+  """Unit text embeddings [len(texts), P]."""
+  ids, mask = tokenizer.encode(list(texts), max_len)
+  latent = nnx.jit(lambda m, i, k: m.encode_text(i, k)["latent"])(model, ids, mask)
+  return np.asarray(l2_normalize(latent))
+
+
+def stage_classifier(model, tokenizer, max_len: int) -> np.ndarray:
+  """[stages, P]: per stage the normalised mean of its prompts' unit embeddings."""
+  prompts = stage_prompts()
+  stages = sorted(prompts)
+  texts = [t for k in stages for t in prompts[k]]
+  owner = np.array([k for k in stages for _ in prompts[k]])
+  unit = text_embeddings(model, tokenizer, texts, max_len)  # one call: one compilation
+  rows = np.stack([unit[owner == k].mean(0) for k in stages])
+  return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
+def zero_shot_stage(signal_NxP: np.ndarray, classifier_KxP: np.ndarray) -> np.ndarray:
+  """Predicted stage per epoch: argmax cosine similarity against the stage prompts."""
+  return np.argmax(np.asarray(signal_NxP) @ classifier_KxP.T, -1)
+
+
 def text_retrieval(ctx, model, tokenizer, rows) -> dict:
   """R@k signal->text and text->signal for each caption group with something to say."""
-  from sleepjax.families import sleeplm as family  # pylint: disable=g-import-not-at-top
   ks, out = tuple(ctx.opt("retrieval_ks")), {}
   for g in rows["captions"][0]:
     ok = np.flatnonzero(rows["present"] & np.array([bool(c[g]) for c in rows["captions"]]))
@@ -98,7 +121,7 @@ def text_retrieval(ctx, model, tokenizer, rows) -> dict:
                                            replace=False)
     texts = [rows["captions"][i][g] for i in pick]
     unique = sorted(set(texts))
-    emb = family.text_embeddings(model, tokenizer, unique, int(ctx.config.data.caption_len))
+    emb = text_embeddings(model, tokenizer, unique, int(ctx.config.data.caption_len))
     txt = emb[[unique.index(t) for t in texts]]
     sim = rows["signal"][pick] @ txt.T
     same = np.array(texts)[:, None] == np.array(texts)[None, :]
@@ -112,11 +135,10 @@ def text_retrieval(ctx, model, tokenizer, rows) -> dict:
 
 
 def zero_shot(model, tokenizer, rows, caption_len: int) -> dict:
-  from sleepjax.families import sleeplm as family  # pylint: disable=g-import-not-at-top
   keep = rows["present"]
   y = rows["stage"][keep]
-  pred = family.zero_shot_stage(rows["signal"][keep],
-                                family.stage_classifier(model, tokenizer, caption_len))
+  pred = zero_shot_stage(rows["signal"][keep],
+                                stage_classifier(model, tokenizer, caption_len))
   scored = y[y >= 0]
   return {**metrics.staging(y, pred, STAGES),
           "chance_accuracy": float(np.bincount(scored, minlength=len(STAGES)).max()
@@ -151,13 +173,12 @@ def _summary(rows: list[dict]) -> dict:
 def captioning(ctx, model, tokenizer, refs, signals) -> dict:
   """Generated captions of the chosen segments against their references and features, over all
   captions and per group."""
-  from sleepjax import generate  # pylint: disable=g-import-not-at-top
   rows = []
   for (rid, first), (sig, mask) in sorted(signals.items()):
     n = len(next(iter(mask.values())))  # one segment: one continuous window
-    gen = generate.caption_epochs(model, tokenizer, sig, mask, _opt(ctx, "caption_eval_group"),
-                                  max_len=int(_opt(ctx, "max_caption_len")),
-                                  beams=int(_opt(ctx, "beams")), chunk=n)
+    gen = caption_epochs(model, tokenizer, sig, mask, ctx.config.eval.caption_eval_group,
+                         max_len=int(ctx.config.eval.max_caption_len),
+                         beams=int(ctx.config.eval.beams), chunk=n)
     for i, per_group in enumerate(gen):
       captions, features = refs[(rid, first + i)]
       truths = feature_truths(ctx.manifest, features)
@@ -170,7 +191,7 @@ def captioning(ctx, model, tokenizer, refs, signals) -> dict:
                        "reference_numeric_faithfulness":
                            metrics.numeric_faithfulness(captions[g], truths)})
   groups = list(dict.fromkeys(r["group"] for r in rows))
-  n = _opt(ctx, "caption_examples")
+  n = ctx.config.eval.caption_examples
   examples = rows[::max(1, len(rows) // max(n, 1))][:n]  # spread over the captioned epochs
   return {**_summary(rows), "groups": {g: _summary([r for r in rows if r["group"] == g])
                                        for g in groups},
@@ -180,18 +201,18 @@ def captioning(ctx, model, tokenizer, refs, signals) -> dict:
 
 def sleeplm(ctx) -> dict:
   """Text retrieval, zero-shot staging and captioning for each encoder of a SleepLM checkpoint."""
-  if ctx.config.model.get("family", "sleep2vec") != "sleeplm":
+  if ctx.config.model.family != "sleeplm":
     return {"skipped": "not a SleepLM checkpoint"}
   from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
   split = ctx.split("test")
   tokenizer = CaptionTokenizer(os.path.join(ctx.manifest["dir"], ctx.manifest["tokenizer"]["path"]))
   refs, segments = references(ctx.manifest, split)
-  chosen = caption_segments(segments, int(_opt(ctx, "caption_eval_epochs")))
+  chosen = caption_segments(segments, int(ctx.config.eval.caption_eval_epochs))
   signals = {}
   for rid, first, a in _segments(ctx.manifest, split, keep=lambda r, f: (r, f) in chosen):
     names = [m for m in ctx.modalities if f"sig/{m}" in a]
     signals[(rid, first)] = ({m: a[f"sig/{m}"] for m in names}, {m: a[f"mask/{m}"] for m in names})
-  out = {"split": split, "caption_group": _opt(ctx, "caption_eval_group"),
+  out = {"split": split, "caption_group": ctx.config.eval.caption_eval_group,
          "pool": ctx.opt("retrieval_pool")}
   for enc in ctx.encoders:
     model = host_model(ctx, ctx.encoder(enc))

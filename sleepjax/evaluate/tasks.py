@@ -10,23 +10,6 @@ import numpy as np
 from sleepjax.evaluate import metrics, probes
 from sleepjax.modalities import EVENTS, STAGES
 
-DEFAULTS = dict(
-    tasks=("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval"),
-    train_split="train", val_split="val", test_split="test",
-    probe_steps=300, probe_lr=0.05, probe_l2=1e-3, probe_l2_grid=(1e-4, 1e-3, 1e-2),
-    fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2),
-    train_sites=(), test_sites=(),  # site task: empty = first site / every other site
-    robustness_max_subsets=32, robustness_seed=0,
-    event_kinds=("apnea", "hypopnea", "desaturation", "arousal"), event_min_iou=0.2,
-    event_thresholds=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
-    ridge_alphas=(0.1, 1.0, 10.0, 100.0, 1000.0),
-    retrieval_pool=256, retrieval_ks=(1, 5, 10),
-)
-
-
-def option(config, key):
-  return config.eval.get(key, DEFAULTS[key]) if "eval" in config else DEFAULTS[key]
-
 
 class Context:
   """Embedding tables, computed once per (encoder, split, subset) by `embed_fn`."""
@@ -64,7 +47,7 @@ class Context:
     return (train, test) if test else (None, None)
 
   def opt(self, key):
-    return option(self.config, key)
+    return self.config.eval[key]
 
   def table(self, encoder: str, split: str, subset=None) -> dict:
     key = (encoder, split, None if subset is None else tuple(sorted(subset)))

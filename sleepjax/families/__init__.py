@@ -11,8 +11,8 @@ FAMILIES: dict[str, Family] = {"sleep2vec": sleep2vec.FAMILY, "sleeplm": sleeplm
 
 
 def get_family(config) -> Family:
-  """The family named by `config.model.family` (default "sleep2vec")."""
-  name = config.model.get("family", "sleep2vec")
+  """The family named by `config.model.family`."""
+  name = config.model.family
   if name not in FAMILIES:
     raise ValueError(f"model.family={name!r}; choose from {sorted(FAMILIES)}")
   return FAMILIES[name]

@@ -33,7 +33,7 @@ class Objective:
   def from_config(cls, config) -> "Objective":
     values = {f.name: config.objective[f.name] for f in dataclasses.fields(cls)
               if f.name in config.objective}
-    values["mask_fraction"] = config.model.get("mask_fraction", cls.mask_fraction)
+    values["mask_fraction"] = config.model.mask_fraction
     objective = cls(**values)
     infonce.check(objective)
     return objective
@@ -108,8 +108,8 @@ def tokenizer_flops(model_config, rate: int, channels: int) -> tuple[float, floa
   (matmuls that read the raw signal, the rest). The former need no input gradient in the
   backward pass (the signal is data), so training costs them 2x, not 3x, their forward FLOPs."""
   d = model_config.width
-  dt = model_config.get("tokenizer_width", 0) or d
-  if model_config.get("tokenizer", "epoch") == "epoch":
+  dt = model_config.tokenizer_width or d
+  if model_config.tokenizer == "epoch":
     n_in = channels * rate * EPOCH_SECONDS
     first, rest = 2 * (n_in * 2 * dt + n_in * dt), 2 * (2 * dt * dt)
   else:
@@ -131,7 +131,7 @@ def flops(config, modalities: dict[str, tuple[int, int]], global_batch: int, win
   """
   m, obj = config.model, config.objective
   d, depth, mlp, W = m.width, m.depth, m.mlp, window
-  hidden, proj = m.get("proj_hidden", 0) or d, m.proj_dim
+  hidden, proj = m.proj_hidden or d, m.proj_dim
   layer = 2 * (4 * d * d + 2 * d * mlp) + 2 * 2 * W * d
   per_token = depth * layer + 2 * (d * hidden + hidden * proj)
   tok = {name: tokenizer_flops(m, rate, ch) for name, (rate, ch) in modalities.items()}

@@ -6,11 +6,9 @@ or on all of them (`"all"`: each group's CLIP and caption losses, averaged).
 """
 
 import dataclasses
-import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from sleepjax.families.family import Family
@@ -151,126 +149,4 @@ def fields(config) -> tuple[str, ...]:
   return ("captions", "caption_mask")
 
 
-# ------------------------------------------------------------------ zero-shot staging, retrieval
-def stage_prompts() -> dict[int, tuple[str, ...]]:
-  """Stage code -> prompts in the caption language (the stage_event captions' own sentences)."""
-  from data_prep.captions import STAGE_TEMPLATES  # pylint: disable=g-import-not-at-top
-  return dict(STAGE_TEMPLATES)
-
-
-def text_embeddings(model: SleepLM, tokenizer, texts, max_len: int) -> np.ndarray:
-  """Unit text embeddings [len(texts), P]."""
-  ids, mask = tokenizer.encode(list(texts), max_len)
-  latent = nnx.jit(lambda m, i, k: m.encode_text(i, k)["latent"])(model, ids, mask)
-  return np.asarray(objectives.l2_normalize(latent))
-
-
-def stage_classifier(model: SleepLM, tokenizer, max_len: int) -> np.ndarray:
-  """[stages, P]: per stage the normalised mean of its prompts' unit embeddings."""
-  prompts = stage_prompts()
-  stages = sorted(prompts)
-  texts = [t for k in stages for t in prompts[k]]
-  owner = np.array([k for k in stages for _ in prompts[k]])
-  unit = text_embeddings(model, tokenizer, texts, max_len)  # one call: one compilation
-  rows = np.stack([unit[owner == k].mean(0) for k in stages])
-  return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
-
-
-def zero_shot_stage(signal_NxP: np.ndarray, classifier_KxP: np.ndarray) -> np.ndarray:
-  """Predicted stage per epoch: argmax cosine similarity against the stage prompts."""
-  return np.argmax(np.asarray(signal_NxP) @ classifier_KxP.T, -1)
-
-
-# The stage a stage_event caption names (data_prep.captions.STAGE_TEMPLATES' words).
-STAGE_PATTERNS = ((0, r"\b(?:[Ww]ake|awake|W)\b"), (1, r"\bN1\b"), (2, r"\bN2\b"),
-                  (3, r"\bN3\b"), (4, r"\bREM\b"))
-
-
-def caption_stage(text: str) -> int:
-  """Stage code a caption names; -1 when it names none or several."""
-  named = [k for k, pattern in STAGE_PATTERNS if re.search(pattern, text)]
-  return named[0] if len(named) == 1 else -1
-
-
-def retrieval_top1(signal_NxP: np.ndarray, text_NxP: np.ndarray) -> float:
-  """signal -> text top-1 accuracy among the N pairs (chance 1/N)."""
-  sim = np.asarray(signal_NxP) @ np.asarray(text_NxP).T
-  return float((np.argmax(sim, 1) == np.arange(len(sim))).mean())
-
-
 FAMILY = Family(name="sleeplm", build=build, loss=loss, embed=embed, flops=flops, fields=fields)
-
-
-def text_report(config, workdir: str, split: str | None = None, pool: int = 32) -> dict:
-  """Zero-shot staging, signal->text retrieval and the stage named by generated stage_event
-  captions (greedy) on a held-out split (default eval.test_split), from the latest checkpoint.
-
-  Retrieval: pools of `pool` epochs, each epoch's signal against the pool's stage_event captions;
-  a hit when the retrieved caption's text equals the epoch's own (identical texts are equally
-  right); `chance` is the same measure for a random pick.
-  """
-  from sleepjax import generate  # pylint: disable=g-import-not-at-top
-  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from sleepjax.evaluate import metrics  # pylint: disable=g-import-not-at-top
-  from sleepjax.modalities import STAGES  # pylint: disable=g-import-not-at-top
-  split = split or config.eval.test_split
-  model, manifest, tokenizer, step = generate.restore_model(config, workdir)
-  group = GROUPS.index("stage_event")
-  L = config.data.caption_len
-  signal_fn = nnx.jit(lambda m, b: embed(m, b)["signal"])
-  text_fn = nnx.jit(lambda m, i, k: objectives.l2_normalize(m.encode_text(i, k)["latent"]))
-  inputs_fn = nnx.jit(flat_inputs)
-  ds = pipeline.make_dataset(manifest, split, list(config.prep.modalities), local_batch=8, seed=0,
-                             train=False, caption_len=L, read_threads=config.data.read_threads)
-  sig, txt, ids, stages, generated = [], [], [], [], []
-  for local in ds:
-    batch = pipeline.nest(local)
-    sig.append(np.asarray(signal_fn(model, batch)).reshape(-1, config.model.embed_dim))
-    x, present = inputs_fn(model, batch)
-    tokens = generate.caption(model, x, present, jnp.full((x.shape[0],), group),
-                              max_len=config.eval.max_caption_len)
-    generated.extend(caption_stage(t) for t in tokenizer.decode(jax.device_get(tokens)))
-    cap = local["captions"][:, :, group].reshape(-1, L)
-    txt.append(np.asarray(text_fn(model, cap, cap != 0)))
-    ids.append(cap)
-    stages.append(local["stage"].reshape(-1))
-  sig, txt, ids, stages = map(np.concatenate, (sig, txt, ids, stages))
-  predicted = zero_shot_stage(sig, stage_classifier(model, tokenizer, L))
-  k = len(STAGES)
-  rng = np.random.default_rng(0)
-  order = rng.permutation(len(sig))
-  hits, chance = [], []
-  for start in range(0, len(order) - pool + 1, pool):
-    idx = order[start:start + pool]
-    same = (ids[idx][:, None, :] == ids[idx][None, :, :]).all(-1)  # [pool, pool] same text
-    pick = np.argmax(sig[idx] @ txt[idx].T, 1)
-    hits.extend(same[np.arange(pool), pick])
-    chance.extend(same.mean(1))
-  scored = stages >= 0
-  named = np.asarray(generated)
-  return {
-      "checkpoint_step": step, "split": split, "epochs": int(len(sig)),
-      "zero_shot": {"accuracy": metrics.accuracy(stages, predicted),
-                    "macro_f1": metrics.macro_f1(stages, predicted, k),
-                    "kappa": metrics.cohen_kappa(stages, predicted, k),
-                    "chance_accuracy": float(np.bincount(stages[scored], minlength=k).max()
-                                             / max(scored.sum(), 1))},
-      "caption_stage": {"accuracy": metrics.accuracy(stages, named),
-                        "unnamed": float(np.mean(named[scored] < 0)) if scored.any() else 0.0},
-      "retrieval": {"pool": pool, "top1": float(np.mean(hits)) if hits else float("nan"),
-                    "chance": float(np.mean(chance)) if chance else float("nan")},
-  }
-
-
-def format_text_report(r: dict) -> str:
-  z, t, c = r["zero_shot"], r["retrieval"], r["caption_stage"]
-  return "\n".join([
-      f"SleepLM on held-out {r['split']} epochs ({r['epochs']}, checkpoint step "
-      f"{r['checkpoint_step']})",
-      f"zero-shot staging (stage prompts, cosine): accuracy {z['accuracy']:.3f} (majority class "
-      f"{z['chance_accuracy']:.3f}), macro-F1 {z['macro_f1']:.3f}, kappa {z['kappa']:.3f}",
-      f"signal->text retrieval, pools of {t['pool']}: top-1 {t['top1']:.3f} (chance "
-      f"{t['chance']:.3f})",
-      f"generated stage_event captions (greedy) name the scored stage: accuracy "
-      f"{c['accuracy']:.3f} (majority class {z['chance_accuracy']:.3f}; no single stage named "
-      f"{c['unnamed']:.3f})"])

@@ -76,7 +76,7 @@ class PatchSignalTokenizer(nnx.Module):
 def make_signal_tokenizer(config, rate: int, channels: int, d: int, *, dtype, rngs: nnx.Rngs):
   if config.tokenizer == "epoch":
     return EpochSignalTokenizer(rate, channels, d, dtype=dtype, rngs=rngs,
-                                dropout=config.get("dropout", 0.0))
+                                dropout=config.dropout)
   if config.tokenizer == "patch":
     return PatchSignalTokenizer(rate, channels, config.stem_features, d, config.patch_seconds,
                           dtype=dtype, rngs=rngs)

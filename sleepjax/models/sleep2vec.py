@@ -101,9 +101,9 @@ class Sleep2Vec(nnx.Module):
   def __init__(self, modalities: dict[str, tuple[int, int]], config, *, rngs: nnx.Rngs):
     dtype = DTYPES[config.dtype]
     d = config.width
-    dt = config.get("tokenizer_width", 0) or d
+    dt = config.tokenizer_width or d
     self.names = tuple(modalities)
-    token_proj = config.get("token_proj", "auto")
+    token_proj = config.token_proj
     if token_proj not in ("auto", "always"):
       raise ValueError(f"model.token_proj must be 'auto' or 'always', got {token_proj!r}")
     self.tokenizers = nnx.Dict({
@@ -116,24 +116,24 @@ class Sleep2Vec(nnx.Module):
                        if dt != d or self.mask_before_proj else None)
     init = nnx.with_partitioning(nnx.initializers.normal(0.02), ("modality", "embed"))
     self.modality_embed = (nnx.Param(init(rngs.params(), (len(self.names), d)))
-                           if config.get("modality_embed", True) else None)
+                           if config.modality_embed else None)
     self.mask_token = nnx.Param(init(rngs.params(),
                                      (len(self.names), dt if self.mask_before_proj else d)))
-    residual = config.get("residual_dtype", "float32")
+    residual = config.residual_dtype
     if residual not in ("float32", "compute"):
       raise ValueError(f"model.residual_dtype must be 'float32' or 'compute', got {residual!r}")
     # Dropout needs keys of its own, drawn only when some rate is on (the mask-token draw of a
     # model without dropout stays what it was).
-    self.dropout_on = config.get("dropout", 0.0) > 0 or config.get("attention_dropout", 0.0) > 0
+    self.dropout_on = config.dropout > 0 or config.attention_dropout > 0
     self.encoder = Transformer(d, config.depth, config.heads, config.mlp, dtype=dtype, rngs=rngs,
-                               norm=config.get("norm", "pre"), remat=config.get("remat", "none"),
-                               attention=config.get("attention", "xla"),
+                               norm=config.norm, remat=config.remat,
+                               attention=config.attention,
                                residual_dtype=jnp.float32 if residual == "float32" else dtype,
-                               norm_eps=config.get("norm_eps", 1e-6),
-                               dropout=config.get("dropout", 0.0),
-                               attention_dropout=config.get("attention_dropout", 0.0))
-    self.head = ProjectionHead(d, config.get("proj_hidden", 0) or d, config.proj_dim,
-                               norm=config.get("head_norm", "batch"), dtype=dtype, rngs=rngs)
+                               norm_eps=config.norm_eps,
+                               dropout=config.dropout,
+                               attention_dropout=config.attention_dropout)
+    self.head = ProjectionHead(d, config.proj_hidden or d, config.proj_dim,
+                               norm=config.head_norm, dtype=dtype, rngs=rngs)
 
   def present(self, names, masks) -> jax.Array:
     return jnp.stack([masks[m].any(-1) for m in names], 1)  # [B, M, W]

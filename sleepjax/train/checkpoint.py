@@ -246,8 +246,10 @@ def _read_json(directory, step: int, item: str) -> dict | None:
 
 
 def saved_config(directory, step: int) -> dict | None:
-  """The config dict saved with checkpoint `step` (None for checkpoints that carry none)."""
-  return _read_json(directory, step, "config")
+  """The config dict saved with checkpoint `step` (None for checkpoints that carry none); keys an
+  older checkpoint lacks filled from the shared base (`config_tools.from_dict`)."""
+  saved = _read_json(directory, step, "config")
+  return None if saved is None else config_tools.from_dict(saved).to_dict()
 
 
 def check_split_hash(directory, step: int, manifest: dict, allow_mismatch: bool = False):
@@ -298,7 +300,7 @@ def check_resume_config(saved: dict | None, config, where: str):
   if not diff:
     return
   listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-  if config.train.get("allow_config_change", False):
+  if config.train.allow_config_change:
     logging.warning("resuming %s with changed keys (train.allow_config_change): %s", where, listing)
     return
   raise ValueError(

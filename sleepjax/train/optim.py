@@ -23,16 +23,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-END_FRACTION = 0.01
-
 
 def end_lr(config) -> float:
-  return config.lr * config.get("end_lr_fraction", END_FRACTION)
+  return config.lr * config.end_lr_fraction
 
 
 def base_schedule(config, total_steps: int) -> optax.Schedule:
   # warmup_fraction > 0 (sleep2vec: 0.03) sizes the warmup from the schedule's length.
-  warmup = (int(config.warmup_fraction * total_steps) if config.get("warmup_fraction", 0)
+  warmup = (int(config.warmup_fraction * total_steps) if config.warmup_fraction
             else config.warmup_steps)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.lr, warmup_steps=warmup,
@@ -91,6 +89,6 @@ def make_optimizer(config, segments) -> tuple[optax.GradientTransformation, opta
   schedule = make_schedule(config, segments)
   tx = optax.chain(
       optax.clip_by_global_norm(config.grad_clip),
-      optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.b2,
+      optax.adamw(schedule, b1=config.b1, b2=config.b2,
                   weight_decay=config.weight_decay, mask=decay_mask))
   return tx, schedule

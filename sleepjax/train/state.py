@@ -44,7 +44,7 @@ def _cast_floats(tree, dtype):
 
 def param_dtype(config):
   """`model.param_dtype`: the dtype of the weights the step's forward and backward consume."""
-  name = config.model.get("param_dtype", "float32")
+  name = config.model.param_dtype
   if name not in DTYPES:
     raise ValueError(f"model.param_dtype must be one of {sorted(DTYPES)}, got {name!r}")
   return DTYPES[name]

@@ -57,7 +57,7 @@ def make_train_step(graphdef, tx, schedule, config):
   GPU wait for its predicate on the host.
   """
   family = get_family(config)
-  ema_base = config.train.get("ema_momentum", 0.996)
+  ema_base = config.train.ema_momentum
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
@@ -66,7 +66,7 @@ def make_train_step(graphdef, tx, schedule, config):
     # master; the optimizer steps the master in float32 (train/state.py).
     (loss, metrics), grads = gradcache.value_and_grad(
         family, graphdef, compute_params(state.params, config), batch, step_rng,
-        config.train.get("microbatches", 1))
+        config.train.microbatches)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -34,7 +34,7 @@ import time
 
 import ml_collections
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 RUNS = "runs"
 RESULT = "result.json"
 SWEEP_ONLY = ("sweep", "launch")  # config sections that describe the sweep, not a run
@@ -136,7 +136,7 @@ def grid(config, sizes: dict):
   config.train.steps).
   """
   s = config.sweep
-  pool = tuple(s.modalities or config.data.get("modalities") or config.prep.modalities)
+  pool = tuple(s.modalities or config.data.modalities or config.prep.modalities)
   for size in s.sizes or ("base",):
     if s.sizes and size not in sizes:
       raise KeyError(f"sweep size {size!r} is not in the size table ({', '.join(sizes)})")
@@ -221,14 +221,14 @@ def set_key(config: ml_collections.ConfigDict, key: str, value):
 def model_modalities(config) -> dict[str, tuple[int, int]]:
   """{modality: (rate, channels)} the run trains on, from the canonical table (no data needed)."""
   from sleepjax.modalities import CANONICAL  # pylint: disable=g-import-not-at-top
-  names = config.data.get("modalities") or config.prep.modalities
+  names = config.data.modalities or config.prep.modalities
   return {m: (CANONICAL[m].rate, len(CANONICAL[m].channels)) for m in names}
 
 
 def flops_per_step(config) -> float:
   """The family's analytic training FLOPs per step (fwd + bwd) for this config."""
   from sleepjax import families  # pylint: disable=g-import-not-at-top
-  family = families.FAMILIES[config.model.get("family", "sleep2vec")]
+  family = families.FAMILIES[config.model.family]
   return float(family.flops(config, model_modalities(config), config.data.global_batch,
                             config.data.window_epochs))
 
@@ -331,13 +331,13 @@ def val_loss(config, workdir: str, max_batches: int = 16) -> dict:
 
   from sleepjax import families, sharding  # pylint: disable=g-import-not-at-top
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from sleepjax.train import checkpoint, state as state_lib  # pylint: disable=g-import-not-at-top
-  from sleepjax.train.trainer import check_batch, setup, train_dir  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import restore  # pylint: disable=g-import-not-at-top
+  from sleepjax.train.trainer import check_batch, checkpoint_dir  # pylint: disable=g-import-not-at-top
 
-  mesh, manifest, modalities, tx, _ = setup(config, workdir)
-  graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
-  params, step = checkpoint.restore_params(os.path.join(train_dir(workdir), "checkpoints"), abstract)
-  family = families.FAMILIES[config.model.get("family", "sleep2vec")]
+  r = restore.restore(checkpoint_dir(workdir), config, workdir=workdir)
+  config, mesh, manifest, modalities, graphdef, params = (
+      r.config, r.mesh, r.manifest, r.modalities, r.graphdef, r.params)
+  family = families.get_family(config)
   local_batch = check_batch(config.data.global_batch, mesh)
   split = "val" if manifest["splits"].get("val", {}).get("records") else config.eval.test_split
   n = min(max_batches, max(1, math.ceil(manifest["splits"][split]["records"]
@@ -355,8 +355,8 @@ def val_loss(config, workdir: str, max_batches: int = 16) -> dict:
     for i in range(n):
       batch = pipeline.to_global(next(it), batch_sh)
       losses.append(float(loss_fn(params, batch, jax.random.key(i))))
-  return {"val_loss": float(np.mean(losses)), "loss_split": split, "step": int(step),
-          "params": int(sum(x.size for x in jax.tree.leaves(abstract.params))),
+  return {"val_loss": float(np.mean(losses)), "loss_split": split, "step": r.step,
+          "params": int(sum(x.size for x in jax.tree.leaves(params))),
           "train_subjects": _train_subjects(manifest, config), "modalities": list(modalities)}
 
 
@@ -394,7 +394,7 @@ def run_member(config, workdir: str) -> dict | None:
       flops_per_step=per_step, flops=per_step * config.train.steps,
       tokens=epochs * len(result["modalities"]), epochs_seen=epochs,
       modality_count=len(result["modalities"]),
-      subject_fraction=float(config.data.get("subject_fraction", 1.0)), seed=config.seed,
+      subject_fraction=float(config.data.subject_fraction), seed=config.seed,
       train_loss=last.get("loss"), wall_s_last_job=time.time() - t0)
   if jax.process_index() == 0:
     _write(result_path, json.dumps(result, indent=1) + "\n")
@@ -405,7 +405,7 @@ def run_member(config, workdir: str) -> dict | None:
 
 def _train_subjects(manifest: dict, config) -> int:
   n = len(manifest["splits"]["train"]["subjects"])
-  return max(1, math.ceil(n * float(config.data.get("subject_fraction", 1.0))))
+  return max(1, math.ceil(n * float(config.data.subject_fraction)))
 
 
 # ---------------------------------------------------------------------------------------------

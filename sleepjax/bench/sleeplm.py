@@ -1,6 +1,6 @@
 """Train-step timing of a SleepLM preset on synthetic batches (no data on disk needed).
 
-    python -m sleepjax.models.sleeplm.bench --config=configs/sleeplm.py:base --batch=2 --window=1
+    python -m sleepjax.bench.sleeplm --config=configs/sleeplm.py:base --batch=2 --window=1
 
 Prints one JSON line: parameters, epochs per step, compile and step time (median of --steps),
 analytic TFLOP/s (`families.sleeplm.flops`), MFU against --peak_tflops, device memory.

@@ -7,6 +7,10 @@
   step   the jitted train step on synthetic batches: compile time, step time, MFU, memory per
          device; `--aot_devices=N` compiles for N devices, `--profile_steps=N` traces N steps and
          writes bench/profile_ops.json (device time by kernel category and op; sleepjax/profile.py)
+
+  Every benchmark lives in this package, above the layers it measures: `step.py` (`bench step`),
+  `pair_first.py` (pair-first vs all-modality loss compute: `python -m sleepjax.bench.pair_first`),
+  `sleeplm.py` (a SleepLM preset's train step: `python -m sleepjax.bench.sleeplm`).
 """
 
 import json
@@ -102,13 +106,6 @@ DATA_SHAPES = {
 }
 DATA_TARGETS = {"sleep2vec_pair": 80_000, "nine_modalities": 25_000, "vs_memmap": 0.5,
                 "scaling_efficiency_at_2": 0.7}
-
-
-def _bench_settings(config) -> dict:
-  """`bench.*` from the config where present (data size, seconds per row, worker counts)."""
-  settings = dict(subjects=8, hours=8.0, segment_epochs=240, seconds=3.0, max_workers=0)
-  settings.update({k: v for k, v in (config.get("bench") or {}).items() if k in settings})
-  return settings
 
 
 def _cores() -> int:
@@ -234,7 +231,7 @@ def bench_data(config, workdir: str) -> dict:
   """The training input pipeline at the shapes that matter vs a numpy memmap of the same bytes:
   reader threads and worker processes from 1 to every core, warm cache."""
   from sleepjax.data.manifest import read_manifest  # pylint: disable=g-import-not-at-top
-  settings = _bench_settings(config)
+  settings = config.bench.to_dict()  # data size, seconds per row, worker counts
   manifest = read_manifest(_ensure_data(config, workdir, settings))
   memmaps = _memmap_files(manifest, os.path.join(manifest["dir"], "memmap"))
   cores = _cores()
@@ -284,8 +281,8 @@ def bench_data(config, workdir: str) -> dict:
 
 
 def bench_step(config, workdir: str) -> dict:
-  """The jitted train step on synthetic batches: see `sleepjax.bench_step`."""
-  from sleepjax import bench_step as step  # pylint: disable=g-import-not-at-top
+  """The jitted train step on synthetic batches: see `sleepjax.bench.step`."""
+  from sleepjax.bench import step  # pylint: disable=g-import-not-at-top
   return step.bench_step(config, workdir)
 
 

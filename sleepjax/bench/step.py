@@ -44,7 +44,7 @@ CAPTION_GROUPS = 5  # data_prep.captions.GROUPS
 def modality_shapes(config) -> dict[str, tuple[int, int]]:
   """name -> (rate, channels) of the config's modalities, from the canonical table."""
   from sleepjax.modalities import CANONICAL  # pylint: disable=g-import-not-at-top
-  names = tuple(config.data.get("modalities", ())) or tuple(config.prep.modalities)
+  names = tuple(config.data.modalities) or tuple(config.prep.modalities)
   return {m: (CANONICAL[m].rate, len(CANONICAL[m].channels)) for m in names}
 
 
@@ -70,7 +70,7 @@ def synthetic_batch(config, modalities: dict, local_batch: int, seed: int = 0) -
   out["sex"] = rng.integers(0, 2, B).astype(np.int32)
   out["site"] = rng.integers(0, 2, B).astype(np.int32)
   out["recording"] = np.arange(B, dtype=np.int32)
-  if config.data.get("caption_len", 0):
+  if config.data.caption_len:
     shape = (B, W, CAPTION_GROUPS, config.data.caption_len)
     out["captions"] = rng.integers(1, config.text.vocab_size, shape).astype(np.int32)
     out["caption_mask"] = np.ones(shape, bool)
@@ -237,7 +237,7 @@ def _aot_subprocess(config, workdir: str, n: int) -> dict:
       f.write(config.to_json())
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-    code = ("import json, sys, ml_collections; from sleepjax import bench_step; "
+    code = ("import json, sys, ml_collections; from sleepjax.bench import step as bench_step; "
             "c = ml_collections.ConfigDict(json.load(open(sys.argv[1]))); "
             "r = bench_step.compile_step(c, run=False)[0]; json.dump(r, open(sys.argv[2], 'w'))")
     subprocess.run([sys.executable, "-c", code, cfg, out], env=env, check=True)

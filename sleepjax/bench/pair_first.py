@@ -1,6 +1,6 @@
 """Pair-first vs all-modality training compute of a family's loss + gradient, at M modalities.
 
-  python -m sleepjax.families.bench --config=configs/sleep2vec.py:size=5m --workdir=runs/bench \
+  python -m sleepjax.bench.pair_first --config=configs/sleep2vec.py:size=5m --workdir=runs/bench \
       [--batch=8] [--window=16] [--repeats=5]
 
 Compiles `jax.value_and_grad(family.loss)` for (a) a batch carrying all M modalities with
@@ -68,7 +68,7 @@ def main():
   parser.add_argument("--window", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  from sleepjax.cli import load_config  # pylint: disable=g-import-not-at-top
+  from sleepjax.config_tools import load_config  # pylint: disable=g-import-not-at-top
   config = load_config(args.config)
   config.model.dtype = "float32"  # the CPU measures float32
   rows = {}

@@ -1,0 +1,115 @@
+"""Every key the code reads exists in every preset (they all build on configs/common.py), no
+`.get(key, default)` papers over a key the base defines, and a checkpoint's config saved before a
+key existed still restores (the key comes from the base)."""
+
+import pathlib
+import re
+
+import pytest
+
+from sleepjax import config_tools
+from sleepjax.configs import common
+from sleepjax.train import checkpoint
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SOURCES = sorted(p for d in ("sleepjax", "data_prep", "launch") for p in (ROOT / d).rglob("*.py")
+                 if "configs" not in p.relative_to(ROOT).parts)
+# Sections only sweep files have (sleepjax/sweep.py builds them).
+SWEEP_SECTIONS = ("launch", "sweep")
+# Sections each family defines for itself (the base holds sleep2vec's).
+FAMILY_SECTIONS = ("model", "objective")
+# `config.<section>.<key>` (or `<section>_cfg.<key>`) read as an attribute (not a method call) or
+# with `.get("<key>"`; `ctx.opt("<key>")` reads `eval.<key>` (sleepjax/evaluate/tasks.py).
+READ = re.compile(r"\b(?:config\.(\w+)|(\w+)_cfg)\.(?:get\(\s*[\"'](\w+)[\"']|(\w+)\b(?!\s*\())")
+OPT = re.compile(r"\bctx\.opt\(\s*[\"'](\w+)[\"']")
+# `.get("<key>"` on a config or one of its sections.
+GET = re.compile(r"\b\w*(?:config|cfg)\.(?:(\w+)\.)?get\(\s*[\"'](\w+)[\"']")
+
+
+def _specs() -> list[str]:
+  """Each shipped config file's default and every `configs/<file>:<arg>` its docstring names, plus
+  each row of a family's size table."""
+  specs = []
+  for name in config_tools.shipped_configs():
+    doc = (config_tools.CONFIGS / name).read_text()
+    args = re.findall(rf"configs/{re.escape(name)}:(\w+(?:=[\w.]+)?)(?![=\w<])", doc)
+    specs += [f"configs/{name}"] + [f"configs/{name}:{a}" for a in sorted(set(args))]
+  specs += [f"configs/sleeplm.py:{s}" for s in ("tiny", "smoke", "small", "medium", "base",
+                                                "large", "xl")]
+  specs += [f"configs/sleep2vec.py:size={s}" for s in ("1m", "5m", "20m", "50m", "600m", "1b")]
+  return sorted(set(specs))
+
+
+@pytest.fixture(scope="module")
+def presets() -> dict[str, dict]:
+  return {spec: config_tools.flatten(config_tools.load_config(spec)) for spec in _specs()}
+
+
+def _reads() -> dict[str, set[str]]:
+  """{"train.profile_steps": {files that read it}, ...} over the package, data_prep and launch."""
+  out = {}
+  for path in SOURCES:
+    text, rel = path.read_text(), str(path.relative_to(ROOT))
+    keys = [f"{a or b}.{got or attr}" for a, b, got, attr in READ.findall(text)]
+    for key in keys + [f"eval.{k}" for k in OPT.findall(text)]:
+      out.setdefault(key, set()).add(rel)
+  return out
+
+
+def test_every_key_the_code_reads_is_in_every_preset(presets):
+  reads = _reads()
+  assert "train.profile_steps" in reads and "model.embed_dim" in reads  # the walk finds reads
+  families = {spec: flat["model.family"] for spec, flat in presets.items()}
+  missing = []
+  for key, files in sorted(reads.items()):
+    section = key.split(".")[0]
+    if section in SWEEP_SECTIONS:
+      specs = [s for s in presets if s.startswith("configs/sweeps/")]
+    elif section in FAMILY_SECTIONS and key.split(".")[1] not in common.SHARED_MODEL:
+      # One family's key: in every preset of each family that has it, and in some family.
+      having = {families[s] for s, flat in presets.items() if _has(flat, key)}
+      specs = [s for s in presets if families[s] in having] if having else list(presets)
+    else:
+      specs = list(presets)
+    missing += [f"{s} lacks {key} (read in {', '.join(sorted(files))})"
+                for s in specs if not _has(presets[s], key)]
+  assert not missing, "\n".join(missing)
+
+
+def _has(flat: dict, key: str) -> bool:
+  return key in flat or any(k.startswith(key + ".") for k in flat)
+
+
+def test_no_get_default_for_a_key_the_base_defines():
+  base = config_tools.flatten(common.get_config())
+  names = {k.rsplit(".", 1)[-1] for k in base}
+  found = []
+  for path in SOURCES:
+    rel = str(path.relative_to(ROOT))
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+      for section, key in GET.findall(line):
+        if (f"{section}.{key}" in base) if section else key in names:
+          found.append(f"{rel}:{i}: {line.strip()}")
+  assert not found, "read these keys directly (the base defines them):\n" + "\n".join(found)
+
+
+def test_every_preset_has_every_base_key(presets):
+  base = config_tools.flatten(common.get_config())
+  for spec, flat in presets.items():
+    family = flat["model.family"]
+    keys = [k for k in base if k.split(".")[0] not in FAMILY_SECTIONS or family == "sleep2vec"
+            or k.split(".")[1] in common.SHARED_MODEL]
+    assert [k for k in keys if k not in flat] == [], spec
+
+
+@pytest.mark.parametrize("spec", ["configs/smoke.py:tiny", "configs/sleeplm.py:tiny"])
+def test_an_older_checkpoint_config_gains_the_new_keys_from_the_base(spec):
+  config = config_tools.load_config(spec)
+  saved = config.to_dict()
+  # As saved before these keys existed (the old code read them with the base's defaults).
+  for section, key in (("train", "profile_steps"), ("data", "device_prefetch"),
+                       ("model", "param_dtype"), ("optim", "b1"), ("eval", "caption_examples")):
+    del saved[section][key]
+  restored = config_tools.from_dict(checkpoint._normalise(saved))  # pylint: disable=protected-access
+  assert config_tools.flatten(restored) == config_tools.flatten(config)
+  assert checkpoint.config_diff(restored.to_dict(), config.to_dict()) == {}
