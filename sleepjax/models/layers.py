@@ -1,7 +1,9 @@
 """Transformer building blocks with logical axis names on every parameter.
 
-Parameters are float32; matmuls run in the module's `dtype` (bfloat16 on accelerators); norms,
-softmax and RoPE run in float32. One `Block` is the unit a scan/remat wrapper repeats.
+Parameters are created float32 (the optimiser's master copy; `model.param_dtype=bfloat16` only
+casts them for the step); matmuls run in the module's `dtype` (bfloat16 on accelerators); norm
+statistics, softmax and RoPE in float32. `Transformer` loops over its `Block`s, each
+rematerialised under `remat` when one is named (no scan over layers).
 """
 
 import jax

@@ -34,7 +34,7 @@ FROZEN_KEYS = ("model", "objective", "data.modalities", "data.global_batch", "da
                "data.min_modalities", "data.caption_len", "seed")
 # Model keys that change how a step computes, not what the parameters are: free to change on resume
 # and taken from the command line by `eval` (e.g. evaluating a bf16/cuDNN-trained model on a CPU).
-RUNTIME_MODEL_KEYS = ("dtype", "residual_dtype", "attention", "remat", "scan_layers")
+RUNTIME_MODEL_KEYS = ("dtype", "residual_dtype", "attention", "remat")
 # What `eval` takes from its own command line; everything else comes from the checkpoint's config.
 EVAL_SIDE_KEYS = ("eval", "mesh", "data.dir", "data.global_batch", "data.read_threads",
                   "data.prefetch", "data.workers", "data.verify_shards")
