@@ -114,16 +114,19 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return config
 
 
+def json_tuples(value):
+  """JSON lists back to the tuples configs use (nested dicts followed)."""
+  if isinstance(value, dict):
+    return {k: json_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(json_tuples(v) for v in value)
+  return value
+
+
 def from_dict(d: dict) -> ml_collections.ConfigDict:
   """A config saved as JSON (a checkpoint's) -> ConfigDict; JSON lists become tuples. Keys a config
   saved before they existed lacks come from the shared base, so old checkpoints still restore."""
-  def tuples(x):
-    if isinstance(x, dict):
-      return {k: tuples(v) for k, v in x.items()}
-    if isinstance(x, list):
-      return tuple(tuples(v) for v in x)
-    return x
-  config = ml_collections.ConfigDict(tuples(d))
+  config = ml_collections.ConfigDict(json_tuples(d))
   known = "model" in config and "family" in config.model
   _fill(config, base(config.model.family if known else "sleep2vec"))
   return config

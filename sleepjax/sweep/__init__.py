@@ -34,6 +34,8 @@ import time
 
 import ml_collections
 
+from sleepjax import config_tools
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RUNS = "runs"
 RESULT = "result.json"
@@ -173,17 +175,9 @@ def _plain(value):
   return value
 
 
-def _tuples(value):
-  """JSON lists back to the tuples configs use."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
 def read_run_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(_tuples(json.loads(pathlib.Path(path).read_text())))
+  saved = json.loads(pathlib.Path(path).read_text())
+  return ml_collections.ConfigDict(config_tools.json_tuples(saved))
 
 
 def run_name(overrides: dict) -> str:
@@ -235,7 +229,7 @@ def flops_per_step(config) -> float:
 
 def resolve(base: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
   """The base config with one run's overrides applied (budget_flops -> train.steps)."""
-  config = ml_collections.ConfigDict(_tuples(_plain(base)))
+  config = ml_collections.ConfigDict(config_tools.json_tuples(_plain(base)))
   for key in SWEEP_ONLY:
     if key in config:
       del config[key]
@@ -268,7 +262,7 @@ def expand(sweep_file: str, config: ml_collections.ConfigDict, workdir: str) -> 
   if not hasattr(module, "sweep"):
     raise ValueError(f"{sweep_file}: a sweep file defines sweep(config) yielding override dicts")
   workdir = os.path.abspath(workdir)
-  base = ml_collections.ConfigDict(_tuples(_plain(config)))
+  base = ml_collections.ConfigDict(config_tools.json_tuples(_plain(config)))
   if not base.data.dir:
     base.data.dir = os.path.join(workdir, "data")
   runs, seen = [], {}
