@@ -120,6 +120,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.mesh.data = -1  # data-parallel mesh axis (-1 = the remaining devices)
   c.mesh.fsdp = 1  # FSDP mesh axis (parameters sharded)
   c.mesh.tensor = 1  # tensor-parallel mesh axis
+  c.mesh.dcn_data = -1  # of `data`, the part split across TPU slices (-1 = every slice)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 300  # the schedule's length

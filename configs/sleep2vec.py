@@ -106,5 +106,5 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
   if size in ("600m", "1b"):
     # FSDP: parameters and AdamW state sharded over every device (ZeRO-3); a 1b model's f32
     # params + two moments + EMA are ~20 GB, too much to replicate on every chip.
-    c.mesh = dict(data=1, fsdp=-1, tensor=1)
+    c.mesh.data, c.mesh.fsdp = 1, -1
   return c

@@ -11,8 +11,9 @@ Input is a dict {(modality, channel): Signal} of signals already in canonical un
 3. `heart_rate`, when requested and not recorded directly (or recorded but unusable), is derived
    from ECG R peaks (`signal.detect_r_peaks`, `signal.heart_rate_from_beats`);
 4. each usable channel is normalised per recording: robust median/IQR over its usable epochs, or
-   fixed constants for modalities whose absolute level matters (SpO2, heart rate); values are
-   clipped to +-CLIP; masked epochs and masked channels are zeros with mask False.
+   the fixed constants of modalities whose absolute level matters (SpO2, heart rate: the record's
+   `fixed_scaling`); values are clipped to +-CLIP; masked epochs and masked channels are zeros with
+   mask False.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from data_prep import qc as qc_lib
 from data_prep import signal as sig_lib
 from sleepjax.modalities import CANONICAL, EPOCH_SECONDS
 
-# Modalities whose absolute level carries meaning are scaled by fixed constants, not per recording.
-FIXED_SCALING = {"spo2": (95.0, 5.0), "heart_rate": (65.0, 15.0)}
 CLIP = 20.0  # normalised values beyond +-CLIP are clipped (also keeps float16 finite)
 ECG_KEY = ("ecg", "ecg")
 HR_KEY = ("heart_rate", "hr")
@@ -86,9 +85,9 @@ def _process(sig, modality: str, channel: str, n_epochs: int, line_freq: float |
   rate = float(rate)
   rails = getattr(sig, "physical_range", None)
   codes = qc_lib.check_raw(x, rate, modality, n_epochs, cfg, rails)
-  level = modality in sig_lib.LEVEL_MODALITIES
+  level = spec.level
   if level:
-    fill = FIXED_SCALING[modality][0]
+    fill = spec.fixed_scaling[0]
   else:
     sub = x[::16]
     sub = sub[np.isfinite(sub)]
@@ -151,7 +150,7 @@ def harmonise(signals, n_epochs: int, modalities: list[str], *,
   need_ecg = "heart_rate" in modalities and ECG_KEY in signals
   if line_freq == "auto":
     exg = [(np.asarray(s.data), float(s.rate)) for k, s in signals.items()
-           if k[0] in sig_lib.NOTCH_MODALITIES and (k in wanted or (need_ecg and k == ECG_KEY))
+           if (k in wanted or (need_ecg and k == ECG_KEY)) and CANONICAL[k[0]].notch
            and qc_lib.check_rate(s.rate, k[0]) is None]
     line_freq = sig_lib.detect_line_frequency(exg)
   processed: dict[tuple[str, str], _Channel] = {}
@@ -193,8 +192,8 @@ def harmonise(signals, n_epochs: int, modalities: list[str], *,
       if ch.y is None:
         continue
       usable = ch.usable
-      if m in FIXED_SCALING:
-        center[c], scale[c] = FIXED_SCALING[m]
+      if spec.fixed_scaling is not None:
+        center[c], scale[c] = spec.fixed_scaling
         method[c] = "fixed"
       else:
         center[c], scale[c] = sig_lib.robust_stats(ch.y, np.repeat(usable, spe)

@@ -4,6 +4,7 @@ Checks run on each channel's raw samples at its native rate (in canonical units)
 (30-s epochs aligned with the hypnogram), plus an amplitude check on the filtered signal at the
 canonical rate. Every flagged epoch is masked (zeroed, mask false); a channel with too many flagged
 epochs, an invalid sampling rate or no data is masked as a whole. Nothing flagged is silently used.
+The per-modality thresholds are on each modality's record (`sleepjax.modalities`, `Modality.qc`).
 
 Epoch flags (bit k of the per-epoch code; names as in the report):
 
@@ -13,7 +14,8 @@ Epoch flags (bit k of the per-epoch code; names as in the report):
                 a run of identical values longer than the modality's limit (flat line, dead sensor)
   clipped       >= 5 % of samples at an inferred (or given) physical rail
   disconnected  >= 50 % of samples at the rails (stuck at / swinging rail to rail)
-  range         implausible level: SpO2 outside 50-100 %, heart rate outside 30-200 bpm
+  range         implausible level (outside `level_range`): SpO2 outside 50-100 %, heart rate
+                outside 30-200 bpm
   amplitude     >= 10 % of the filtered epoch beyond the modality's limit (EEG 1000 uV ...)
   hr_gap        derived heart rate: too few valid beats (or ECG masked) in the epoch
 """
@@ -34,21 +36,6 @@ from sleepjax.modalities import CANONICAL, EPOCH_SECONDS
 FLAGS = ("missing", "nonfinite", "flat", "clipped", "disconnected", "range", "amplitude", "hr_gap")
 BIT = {name: np.uint16(1 << k) for k, name in enumerate(FLAGS)}
 
-# Lowest usable native sampling rate per modality (Hz).
-MIN_RATE = {"eeg": 64.0, "eog": 25.0, "emg": 64.0, "ecg": 50.0, "heart_rate": 0.2, "spo2": 0.2,
-            "airflow": 4.0, "nasal_pressure": 4.0, "resp_effort": 4.0}
-# Flat: epoch std below this floor (canonical units); None = no absolute floor.
-MIN_STD = {"eeg": 0.5, "eog": 0.5, "emg": 0.05, "ecg": 0.002}
-# Flat: a run of identical values at least this long (s) is a flat line.
-FLAT_RUN_S = {"eeg": 2.0, "eog": 2.0, "emg": 2.0, "ecg": 2.0, "airflow": 10.0,
-              "nasal_pressure": 10.0, "resp_effort": 10.0, "spo2": 600.0, "heart_rate": 600.0}
-# Plausible level range (canonical units) for level signals.
-RANGE = {"spo2": (50.0, 100.0), "heart_rate": (30.0, 200.0)}
-# Sustained amplitude limit on the filtered signal (canonical units).
-MAX_AMPLITUDE = {"eeg": 1000.0, "eog": 2000.0, "emg": 1000.0, "ecg": 10.0}
-LEVEL = ("spo2", "heart_rate")  # no flat-fraction / clipping checks: steps and ceilings are normal
-
-
 @dataclasses.dataclass
 class QCConfig:
   min_duration_s: float = 3600.0  # shorter recordings are skipped
@@ -57,7 +44,7 @@ class QCConfig:
   rel_flat: float = 1e-3  # epoch std below this fraction of the channel's median epoch std
   clip_fraction: float = 0.05  # fraction of an epoch at a rail that is clipping
   disconnected_fraction: float = 0.5  # ... that is a disconnected / saturated sensor
-  amplitude_fraction: float = 0.1  # fraction of an epoch beyond MAX_AMPLITUDE
+  amplitude_fraction: float = 0.1  # fraction of an epoch beyond the modality's max_amplitude
   length_tolerance_epochs: int = 2  # annotation/signal length difference accepted silently
   max_length_mismatch: float = 0.1  # larger relative difference: recording skipped
   hr_min_valid: float = 2 / 3  # derived heart rate: valid fraction an epoch needs
@@ -91,7 +78,7 @@ def check_rate(rate: float, modality: str) -> str | None:
   """A reason the sampling rate is unusable for `modality`, or None."""
   if not (isinstance(rate, (int, float, np.number)) and math.isfinite(rate) and rate > 0):
     return f"invalid sampling rate {rate!r}"
-  lowest = MIN_RATE.get(modality, 0.0)
+  lowest = CANONICAL[modality].qc.min_rate
   if rate < lowest:
     return f"sampling rate {rate:g} Hz below the {lowest:g} Hz {modality} needs"
   return None
@@ -149,6 +136,7 @@ def check_raw(x: np.ndarray, rate: float, modality: str, n_epochs: int,
   Non-finite samples are flagged and take part in no other check.
   """
   cfg = config or QCConfig()
+  spec = CANONICAL[modality]
   codes = np.zeros(n_epochs, np.uint16)
   bounds = epoch_bounds(rate, n_epochs)
   full = int(np.searchsorted(bounds[1:], len(x), side="right"))  # epochs fully covered
@@ -164,8 +152,8 @@ def check_raw(x: np.ndarray, rate: float, modality: str, n_epochs: int,
     codes[:full][bad] |= BIT["nonfinite"]
     fill = np.median(seg[finite]) if finite.any() else 0.0
     seg = np.where(finite, seg, fill)
-  if modality in RANGE:
-    lo, hi = RANGE[modality]
+  if spec.qc.level_range is not None:
+    lo, hi = spec.qc.level_range
     out = ((seg < lo) | (seg > hi)) & finite
     codes[:full][_per_epoch_sum(out, b) > 0] |= BIT["range"]
   # Flat lines: std floor, relative std, identical consecutive samples, long identical runs.
@@ -173,18 +161,19 @@ def check_raw(x: np.ndarray, rate: float, modality: str, n_epochs: int,
   np.equal(seg[1:], seg[:-1], out=eq[:-1])
   eq[-1] = False
   eq_counts = _per_epoch_sum(eq, b)
-  run = int(round(FLAT_RUN_S.get(modality, 10.0) * rate))
+  run = int(round(spec.qc.flat_run_s * rate))
   flat = _run_epochs(eq, eq_counts, run, b)
-  if modality not in LEVEL:
+  if not spec.level:  # level signals step and sit at ceilings: no flat-fraction/clipping checks
     centred = seg - seg[::16].mean()
     s1 = _per_epoch_sum(centred, b)
     np.square(centred, out=centred)
     s2 = _per_epoch_sum(centred, b)
     del centred
     std = np.sqrt(np.maximum(s2 / n_per - (s1 / n_per) ** 2, 0.0))
-    floor = MIN_STD.get(modality, 0.0)
     ref = np.median(std)
-    flat |= (std < floor) | (std <= cfg.rel_flat * ref) | (std == 0)
+    flat |= (std <= cfg.rel_flat * ref) | (std == 0)
+    if spec.qc.min_std is not None:
+      flat |= std < spec.qc.min_std
     flat |= eq_counts / n_per >= cfg.flat_same_fraction
     # Clipping / disconnection at the rails.
     if rails is not None:
@@ -217,7 +206,7 @@ def check_amplitude(y: np.ndarray, rate: float, modality: str, n_epochs: int,
   """Per-epoch `amplitude` flags of a filtered channel at its canonical `rate`."""
   cfg = config or QCConfig()
   codes = np.zeros(n_epochs, np.uint16)
-  limit = MAX_AMPLITUDE.get(modality)
+  limit = CANONICAL[modality].qc.max_amplitude
   if limit is None or n_epochs == 0:
     return codes
   spe = int(round(rate * EPOCH_SECONDS))

@@ -7,7 +7,8 @@ Everything is vectorised numpy/scipy on whole nights (no per-sample Python loops
   10, 1 Hz ... -> canonical rates); linear interpolation for level signals (SpO2, heart rate) and for
   rates without a small rational ratio (e.g. 199.98 Hz), after an anti-alias low-pass.
 - :func:`detect_line_frequency`: which mains frequency (50 or 60 Hz) a recording carries.
-- :func:`filter_sos` / :func:`apply_filter`: per-modality zero-phase band-pass (+ mains notch).
+- :func:`filter_sos` / :func:`apply_filter`: per-modality zero-phase band-pass (+ mains notch), from
+  the modality's record (`sleepjax.modalities`: `band_hz`, `notch`).
 - :func:`robust_stats`: median / IQR normalisation statistics over usable samples.
 - :func:`detect_r_peaks`: QRS detection after Elgendi et al. (2013), "Fast QRS detection with an
   optimized knowledge-based method: evaluation on 11 standard ECG databases", PLoS ONE 8(9):e73557
@@ -27,20 +28,8 @@ import numpy as np
 from scipy import ndimage
 from scipy import signal as sps
 
-# Zero-phase band per modality (Hz); None = open edge. Modalities not listed are not filtered.
-BANDS: dict[str, tuple[float | None, float | None]] = {
-    "eeg": (0.3, 35.0),
-    "eog": (0.3, 10.0),
-    "emg": (10.0, None),  # low-pass = the anti-alias filter at the canonical rate's Nyquist
-    "ecg": (0.5, 40.0),
-    "airflow": (0.05, 2.0),
-    "nasal_pressure": (0.05, 2.0),
-    "resp_effort": (0.05, 2.0),
-}
-# Modalities that may carry mains interference worth a notch.
-NOTCH_MODALITIES = ("eeg", "eog", "emg", "ecg")
-# Level signals: absolute values matter; linear interpolation, no filter, fixed scaling.
-LEVEL_MODALITIES = ("spo2", "heart_rate")
+from sleepjax.modalities import CANONICAL
+
 LINE_FREQUENCIES = (50.0, 60.0)
 NOTCH_Q = 30.0  # -3 dB width = f0 / Q (1.7 Hz at 50 Hz)
 _MAX_UPDOWN = 20_000  # largest polyphase up/down factor before falling back to interpolation
@@ -142,10 +131,10 @@ def detect_line_frequency(signals, candidates=LINE_FREQUENCIES, min_ratio: float
 
 @functools.lru_cache(maxsize=256)
 def filter_sos(modality: str, rate: float, line_freq: float | None = None) -> np.ndarray | None:
-  """Zero-phase filter (SOS) for `modality` at `rate` Hz: band-pass from BANDS, plus a mains notch.
+  """Zero-phase filter (SOS) for `modality` at `rate` Hz: band-pass `band_hz`, plus a mains notch.
 
   High-pass edges are 2nd order and low-pass edges 4th order (doubled by forward-backward
-  filtering). The notch is added for ExG modalities when `line_freq` lies below Nyquist and inside
+  filtering). The notch is added for modalities with `notch` when `line_freq` lies below Nyquist and inside
   or near the pass band (within twice the low-pass edge; beyond that the low-pass alone removes it
   by > 40 dB). Mains harmonics above the canonical Nyquist are removed by the resampler's anti-alias
   filter, so at canonical rates (50 and 60 Hz < 64 Hz) the notch is applied after decimation,
@@ -153,14 +142,15 @@ def filter_sos(modality: str, rate: float, line_freq: float | None = None) -> np
   be notched at the output rate (a configured rate below ~2x mains), `notch_before_resampling`
   says so and the caller notches at the native rate first.
   """
-  lo, hi = BANDS.get(modality, (None, None))
+  spec = CANONICAL[modality]
+  lo, hi = spec.band_hz or (None, None)
   nyq = rate / 2
   parts = []
   if lo is not None and lo < nyq:
     parts.append(_butter(2, lo / rate, "highpass"))
   if hi is not None and hi < 0.95 * nyq:
     parts.append(_butter(4, hi / rate, "lowpass"))
-  if (line_freq and modality in NOTCH_MODALITIES and line_freq + 1.0 < nyq
+  if (line_freq and spec.notch and line_freq + 1.0 < nyq
       and (hi is None or line_freq < 2 * hi)):
     b, a = sps.iirnotch(line_freq, NOTCH_Q, fs=rate)
     parts.append(sps.tf2sos(b, a))
@@ -181,7 +171,7 @@ def notch_before_resampling(modality: str, line_freq: float | None, rate_in: flo
   """Whether mains must be notched at the native rate: it cannot be notched at `rate_out` (too
   close to or above its Nyquist) yet lies in the anti-alias filter's transition band, where
   decimation would only halve it and fold it back. Never the case at the canonical 128 Hz."""
-  return bool(line_freq and modality in NOTCH_MODALITIES and line_freq + 1.0 >= rate_out / 2
+  return bool(line_freq and CANONICAL[modality].notch and line_freq + 1.0 >= rate_out / 2
               and line_freq < 0.7 * rate_out and line_freq + 1.0 < rate_in / 2)
 
 

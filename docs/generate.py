@@ -108,17 +108,16 @@ def schema_reference() -> str:
 
 def qc_reference() -> str:
   from data_prep import metadata, prep, qc  # pylint: disable=g-import-not-at-top
+  from sleepjax import modalities  # pylint: disable=g-import-not-at-top
   lines = [HEADER + "# Quality control and metadata rules\n", "```", inspect.getdoc(qc), "```\n",
            "A recording's verdict is `ok` (converted) or `skip` (with reasons in `qc.csv` /",
            "`qc.json`); every file under `edf/` and `annotations/` appears in the report.\n",
            "## Per-modality thresholds\n", "| modality | min rate (Hz) | min std | flat run (s) | "
            "range | max amplitude |", "| --- | --- | --- | --- | --- | --- |"]
-  names = list(dict.fromkeys([*qc.MIN_RATE, *qc.MIN_STD, *qc.FLAT_RUN_S, *qc.RANGE,
-                              *qc.MAX_AMPLITUDE]))
-  for m in names:
-    cells = [qc.MIN_RATE.get(m, "–"), qc.MIN_STD.get(m, "–"), qc.FLAT_RUN_S.get(m, "–"),
-             qc.RANGE.get(m, "–"), qc.MAX_AMPLITUDE.get(m, "–")]
-    lines.append(f"| `{m}` | " + " | ".join(str(c) for c in cells) + " |")
+  for m, spec in modalities.CANONICAL.items():
+    q = spec.qc
+    cells = [q.min_rate, q.min_std, q.flat_run_s, q.level_range, q.max_amplitude]
+    lines.append(f"| `{m}` | " + " | ".join("–" if c is None else str(c) for c in cells) + " |")
   lines += ["", "## metadata.csv\n",
             f"- required columns: {', '.join(f'`{c}`' for c in metadata.REQUIRED_COLUMNS)}; aliases: "
             + ", ".join(f"`{a}` → `{b}`" for a, b in metadata.COLUMN_ALIASES.items()),

@@ -2,7 +2,9 @@
 
 Parameters and activations are annotated with logical axis names; `RULES` maps them onto the mesh axes
 `data`, `fsdp` and `tensor`. The batch is split over (`data`, `fsdp`); weights over `fsdp` (ZeRO-3
-style) and `tensor` (Megatron style).
+style) and `tensor` (Megatron style). Devices are laid out by JAX's topology-aware mesh helpers: on
+several TPU slices (multislice) `data` is split across the slices (DCN) and every axis inside one
+slice (ICI), so only the gradient all-reduce crosses the slower network.
 """
 
 import math
@@ -10,6 +12,7 @@ import math
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -54,11 +57,43 @@ def mesh_shape(config, n_devices: int) -> tuple[int, ...]:
   return tuple(sizes)
 
 
+def num_slices(devices) -> int:
+  """Slices the devices span (TPU multislice); 1 for devices without a `slice_index` (CPU, GPU)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def dcn_shape(config, shape: tuple[int, ...], n_slices: int) -> tuple[int, ...]:
+  """The across-slice part of `shape`: `data` over `dcn_data` slices (-1: every slice)."""
+  dcn = n_slices if int(config["dcn_data"]) == -1 else int(config["dcn_data"])
+  if dcn != n_slices:
+    raise ValueError(f"mesh.dcn_data={config['dcn_data']}, but the devices span {n_slices} "
+                     f"slice(s): set mesh.dcn_data={n_slices} or -1")
+  if shape[0] % dcn:
+    raise ValueError(f"mesh.data={shape[0]} is not divisible by mesh.dcn_data={dcn} (the "
+                     f"slices): `data` is the axis split across slices")
+  return (dcn,) + (1,) * (len(shape) - 1)
+
+
+def device_grid(config, devices) -> np.ndarray:
+  """`devices` arranged as the mesh (`data`, `fsdp`, `tensor`), in topology order.
+
+  One slice: `mesh_utils.create_device_mesh` (physical torus order on TPU, the device order on CPU);
+  several: `create_hybrid_device_mesh`, one such block per slice along `data`. Not `jax.make_mesh`:
+  it refuses multislice and would make the axes Explicit.
+  """
+  shape = mesh_shape(config, len(devices))
+  n_slices = num_slices(devices)
+  dcn = dcn_shape(config, shape, n_slices)
+  if n_slices == 1:
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  ici = tuple(s // d for s, d in zip(shape, dcn))
+  return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
+
+
 def make_mesh(config, devices=None) -> Mesh:
   """The mesh over `devices` (default: every device; compile-only topology devices work too)."""
   devices = jax.devices() if devices is None else list(devices)
-  shape = mesh_shape(config, len(devices))
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+  return Mesh(device_grid(config, devices), MESH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

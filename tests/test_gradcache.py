@@ -33,7 +33,7 @@ def _hard_batch(config, modalities: dict, B: int, presence: str) -> dict:
 
 
 def _grads(config, modalities, batch, ks):
-  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1, "dcn_data": -1})
   tx, _ = make_optimizer(config.optim, 10)
   graphdef, _, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, 0)
   params = state_lib.init_state(config, modalities, tx, state_sh, 0).params
@@ -108,7 +108,7 @@ def test_bfloat16_micro_batch_gradients_are_summed_in_float32(tiny_config):
   config.data.modality_sampling = "pair_first"
   modalities = {"eeg": (128, 2), "ecg": (128, 1)}
   tx, _ = make_optimizer(config.optim, 10)
-  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1, "dcn_data": -1})
   graphdef, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, 0)
   params_bf16 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.bfloat16), abstract.params)
   batch = pipeline.nest(bench_step.synthetic_batch(config, modalities, 16))

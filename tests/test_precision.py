@@ -100,7 +100,7 @@ def test_bfloat16_keeps_float32_master_ema_and_second_moment(tiny_config):
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
   config = tiny_config.copy_and_resolve_references()
   config.model.param_dtype = "bfloat16"
-  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1, "dcn_data": -1})
   modalities = {"eeg": (128, 2), "spo2": (4, 1)}
   tx, schedule = make_optimizer(config.optim, 10)
   graphdef, _, state_sh = state_lib.abstract_state(config, modalities, tx, mesh, 0)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -16,10 +18,47 @@ def test_mesh_shape_fills_and_validates():
     sharding.mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
 
 
+def test_one_slice_mesh_keeps_the_device_order():
+  """On one slice (8 CPU devices, or the demo's one) the mesh is the devices in order, as before."""
+  for axes in ({"data": -1, "fsdp": 1, "tensor": 1}, {"data": 2, "fsdp": 2, "tensor": 2}):
+    mesh = sharding.make_mesh({**axes, "dcn_data": -1})
+    shape = sharding.mesh_shape(axes, 8)
+    assert mesh.axis_names == sharding.MESH_AXES and mesh.devices.shape == shape
+    assert (mesh.devices == np.asarray(jax.devices()).reshape(shape)).all()
+  assert sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": 1},
+                            jax.devices()[:1]).devices.shape == (1, 1, 1)
+  with pytest.raises(ValueError, match="mesh.dcn_data=2.*1 slice"):
+    sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": 2})
+
+
+@dataclasses.dataclass(frozen=True)
+class _FakeDevice:
+  """What mesh_utils reads of a device: a multislice TPU's slices, on a CPU-only machine."""
+  id: int
+  slice_index: int
+  platform: str = "cpu"
+  device_kind: str = "cpu"
+
+
+def test_multislice_splits_data_across_slices():
+  devices = [_FakeDevice(i, i // 4) for i in range(8)]  # two slices of four
+  assert sharding.num_slices(devices) == 2
+  grid = sharding.device_grid({"data": -1, "fsdp": 2, "tensor": 1, "dcn_data": -1}, devices)
+  assert grid.shape == (4, 2, 1)
+  slices = np.vectorize(lambda d: d.slice_index)(grid)
+  assert (slices[:2] == 0).all() and (slices[2:] == 1).all()  # `data` halves = the slices
+  grid = sharding.device_grid({"data": 2, "fsdp": 2, "tensor": 2, "dcn_data": 2}, devices)
+  assert [{d.slice_index for d in block.flat} for block in grid] == [{0}, {1}]
+  with pytest.raises(ValueError, match="mesh.dcn_data=1.*2 slice"):
+    sharding.device_grid({"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": 1}, devices)
+  with pytest.raises(ValueError, match="mesh.data=1 is not divisible by mesh.dcn_data=2"):
+    sharding.device_grid({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": -1}, devices)
+
+
 def test_parameters_and_optimizer_state_are_born_sharded(tiny_config):
   assert jax.device_count() == 8
   config = tiny_config.copy_and_resolve_references()
-  config.mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+  config.mesh = {"data": 2, "fsdp": 2, "tensor": 2, "dcn_data": -1}
   mesh = sharding.make_mesh(config.mesh)
   tx, _ = make_optimizer(config.optim, 10)
   modalities = {"eeg": (128, 2), "ecg": (128, 1)}
@@ -40,7 +79,7 @@ def _losses_on_mesh(config, mesh_axes: dict, steps: int = 3) -> list[float]:
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sleepjax.train.step import make_train_step  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
-  config.mesh = mesh_axes
+  config.mesh = {**mesh_axes, "dcn_data": -1}
   mesh = sharding.make_mesh(config.mesh)
   modalities = {"eeg": (128, 2), "ecg": (128, 1), "spo2": (4, 1)}
   tx, schedule = make_optimizer(config.optim, 10)
@@ -74,7 +113,7 @@ def test_tensor_parallel_block_gathers_no_activations(tiny_config):
   all-gather of the attention activations."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from sleepjax.models.layers import Block  # pylint: disable=g-import-not-at-top
-  mesh = sharding.make_mesh({"data": 4, "fsdp": 1, "tensor": 2})
+  mesh = sharding.make_mesh({"data": 4, "fsdp": 1, "tensor": 2, "dcn_data": -1})
   d, heads, mlp, B, T = 64, 4, 128, 8, 16
   with nnx.use_eager_sharding(False):
     block = Block(d, heads, mlp, dtype=jax.numpy.float32, rngs=nnx.Rngs(0))

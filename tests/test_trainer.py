@@ -158,7 +158,7 @@ def test_eval_config_comes_from_the_checkpoint(prepared, tiny_config, tmp_path, 
   config.model.width, config.model.heads = 48, 4
   trainer.train(config, str(workdir))
   cli_config = _config(tiny_config, steps=2)  # default width 32, another mesh, another probe
-  cli_config.mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+  cli_config.mesh = {"data": 2, "fsdp": 2, "tensor": 2, "dcn_data": -1}
   cli_config.eval.probe_steps = 7
   merged = checkpoint.config_for_eval(cli_config, trainer.checkpoint_dir(str(workdir)))
   assert merged.model.width == 48 and merged.eval.probe_steps == 7 and merged.mesh.tensor == 2

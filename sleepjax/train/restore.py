@@ -20,7 +20,8 @@ from sleepjax import config_tools, sharding
 from sleepjax.modalities import CANONICAL
 from sleepjax.train import checkpoint, optim, state as state_lib, trainer
 
-DATA_PARALLEL = {"data": -1, "fsdp": 1, "tensor": 1}  # the mesh of a restore without a config
+# The mesh of a restore without a config.
+DATA_PARALLEL = {"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": -1}
 
 
 @dataclasses.dataclass
