@@ -5,6 +5,8 @@ coordinator and its own worker id by itself (TPU metadata / MEGASCALE_* for mult
 commands carry no addresses. The workdir must be a path every host sees (a Filestore or GCS-fuse
 mount). Finished runs return at once and started ones resume, so re-running a script after a
 preemption continues the sweep; xpk also restarts a preempted workload `max_restarts` times.
+With `--num-slices` > 1 the mesh splits `data` across the slices (`sharding.device_grid`,
+`mesh.dcn_data`: -1 follows the slices the workload gets).
 """
 
 import os
