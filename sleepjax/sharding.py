@@ -35,6 +35,7 @@ RULES = (
     ("proj", None),
     ("vocab", "tensor"),
     ("recon", None),
+    ("layers", None),  # the stacking axis of scanned blocks (model.scan_blocks)
 )
 
 

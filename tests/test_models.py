@@ -5,7 +5,8 @@ import pytest
 from flax import nnx
 
 from sleepjax.families import get_family
-from sleepjax.models.layers import Attention, gelu, rope
+from sleepjax.models.layers import gelu, rope
+from sleepjax.models.transformer import Attention
 from sleepjax.models.sleep2vec import SoftmaxGate
 from sleepjax.train.state import build_model
 
