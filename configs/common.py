@@ -93,6 +93,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.attention = "xla"  # xla | cudnn (flash attention, GPU, bf16) | auto (cudnn on GPU in bf16)
   c.model.residual_dtype = "float32"  # float32 | compute (model.dtype): residual stream + norm outputs
   c.model.remat = "none"  # none | full | save_dots | save_attn_proj (activation memory vs compute)
+  c.model.scan_blocks = False  # transformer blocks stacked under nnx.scan (compile time flat in depth; another checkpoint tree)
 
   c.objective = ml_collections.ConfigDict()
   c.objective.loss = "dash"  # dash (DAS-H InfoNCE) | info_nce (w = 1, h = 0)

@@ -38,6 +38,7 @@ RULES = (
     ("proj", None),
     ("vocab", "tensor"),
     ("recon", None),
+    ("layers", None),  # the stacking axis of scanned blocks (model.scan_blocks)
 )
 
 

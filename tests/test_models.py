@@ -5,7 +5,8 @@ import pytest
 from flax import nnx
 
 from sleepjax.families import get_family
-from sleepjax.models.layers import Attention, gelu, rope
+from sleepjax.models.layers import gelu, rope
+from sleepjax.models.transformer import Attention
 from sleepjax.models.sleep2vec import SoftmaxGate
 from sleepjax.train.state import build_model
 
@@ -201,3 +202,45 @@ def test_attention_equals_the_textbook_form_with_biases():
   p = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
   want = jnp.einsum("bhqs,bshk,hkd->bqd", p, v, att.out.value) + att.out_bias.value
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_scanned_blocks_match_the_loop():
+  """model.scan_blocks: the loop's parameters stacked on a leading `layers` axis give the same
+  outputs and gradients under nnx.scan (remat and dropout inside), and the stacked parameters keep
+  their logical axes (sharded like the loop's, the new axis over no mesh axis)."""
+  from sleepjax import sharding  # pylint: disable=g-import-not-at-top
+  from sleepjax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
+  kw = dict(dtype=jnp.float32, norm="post", remat="full", dropout=0.1, attention_dropout=0.1)
+  with nnx.use_eager_sharding(False):
+    loop = Transformer(16, 3, 2, 32, rngs=nnx.Rngs(0), **kw)
+    scan = Transformer(16, 3, 2, 32, rngs=nnx.Rngs(0), scan=True, **kw)
+  loop_blocks = nnx.to_pure_dict(nnx.state(loop.blocks))
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[loop_blocks[i] for i in range(3)])
+  scan_blocks = nnx.state(scan.blocks)
+  nnx.replace_by_pure_dict(scan_blocks, stacked)
+  nnx.update(scan.blocks, scan_blocks)
+  nnx.update(scan, nnx.state(loop, nnx.Not(nnx.PathContains("blocks"))))
+
+  q = nnx.state(scan.blocks, nnx.Param)["attn"]["q"]
+  assert q.shape == (3, 16, 2, 8) and q.out_sharding == ("layers", "embed", "heads", "kv")
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "tensor": 2})
+  spec = sharding.logical_to_mesh(nnx.state(scan.blocks, nnx.Param), mesh)["attn"]["q"].spec
+  assert tuple(spec) == (None, "fsdp", "tensor", None)
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+  present = jnp.asarray([[1, 1, 0, 1, 1], [1, 0, 0, 0, 1]], bool)
+  w = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+
+  @nnx.jit
+  def loss_and_grad(model, key):
+    return nnx.value_and_grad(lambda m: (m(x, present, key) * w).sum())(model)
+
+  for key in (None, jax.random.key(1)):  # evaluation, training (dropout)
+    (loss_l, grad_l), (loss_s, grad_s) = loss_and_grad(loop, key), loss_and_grad(scan, key)
+    np.testing.assert_allclose(loss_s, loss_l, rtol=1e-5)
+    grad_l, grad_s = nnx.to_pure_dict(grad_l), nnx.to_pure_dict(grad_s)
+    grad_l["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                    *[grad_l["blocks"][i] for i in range(3)])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5),
+                 grad_l, grad_s)

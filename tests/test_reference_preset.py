@@ -10,7 +10,7 @@ from flax import nnx
 
 from sleepjax.cli import load_config
 from sleepjax.families import get_family
-from sleepjax.models.layers import Attention
+from sleepjax.models.transformer import Attention
 from sleepjax.train import gradcache, state as state_lib
 from tests.conftest import REPO
 

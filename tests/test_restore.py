@@ -56,3 +56,34 @@ def test_caption_refuses_data_with_other_splits(workdir, tmp_path):
   config.data.dir = str(data)
   with pytest.raises(ValueError, match="split hash"):
     generate.caption_recording(config, str(workdir))
+
+
+def test_a_scanned_checkpoint_restores_in_its_own_layout(tmp_path, tiny_config):
+  """model.scan_blocks changes the parameter tree; the checkpoint's config says which, so a restore
+  with no config (or one whose preset loops) builds the scanned model and reads its parameters."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from sleepjax import sharding  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import checkpoint, optim, restore  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from tests.test_checkpoint_faults import _Iterator  # pylint: disable=g-import-not-at-top
+  config = tiny_config.copy_and_resolve_references()
+  config.model.scan_blocks = True
+  config.data.modalities = ("eeg", "spo2")
+  modalities = {m: (restore.CANONICAL[m].rate, len(restore.CANONICAL[m].channels))
+                for m in config.data.modalities}  # what a restore without data builds
+  mesh = sharding.make_mesh(restore.DATA_PARALLEL)
+  tx, _ = optim.make_optimizer(config.optim, config.train.steps)
+  *_, shardings = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
+  state = state_lib.init_state(config, modalities, tx, shardings, config.seed)
+  manager = checkpoint.make_manager(str(tmp_path), config)
+  checkpoint.save(manager, 1, state, _Iterator(), config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  for caller in (None, tiny_config):  # the checkpoint's config alone; a looping preset's
+    restored = restore.restore(str(tmp_path), caller)
+    assert restored.config.model.scan_blocks
+    model = nnx.merge(restored.graphdef, restored.params)
+    assert model.encoder.blocks.attn.q.shape[0] == config.model.depth
+    jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)

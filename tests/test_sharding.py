@@ -112,7 +112,7 @@ def test_tensor_parallel_block_gathers_no_activations(tiny_config):
   """Heads split whole over `tensor` (Megatron): a block's forward needs all-reduces only, never an
   all-gather of the attention activations."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from sleepjax.models.layers import Block  # pylint: disable=g-import-not-at-top
+  from sleepjax.models.transformer import Block  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh({"data": 4, "fsdp": 1, "tensor": 2, "dcn_data": -1})
   d, heads, mlp, B, T = 64, 4, 128, 8, 16
   with nnx.use_eager_sharding(False):

@@ -1,25 +1,21 @@
-"""Transformer building blocks with logical axis names on every parameter.
+"""Building blocks both families share, with logical axis names on every parameter: dense and
+norm layers, dropout, GELU, MLPs, rotary embeddings and the attention core.
 
 Parameters are created float32 (the optimiser's master copy; `model.param_dtype=bfloat16` only
 casts them for the step); matmuls run in the module's `dtype` (bfloat16 on accelerators); norm
-statistics, softmax and RoPE in float32. `Transformer` loops over its `Block`s, each
-rematerialised under `remat` when one is named (no scan over layers).
+statistics, softmax and RoPE in float32. sleep2vec's transformer is `models/transformer.py`,
+SleepLM's attention modules `models/sleeplm/layers.py`.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
 
 from sleepjax.sharding import constrain
 
-# model.remat: what a block keeps for the backward pass (the rest is recomputed).
-REMAT_POLICIES = {
-    "none": None,  # no rematerialisation: fastest, most memory
-    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
-    "save_attn_proj": jax.checkpoint_policies.save_only_these_names("attn_proj"),  # q, k, v, out
-}
+# model.dtype / model.param_dtype names -> dtypes
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ACT = ("activation_batch", "activation_time", "activation_embed")
 # model.attention: jax.nn.dot_product_attention's implementation; "auto" = cuDNN flash attention on
 # GPUs in bf16/fp16, XLA elsewhere.
 ATTENTION = ("auto", "xla", "cudnn")
@@ -33,10 +29,6 @@ def attention_implementation(name: str, dtype) -> str | None:
     return "cudnn" if jax.default_backend() == "gpu" and low_precision else None
   return None if name == "xla" else name
 
-# model.dtype / model.param_dtype names -> dtypes
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ACT = ("activation_batch", "activation_time", "activation_embed")
-
 
 def dense(d_in: int, d_out: int, axes: tuple[str, str], *, dtype, rngs: nnx.Rngs,
           use_bias: bool = True) -> nnx.Linear:
@@ -46,6 +38,11 @@ def dense(d_in: int, d_out: int, axes: tuple[str, str], *, dtype, rngs: nnx.Rngs
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)))
 
 
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
+  return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------- norms
 def layer_norm(d: int, *, rngs: nnx.Rngs, axis: str = "embed", dtype=jnp.float32,
                eps: float = 1e-6) -> nnx.LayerNorm:
   """LayerNorm with float32 statistics whatever the input; `dtype` is its output's (float32, or
@@ -56,6 +53,21 @@ def layer_norm(d: int, *, rngs: nnx.Rngs, axis: str = "embed", dtype=jnp.float32
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis,)))
 
 
+class RMSNorm(nnx.Module):
+  """RMSNorm in float32, output in the input's dtype. Its scale starts at one, so it draws no key."""
+
+  def __init__(self, d: int, eps: float = 1e-6):
+    init = nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",))
+    self.scale = nnx.Param(init(jax.random.key(0), (d,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------- dropout
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   """Inverted dropout: zero each entry with probability `rate`, scale the rest by 1 / (1 - rate).
   Identity without an `rng` (evaluation) or at rate 0. The mask is a pure function of `rng`, so a
@@ -71,29 +83,7 @@ def check_dropout(rate: float, key: str):
     raise ValueError(f"{key} must be in [0, 1), got {rate}")
 
 
-def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, bias_HxK: jax.Array | None = None,
-         max_wavelength: float = 10_000.0) -> jax.Array:
-  """Rotary position embedding over the time axis (computed in float32) of x + bias.
-
-  RoPE is linear, so the bias is rotated on its own ([T, H, K], tiny) and added after: XLA then
-  adds it inside RoPE's elementwise pass, where `x W + b` before RoPE becomes a cuBLAS call whose
-  C operand is the bias broadcast to the full [B, T, H, K] (one more activation written and read).
-  """
-  k = x_BxTxHxK.shape[-1] // 2
-  freq_K = max_wavelength ** (-jnp.arange(k, dtype=jnp.float32) / k)
-  angle_TxK = positions_T[:, None].astype(jnp.float32) * freq_K[None]
-  sin, cos = jnp.sin(angle_TxK)[None, :, None], jnp.cos(angle_TxK)[None, :, None]
-
-  def rotate(v):
-    v1, v2 = jnp.split(v.astype(jnp.float32), 2, axis=-1)
-    return jnp.concatenate([v1 * cos - v2 * sin, v2 * cos + v1 * sin], -1)
-
-  y = rotate(x_BxTxHxK)
-  if bias_HxK is not None:
-    y = y + rotate(jnp.broadcast_to(bias_HxK, (1, positions_T.shape[0], *bias_HxK.shape)))
-  return y.astype(x_BxTxHxK.dtype)
-
-
+# ------------------------------------------------------------------------------------------ MLPs
 _GELU_C = 0.7978845608028654  # sqrt(2 / pi)
 
 
@@ -124,178 +114,104 @@ def _gelu_bwd(x, g):
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
-def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
-  return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, jnp.float32))
+def mlp(up: nnx.Linear, down: nnx.Linear, x_BxTxD: jax.Array, act=gelu) -> jax.Array:
+  """down(act(up(x))), the hidden activation sharded over its feature axis (`activation_mlp`)."""
+  h_BxTxF = constrain(act(up(x_BxTxD)), ("activation_batch", "activation_time", "activation_mlp"))
+  return down(h_BxTxF)
 
 
-class Attention(nnx.Module):
-  """Multi-head self-attention with RoPE. q/k/v kernels are [D, heads, head_dim] (logical axes
-  embed, heads, kv), so tensor parallelism splits whole heads."""
+class MLP(nnx.Module):
+  """up -> act -> down, with biases."""
 
-  def __init__(self, d: int, heads: int, *, dtype, rngs: nnx.Rngs, attention: str = "xla",
-               dropout: float = 0.0):
-    if d % heads:
-      raise ValueError(f"width {d} not divisible by {heads} heads")
-    check_dropout(dropout, "model.attention_dropout")
-    if attention == "cudnn" and dropout > 0:
-      # Training would silently run XLA's attention instead (`_attend_with_dropout`).
-      raise ValueError(f"model.attention='cudnn' (jax.nn.dot_product_attention) has no attention "
-                       f"dropout; model.attention_dropout={dropout} needs model.attention='xla' "
-                       "or 'auto' (cuDNN in evaluation, XLA with dropout in training)")
-    self.heads, self.head_dim, self.dtype, self.dropout_rate = heads, d // heads, dtype, dropout
-    self.implementation = attention_implementation(attention, dtype)
-    hk = (heads, d // heads)
-    kernel = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
-    zeros = nnx.initializers.zeros_init()
-    for name in ("q", "k", "v"):
-      setattr(self, name, _param(rngs, kernel, (d, *hk), ("embed", "heads", "kv")))
-      # Biases stay vectors (no weight decay on vectors); heads-major, so they split whole too.
-      setattr(self, f"{name}_bias", _param(rngs, zeros, (d,), ("heads",)))
-    self.out = _param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), (*hk, d),
-                      ("heads", "kv", "embed"))
-    self.out_bias = _param(rngs, zeros, (d,), ("embed",))
+  def __init__(self, d: int, hidden: int, *, dtype, rngs: nnx.Rngs, act=gelu):
+    self.up = dense(d, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.down = dense(hidden, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.act = act
 
-  def _project(self, x_BxTxD, kernel):
-    return jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(self.dtype), kernel.value.astype(self.dtype))
-
-  def _bias(self, bias):
-    return bias.value.reshape(self.heads, self.head_dim)
-
-  def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None,
-               rng: jax.Array | None = None) -> jax.Array:
-    """`rng` (training only) drops attention probabilities at rate `dropout`."""
-    positions_T = jnp.arange(x_BxTxD.shape[1])
-    q_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.q), positions_T, self._bias(self.q_bias)))
-    k_BxTxHxK = _saved(rope(self._project(x_BxTxD, self.k), positions_T, self._bias(self.k_bias)))
-    v_BxTxHxK = _saved(self._project(x_BxTxD, self.v))
-    mask = None if mask_BxT is None else _key_mask(mask_BxT)
-    out_bias_D = self.out_bias.value
-    if rng is None or self.dropout_rate == 0:
-      y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask,
-                                               implementation=self.implementation)
-      # v's bias passes through attention unchanged (every query's weights sum to one; the
-      # diagonal keeps each row non-empty), so it is applied as out(b_v), folded into the output
-      # bias: the same function, without a [B, T, H, K] bias broadcast feeding the v projection.
-      out_bias_D = out_bias_D + jnp.einsum("hk,hkd->d", self._bias(self.v_bias), self.out.value)
-    else:
-      # Dropped weights no longer sum to one: v's bias joins v, as in the reference's attention.
-      v_BxTxHxK = v_BxTxHxK + self._bias(self.v_bias).astype(self.dtype)
-      y_BxTxHxK = self._attend_with_dropout(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask, rng)
-    y_BxTxD = jnp.einsum("bthk,hkd->btd", y_BxTxHxK, self.out.value.astype(self.dtype))
-    return _saved(y_BxTxD + out_bias_D.astype(self.dtype))
-
-  def _attend_with_dropout(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_Bx1xTxT, rng):
-    """Softmax attention written out (jax.nn.dot_product_attention takes no dropout): float32
-    logits and softmax, inverted dropout on the probabilities, values in the compute dtype."""
-    logits_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxTxHxK,
-                                preferred_element_type=jnp.float32) * self.head_dim ** -0.5
-    if mask_Bx1xTxT is not None:
-      logits_BxHxTxT = jnp.where(mask_Bx1xTxT, logits_BxHxTxT, jnp.finfo(jnp.float32).min)
-    probs_BxHxTxT = dropout(jax.nn.softmax(logits_BxHxTxT, axis=-1), self.dropout_rate, rng)
-    return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(self.dtype), v_BxTxHxK)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return mlp(self.up, self.down, x, self.act)
 
 
-def _key_mask(present_BxT: jax.Array) -> jax.Array:
+class SwiGLU(nnx.Module):
+  """down(silu(w1 x) * w2 x), no biases."""
+
+  def __init__(self, d: int, hidden: int, *, dtype, rngs: nnx.Rngs):
+    self.w1 = dense(d, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs, use_bias=False)
+    self.w2 = dense(d, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs, use_bias=False)
+    self.down = dense(hidden, d, ("mlp", "embed"), dtype=dtype, rngs=rngs, use_bias=False)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down(jax.nn.silu(self.w1(x)) * self.w2(x))
+
+
+# ------------------------------------------------------------------------------------------ RoPE
+def rope_angles(positions_T: jax.Array, head_dim: int, theta: float = 10_000.0) -> jax.Array:
+  """[T, head_dim / 2] rotation angles: position t, pair i turns by t * theta^(-2i / head_dim)."""
+  k = head_dim // 2
+  freq_K = theta ** (-jnp.arange(k, dtype=jnp.float32) / k)
+  return positions_T.astype(jnp.float32)[:, None] * freq_K[None]
+
+
+def rotate(x_BxTxHxK: jax.Array, angle_TxK2: jax.Array, interleaved: bool = False) -> jax.Array:
+  """RoPE (in float32, output in x's dtype) by `angle` [T, K/2] on pairs of x's last axis: the two
+  halves (x[i], x[i + K/2]) (RoFormer as in GPT-NeoX, sleep2vec) or, `interleaved`, neighbours
+  (x[2i], x[2i + 1]) (SleepLM)."""
+  x = x_BxTxHxK.astype(jnp.float32)
+  cos, sin = jnp.cos(angle_TxK2)[:, None], jnp.sin(angle_TxK2)[:, None]
+  if interleaved:
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    y = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).reshape(x.shape)
+  else:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    y = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+  return y.astype(x_BxTxHxK.dtype)
+
+
+def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, bias_HxK: jax.Array | None = None,
+         max_wavelength: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding (halves) over the time axis of x + bias.
+
+  RoPE is linear, so the bias is rotated on its own ([T, H, K], tiny) and added after: XLA then
+  adds it inside RoPE's elementwise pass, where `x W + b` before RoPE becomes a cuBLAS call whose
+  C operand is the bias broadcast to the full [B, T, H, K] (one more activation written and read).
+  """
+  angle_TxK2 = rope_angles(positions_T, x_BxTxHxK.shape[-1], max_wavelength)
+  y = rotate(x_BxTxHxK.astype(jnp.float32), angle_TxK2)
+  if bias_HxK is not None:
+    y = y + rotate(jnp.broadcast_to(bias_HxK, (1, positions_T.shape[0], *bias_HxK.shape)),
+                   angle_TxK2)
+  return y.astype(x_BxTxHxK.dtype)
+
+
+# ------------------------------------------------------------------------------------- attention
+def softmax_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxTxS=None, *,
+                      dropout_rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
+  """Softmax attention written out: float32 logits and softmax, inverted dropout on the
+  probabilities (with `rng`), values in v's dtype. `mask` True = may attend, broadcastable to
+  [B, H, T, S]; a row with no key allowed averages all values (its output is unused)."""
+  logits_BxHxTxS = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxSxHxK,
+                              preferred_element_type=jnp.float32) * q_BxTxHxK.shape[-1] ** -0.5
+  if mask_BxHxTxS is not None:
+    logits_BxHxTxS = jnp.where(mask_BxHxTxS, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+  probs_BxHxTxS = dropout(jax.nn.softmax(logits_BxHxTxS, axis=-1), dropout_rate, rng)
+  return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+
+
+def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxTxS=None, *, implementation: str | None,
+           dropout_rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
+  """jax.nn.dot_product_attention under `implementation` (`attention_implementation`'s answer),
+  or `softmax_attention` when dropout acts (the fused kernels take none)."""
+  if rng is None or dropout_rate == 0:
+    return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_BxHxTxS,
+                                        implementation=implementation)
+  return softmax_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxTxS,
+                           dropout_rate=dropout_rate, rng=rng)
+
+
+def key_mask(present_BxT: jax.Array) -> jax.Array:
   """[B, 1, T, T]: query t attends to present keys, and always to itself. The full query axis is
   what cuDNN's fused attention accepts (it takes no broadcast bias); the diagonal keeps a window
   with no present epoch finite (its outputs are masked downstream) instead of a softmax over
   nothing, and changes nothing for a present query, whose own key is present."""
   T = present_BxT.shape[1]
   return (present_BxT[:, None, None, :] | jnp.eye(T, dtype=bool)[None, None])
-
-
-def _saved(x):
-  """Names an attention projection for the `save_attn_proj` remat policy."""
-  return checkpoint_name(x, "attn_proj")
-
-
-class Block(nnx.Module):
-  """Transformer block: attention + GELU MLP, pre-LN (`norm="pre"`) or post-LN (`"post"`, BERT /
-  RoFormer: `LN(x + drop(attn(x)))`, then `LN(x + drop(mlp(x)))`). `dropout` acts on each
-  branch's output, `attention_dropout` on the attention probabilities, both only with an `rng`."""
-
-  def __init__(self, d: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs, norm: str = "pre",
-               attention: str = "xla", residual_dtype=jnp.float32, norm_eps: float = 1e-6,
-               dropout: float = 0.0, attention_dropout: float = 0.0):
-    if norm not in ("pre", "post"):
-      raise ValueError(f"model.norm must be 'pre' or 'post', got {norm!r}")
-    check_dropout(dropout, "model.dropout")
-    self.post, self.dropout_rate = norm == "post", dropout
-    self.norm1 = layer_norm(d, rngs=rngs, dtype=residual_dtype, eps=norm_eps)
-    self.attn = Attention(d, heads, dtype=dtype, rngs=rngs, attention=attention,
-                          dropout=attention_dropout)
-    self.norm2 = layer_norm(d, rngs=rngs, dtype=residual_dtype, eps=norm_eps)
-    self.up = dense(d, mlp, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-    self.down = dense(mlp, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
-
-  def _mlp(self, x_BxTxD):
-    h_BxTxF = constrain(gelu(self.up(x_BxTxD)),
-                        ("activation_batch", "activation_time", "activation_mlp"))
-    return self.down(h_BxTxF)
-
-  def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None = None,
-               rng: jax.Array | None = None) -> jax.Array:
-    attn_rng, attn_out_rng, mlp_rng = [None] * 3 if rng is None else jax.random.split(rng, 3)
-
-    def attn(x):
-      return dropout(self.attn(x, mask_BxT, attn_rng), self.dropout_rate, attn_out_rng)
-
-    def mlp(x):
-      return dropout(self._mlp(x), self.dropout_rate, mlp_rng)
-
-    if self.post:
-      x_BxTxD = self.norm1(x_BxTxD + attn(x_BxTxD))
-      return constrain(self.norm2(x_BxTxD + mlp(x_BxTxD)), ACT)
-    x_BxTxD = x_BxTxD + attn(self.norm1(x_BxTxD))
-    return constrain(x_BxTxD + mlp(self.norm2(x_BxTxD)), ACT)
-
-
-def _call_block(block, x_BxTxD, mask_BxT, rng):
-  return block(x_BxTxD, mask_BxT, rng)
-
-
-class Transformer(nnx.Module):
-  """`depth` blocks. Pre-LN stacks end with a final LayerNorm; post-LN stacks (BERT / RoFormer)
-  start with one on their input (the reference's embedding LayerNorm) and their blocks already end
-  in one, so both have the same parameters.
-
-  `remat`: a name in REMAT_POLICIES (each block rematerialised under that policy, or not at all);
-  `attention`: see `attention_implementation`; `residual_dtype`: the residual stream's and the
-  LayerNorm outputs' dtype (statistics stay float32). float32 by default; the compute dtype halves
-  the memory traffic of the norms and residual adds, which the H200 profile put at several ms of
-  the sleep2vec dense step (BENCHMARKS.md). `norm_eps`: every LayerNorm's epsilon (RoFormer's is
-  1e-12); `dropout` (on the input and each block's branches) and `attention_dropout` act only
-  when the call gets an `rng` (training).
-  """
-
-  def __init__(self, d: int, depth: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs,
-               norm: str = "pre", remat: str = "none", attention: str = "xla",
-               residual_dtype=jnp.float32, norm_eps: float = 1e-6, dropout: float = 0.0,
-               attention_dropout: float = 0.0):
-    if remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
-    self.remat, self.residual_dtype, self.dropout_rate = remat, residual_dtype, dropout
-    self.blocks = nnx.List([Block(d, heads, mlp, dtype=dtype, rngs=rngs, norm=norm,
-                                  attention=attention, residual_dtype=residual_dtype,
-                                  norm_eps=norm_eps, dropout=dropout,
-                                  attention_dropout=attention_dropout)
-                            for _ in range(depth)])
-    make_norm = lambda: layer_norm(d, rngs=rngs, dtype=residual_dtype, eps=norm_eps)
-    self.input_norm = make_norm() if norm == "post" else None
-    self.norm = make_norm() if norm == "pre" else None
-
-  def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None = None,
-               rng: jax.Array | None = None) -> jax.Array:
-    call = _call_block
-    if self.remat != "none":
-      call = nnx.remat(_call_block, policy=REMAT_POLICIES[self.remat])
-    rngs = [None] * (len(self.blocks) + 1)
-    if rng is not None:  # one key per block: a remat's recompute draws the same masks again
-      rngs = list(jax.random.split(rng, len(self.blocks) + 1))
-    x_BxTxD = x_BxTxD.astype(self.residual_dtype)
-    if self.input_norm is not None:
-      x_BxTxD = self.input_norm(x_BxTxD)
-    x_BxTxD = dropout(x_BxTxD, self.dropout_rate, rngs[0])
-    for block, block_rng in zip(self.blocks, rngs[1:]):
-      x_BxTxD = call(block, x_BxTxD, mask_BxT, block_rng)
-    return x_BxTxD if self.norm is None else self.norm(x_BxTxD)

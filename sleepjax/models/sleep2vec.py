@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.models.layers import DTYPES, Transformer, dense, layer_norm
+from sleepjax.models.layers import DTYPES, dense, layer_norm
 from sleepjax.models.signal_tokenizer import make_signal_tokenizer
+from sleepjax.models.transformer import Transformer
 from sleepjax.sharding import constrain
 
 _TOKENS = ("activation_batch", "activation_time", "activation_embed")
@@ -131,7 +132,8 @@ class Sleep2Vec(nnx.Module):
                                residual_dtype=jnp.float32 if residual == "float32" else dtype,
                                norm_eps=config.norm_eps,
                                dropout=config.dropout,
-                               attention_dropout=config.attention_dropout)
+                               attention_dropout=config.attention_dropout,
+                               scan=config.scan_blocks)
     self.head = ProjectionHead(d, config.proj_hidden or d, config.proj_dim,
                                norm=config.head_norm, dtype=dtype, rngs=rngs)
 

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.models.layers import dense
+from sleepjax.models.layers import RMSNorm, SwiGLU, dense, rope_angles
 from sleepjax.models.sleeplm.layers import (AttentionalPooler, LearnedRope, MultiHeadAttention,
-                                            ResidualBlock, RMSNorm, SwiGLU, fixed_rope_angles)
+                                            ResidualBlock)
 from sleepjax.sharding import constrain
 
 
@@ -70,7 +70,7 @@ class SignalEncoder(nnx.Module):
     x = x + self.channel_embed[...][None, :, None].astype(x.dtype)
     head_dim = x.shape[-1] // self.heads
     channel_angle = self.channel_rope(jnp.arange(C))
-    time_angle = fixed_rope_angles(jnp.arange(T), head_dim)
+    time_angle = rope_angles(jnp.arange(T), head_dim)
     for block in self.blocks:
       x = block(x, present_NxC, channel_angle, time_angle)
     x = self.norm(x).reshape(N, C * T, -1)

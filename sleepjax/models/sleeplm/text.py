@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.models.layers import dense
-from sleepjax.models.sleeplm.layers import ResidualBlock, layer_norm
+from sleepjax.models.layers import dense, layer_norm
+from sleepjax.models.sleeplm.layers import ResidualBlock
 
 
 def causal_mask(q_pos, k_pos, prefix: int = 0):
