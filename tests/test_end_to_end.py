@@ -11,10 +11,9 @@ from tests.conftest import REPO
 
 
 def _cli(*args, workdir):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   return subprocess.run(
       [sys.executable, "-m", "sleepjax.cli", *args, f"--config={REPO}/configs/smoke.py:tiny",
-       f"--workdir={workdir}"], env=env, capture_output=True, text=True, cwd=REPO, check=False)
+       f"--workdir={workdir}"], capture_output=True, text=True, cwd=REPO, check=False)
 
 
 def test_train_resume_eval(prepared, tiny_config, tmp_path):
