@@ -46,6 +46,16 @@ def prepared(tmp_path_factory, tiny_config):
 
 
 @pytest.fixture(scope="session")
+def sleep2vec_trained(prepared, tiny_config, tmp_path_factory):
+  """configs/smoke.py:tiny trained once on the shared cohort (6 steps, checkpoints at 3 and 6):
+  (workdir, the last step's metrics). Read it only; copy train/ to write beside it."""
+  from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("sleep2vec")
+  (workdir / "data").symlink_to(prepared / "data")
+  return workdir, trainer.train(tiny_config.copy_and_resolve_references(), str(workdir))
+
+
+@pytest.fixture(scope="session")
 def sleeplm_trained(prepared, tmp_path_factory):
   """configs/sleeplm.py:tiny trained once on the shared cohort (checkpoints at steps 3 and 6), for
   the tests that restore, caption or evaluate it: (workdir, the last step's metrics). Read it
