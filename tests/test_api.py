@@ -4,6 +4,7 @@
 import importlib.util
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -13,14 +14,13 @@ from sleepjax.modalities import STAGES
 
 
 @pytest.fixture(scope="module")
-def workdir(prepared, tiny_config, tmp_path_factory):
-  """A one-step tiny training run on the shared prepared cohort."""
-  from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
+def workdir(sleep2vec_trained, tmp_path_factory):
+  """The tiny preset trained (tests/conftest.py), in a workdir of its own: a staging head is
+  saved beside train/."""
+  trained = sleep2vec_trained[0]
   work = tmp_path_factory.mktemp("api")
-  os.symlink(prepared / "data", work / "data")
-  config = tiny_config.copy_and_resolve_references()
-  config.train.steps = 1
-  trainer.train(config, str(work))
+  os.symlink(trained / "data", work / "data")
+  shutil.copytree(trained / "train", work / "train")
   return work
 
 
@@ -38,13 +38,14 @@ def _test_recording(prepared):
 
 
 def test_load_restores_its_own_config(model, workdir, tiny_config):
-  assert model.step == 1 and model.workdir == workdir
+  steps = tiny_config.train.steps
+  assert model.step == steps and model.workdir == workdir
   assert model.ema  # the train state keeps an EMA of the parameters; the API uses it
   assert model.config.model.width == tiny_config.model.width
   # The trainer saved the modalities it resolved from the manifest (data.modalities was empty).
   assert model.modalities == tuple(tiny_config.prep.modalities)
-  same = api.load(workdir / "train" / "checkpoints" / "1")
-  assert same.step == 1 and same.workdir == workdir
+  same = api.load(workdir / "train" / "checkpoints" / str(steps))
+  assert same.step == steps and same.workdir == workdir
   with pytest.raises(FileNotFoundError, match="not a workdir"):
     api.load(workdir / "data")
 

@@ -74,8 +74,7 @@ def test_walkthrough_commands_exist_and_their_configs_load(path):
 def test_walkthrough_runs_as_written(path, tmp_path):
   """Each bash block runs in a shell from a scratch directory (configs resolve to the shipped
   ones), python blocks with the same interpreter, in order."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
+  env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
   for lang, code in _blocks(path):
     argv = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
     result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)

@@ -2,6 +2,7 @@
 rows from the checkpoint alone, aligned with the right reference captions."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,13 +13,12 @@ from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def workdir(prepared, tmp_path_factory):
-  from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
+def workdir(sleeplm_trained, tmp_path_factory):
+  """The preset trained (tests/conftest.py), in a workdir of its own: eval writes beside train/."""
+  trained = sleeplm_trained[0]
   workdir = tmp_path_factory.mktemp("eval_sleeplm")
-  (workdir / "data").symlink_to(prepared / "data")
-  config = _config()
-  config.train.steps = config.train.checkpoint_every = 2
-  trainer.train(config, str(workdir))
+  (workdir / "data").symlink_to(trained / "data")
+  shutil.copytree(trained / "train", workdir / "train")
   return workdir
 
 

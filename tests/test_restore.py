@@ -12,18 +12,12 @@ from tests.conftest import REPO
 
 
 def _config():
-  config = load_config(f"{REPO / 'configs' / 'sleeplm.py'}:tiny")
-  config.train.steps = config.train.checkpoint_every = 2
-  return config
+  return load_config(f"{REPO / 'configs' / 'sleeplm.py'}:tiny")
 
 
 @pytest.fixture(scope="module")
-def workdir(prepared, tmp_path_factory):
-  from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
-  work = tmp_path_factory.mktemp("restore")
-  (work / "data").symlink_to(prepared / "data")
-  trainer.train(_config(), str(work))
-  return work
+def workdir(sleeplm_trained):
+  return sleeplm_trained[0]  # the preset trained (tests/conftest.py)
 
 
 def test_caption_uses_the_checkpoints_model_not_the_command_lines(workdir):
@@ -34,7 +28,7 @@ def test_caption_uses_the_checkpoints_model_not_the_command_lines(workdir):
   other = _config()
   other.model.embed_dim, other.model.decoder.depth = 48, 2
   report = generate.caption_recording(other, str(workdir))
-  assert report["checkpoint_step"] == trained["checkpoint_step"] == 2
+  assert report["checkpoint_step"] == trained["checkpoint_step"] == _config().train.steps
   assert report["rows"] == trained["rows"]
   config, model, *_ = generate.restore_model(other, str(workdir))
   assert config.model.embed_dim == 32 and config.model.decoder.depth == 1

@@ -15,10 +15,8 @@ from sleepjax import sweep
 from tests.conftest import REPO
 
 SMOKE = REPO / "configs" / "sweeps" / "smoke.py"
-# Compile-time settings for the subprocesses of these tests: XLA's CPU back end at its lowest
-# optimisation level compiles about twice as fast (the same val_loss to 4 digits on the smoke
-# model); a persistent compilation cache (below) lets a resumed run skip compiling again.
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+# The subprocesses of these tests inherit conftest's compile settings (XLA's fastest-compiling
+# CPU back end, the session's persistent compilation cache: a resumed run skips compiling again).
 
 
 def _config(prepared, **changes):
@@ -35,9 +33,6 @@ def test_a_sweep_member_runs_as_two_processes_resumes_and_is_skipped(prepared, t
   """launch/local.py runs one member of the smoke sweep as 2 JAX processes: a 2-step chunk (as a
   time-limited job would), then the rest, resumed; once finished, running it again does nothing."""
   monkeypatch.chdir(REPO)
-  monkeypatch.setenv("XLA_FLAGS", " ".join(FAST_COMPILE))  # launch() sets the device count
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-cache"))
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   run = sweep.expand(str(SMOKE), _config(prepared, **{"train.steps": 4,
                                                       "train.checkpoint_every": 2}),
                      str(tmp_path / "sweep"))[0]
@@ -69,14 +64,11 @@ def test_smoke_sweep_through_the_command_line(prepared, tmp_path):
   modality counts, 20 steps each: interrupted after 10 steps of 4 runs, then resumed; finished runs
   are skipped; one is evaluated afterwards; `sleepjax sweep-report` fits the power laws and writes
   the table (with the probe macro-F1) and plots."""
-  env = dict(os.environ, XLA_FLAGS=" ".join(FAST_COMPILE),
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   workdir = tmp_path / "sweep"
   base = [sys.executable, "-m", "sleepjax.cli", "sweep", f"--config={SMOKE}",
           f"--workdir={workdir}", f"--config.data.dir={prepared / 'data'}",
           "--config.launch.local.parallel=2", "--config.launch.local.cpu_devices=1"]
-  sweep_cli = lambda *flags: subprocess.run(base + list(flags), check=True, cwd=REPO, env=env,
+  sweep_cli = lambda *flags: subprocess.run(base + list(flags), check=True, cwd=REPO,
                                             capture_output=True, text=True).stdout
   # The interruption: each of the first 4 runs trains a 10-step chunk of its 20 steps and stops,
   # as a preempted or time-limited job does; the last 2 runs never start.
@@ -111,7 +103,7 @@ def test_smoke_sweep_through_the_command_line(prepared, tmp_path):
   f1 = json.loads(open(f"{runs[evaluated[0]]}/eval/report.json").read())["pretrained"]["macro_f1"]
 
   out = subprocess.run([sys.executable, "-m", "sleepjax.cli", "sweep-report",
-                        f"--workdir={workdir}"], check=True, cwd=REPO, env=env,
+                        f"--workdir={workdir}"], check=True, cwd=REPO,
                        capture_output=True, text=True).stdout
   # 6 parameter counts (each modality has its own tokenizer), 2 modality counts: too few to fit
   assert "| params | 6 |" in out and "| modalities | 2 |" in out
