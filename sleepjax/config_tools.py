@@ -19,6 +19,7 @@ import pathlib
 import tokenize
 
 import ml_collections
+from etils import epath
 
 # sleepjax/configs is the repository's configs/ (a symlink in the tree, real files in a wheel).
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
@@ -80,6 +81,18 @@ def shipped_configs() -> list[str]:
     return []
   return sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.py")
                 if not p.name.startswith("_"))
+
+
+def is_remote(path) -> bool:
+  """A URI (gs://, s3://, ...): not a local file name."""
+  return "://" in os.fspath(path)
+
+
+def storage_path(path) -> epath.Path:
+  """A run's path (workdir, checkpoints, data) that may live on cloud storage: a URI is kept as
+  it is (os.path.abspath would make `gs://b/x` the local `<cwd>/gs:/b/x`), a local path made
+  absolute. etils.epath is what Orbax and Grain read and write through."""
+  return epath.Path(path) if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
 
 
 def resolve_path(path: str) -> pathlib.Path:
