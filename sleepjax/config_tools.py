@@ -14,6 +14,7 @@ import ast
 import difflib
 import importlib.util
 import io
+import json
 import os
 import pathlib
 import tokenize
@@ -108,7 +109,15 @@ def resolve_path(path: str) -> pathlib.Path:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """`path.py[:arg]` -> get_config(arg); any failure is a one-line ConfigError naming the file."""
+  """`path.py[:arg]` -> get_config(arg); any failure is a one-line ConfigError naming the file.
+
+  A `.json` file (a sweep run's resolved config.json, local or a gs:// URI) is read as it is.
+  """
+  if spec.endswith(".json"):
+    try:
+      return ml_collections.ConfigDict(json_tuples(json.loads(storage_path(spec).read_text())))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(f"--config={spec}: {type(e).__name__}: {_one_line(e)}") from None
   path, _, arg = spec.partition(":")
   resolved = resolve_path(path)
   if not resolved.is_file():
