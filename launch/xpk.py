@@ -49,6 +49,7 @@ trap '' HUP  # a dropped ssh session to this machine must not kill the sweep
 
 def _remote(setup, run: str, stop_after_steps: int, evaluate: bool, sleepjax: str,
             restart_code: bool) -> str:
+  """The command on every host; `run` as the shell should see it (quoted, or "$RUN")."""
   chunk = f" --config.train.stop_after_steps={stop_after_steps}" if stop_after_steps else ""
   steps = [*setup, f"{sleepjax} sweep-run --config={run}/config.json --workdir={run}{chunk}"]
   if restart_code:  # unfinished: ask xpk for a restart rather than completing the JobSet
@@ -97,7 +98,7 @@ def xpk_script(workdir: str, run_dirs: list[str], settings, *, repo: str, stamp:
             f"{shlex.quote(repo)}",
             'docker push "$IMAGE"', ""]
   for i, run in enumerate(run_dirs):
-    command = _remote(s.image_setup, run, stop_after_steps, evaluate, sleepjax, True)
+    command = _remote(s.image_setup, shlex.quote(run), stop_after_steps, evaluate, sleepjax, True)
     out += [f"# {os.path.basename(run)}",
             "xpk workload create \\",
             f"  --cluster={s.cluster} --project={s.project} --zone={s.zone} \\",

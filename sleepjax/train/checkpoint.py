@@ -151,7 +151,11 @@ def make_manager(directory: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints,
       save_interval_steps=config.train.checkpoint_every,
-      enable_async_checkpointing=True, create=True)
+      enable_async_checkpointing=True, create=True,
+      # a flat bucket through gcsfuse cannot rename the temporary step directory: Orbax then
+      # writes in place and marks completion with a commit file
+      temporary_path_class=(ocp.path.atomicity.CommitFileTemporaryPath
+                            if config.train.checkpoint_commit_file else None))
   return ocp.CheckpointManager(storage_path(directory), options=options)
 
 
