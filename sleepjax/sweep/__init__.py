@@ -36,10 +36,9 @@ import ml_collections
 
 from sleepjax import config_tools
 from sleepjax.config_tools import storage_path
+from sleepjax.sweep.layout import RESULT, RUNS, status  # pylint: disable=unused-import  (API)
 
 REPO_ENV = "SLEEPJAX_REPO"  # the checkout the cluster scripts `cd` into / build the image from
-RUNS = "runs"
-RESULT = "result.json"
 SWEEP_ONLY = ("sweep", "launch")  # config sections that describe the sweep, not a run
 SPECIAL = ("name", "budget_flops")
 
@@ -91,17 +90,15 @@ def launch_config() -> ml_collections.ConfigDict:
           # one JAX process per GPU: on SLURM, jax.distributed gives process i of a node the GPU
           # SLURM_LOCALID=i (tasks_per_node = gpus_per_node)
           nodes=1, gpus_per_node=8, tasks_per_node=8, cpus_per_task=8, mem="0",
-          # the job's own platform and XLA flags (the submitting shell's are not inherited)
-          jax_platforms="cuda", xla_flags="",
+          jax_platforms="cuda",  # the job's JAX_PLATFORMS (not the submitting shell's)
+          xla_flags="",  # the job's XLA_FLAGS (not the submitting shell's)
           max_concurrent=0,  # array throttle (%N); 0 = no limit
           setup=("source .venv/bin/activate",),  # shell lines run before training, in the repo
       ),
       xpk=dict(
           cluster="my-cluster", project="my-project", zone="us-central2-b", tpu_type="v5p-32",
           num_slices=1, docker_image="", base_docker_image="python:3.11", priority="medium",
-          # xpk restarts a workload that exits 42 (unfinished: preempted, time-limited, a
-          # stop_after_steps chunk) up to this many times; each restart resumes from checkpoints
-          max_restarts=20,
+          max_restarts=20,  # restarts of a workload that exits 42 (unfinished); each resumes
           termination_grace_s=300,  # SIGTERM -> kill: time for the final checkpoint save
           workload_prefix="",  # workload names: <prefix>-<hash of the workdir>-<index>; "": the workdir's name
           image_repository="",  # where the image built once is pushed ("": gcr.io/<project>/sleepjax)
@@ -330,15 +327,6 @@ def _write(path, text: str):
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   os.replace(tmp, path)
-
-
-def status(run_dir: str | os.PathLike) -> str:
-  """`done` (result.json), `started` (checkpoints, no result) or `new`."""
-  run_dir = storage_path(run_dir)
-  if (run_dir / RESULT).exists():
-    return "done"
-  ckpt = run_dir / "train" / "checkpoints"
-  return "started" if ckpt.exists() and any(ckpt.iterdir()) else "new"
 
 
 # ---------------------------------------------------------------------------------------------

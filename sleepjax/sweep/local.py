@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from sleepjax.sweep import status
+from sleepjax.sweep.layout import status
 
 
 def _gpus_per_process(launch) -> int:
