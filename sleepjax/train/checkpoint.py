@@ -60,8 +60,12 @@ def _not_json(step_dir) -> list[str]:
 
   Skipped: OCDBT's binary B-tree nodes and array data (`*.ocdbt`, `d/`), and the commit markers.
   """
+  def files(folder):  # epath lists level by level (no rglob on cloud storage)
+    for p in folder.iterdir():
+      yield from files(p) if p.is_dir() else (p,)
+
   bad = []
-  for path in sorted(step_dir.rglob("*")):
+  for path in sorted(files(step_dir) if step_dir.is_dir() else ()):
     if (not path.is_file() or path.suffix == ".ocdbt" or path.parent.name == "d"
         or path.name == "commit_success.txt"):
       continue
