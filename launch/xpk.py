@@ -12,8 +12,10 @@ restarts a JobSet only for exit codes 42 and 127-255 (its pod failure policy), s
 42 while its run is unfinished (preempted, time-limited, a stop_after_steps chunk done): it resumes
 from its checkpoints, up to `max_restarts` times. Workload names are `<prefix>-<hash>-<index>`,
 the hash of the workdir and the script's time of writing: no two sweeps or submissions share a
-name (xpk would offer to delete the other workload); a second workload for a run that one still
-trains stops at once on the run's lease (sleepjax/sweep/lease.py), without a restart.
+name (xpk would offer to delete the other workload). A workload's name is also its run's lease
+id (sleepjax/sweep/lease.py): its restarts resume the run, while another submission's workload
+for that run stops at once, without a restart (delete `<run>/lease.json` once the first workload
+is gone for good).
 """
 
 import hashlib
@@ -48,11 +50,13 @@ trap '' HUP  # a dropped ssh session to this machine must not kill the sweep
 
 
 def _remote(setup, run: str, stop_after_steps: int, evaluate: bool, sleepjax: str,
-            restart_code: bool) -> str:
-  """The command on every host; `run` as the shell should see it (quoted, or "$RUN")."""
+            job: str = "") -> str:
+  """The command on every host; `run` as the shell should see it (quoted, or "$RUN"). `job`:
+  an xpk workload's name, its lease id across restarts (sleepjax/sweep/lease.py)."""
   chunk = f" --config.train.stop_after_steps={stop_after_steps}" if stop_after_steps else ""
-  steps = [*setup, f"{sleepjax} sweep-run --config={run}/config.json --workdir={run}{chunk}"]
-  if restart_code:  # unfinished: ask xpk for a restart rather than completing the JobSet
+  env = f"SLEEPJAX_JOB_ID={job} " if job else ""
+  steps = [*setup, f"{env}{sleepjax} sweep-run --config={run}/config.json --workdir={run}{chunk}"]
+  if job:  # unfinished: ask xpk for a restart rather than completing the JobSet
     steps.append(f"{{ test -e {run}/result.json || exit {UNFINISHED}; }}")
   if evaluate:
     steps.append(f"{sleepjax} eval --config={run}/config.json --workdir={run}")
@@ -98,11 +102,12 @@ def xpk_script(workdir: str, run_dirs: list[str], settings, *, repo: str, stamp:
             f"{shlex.quote(repo)}",
             'docker push "$IMAGE"', ""]
   for i, run in enumerate(run_dirs):
-    command = _remote(s.image_setup, shlex.quote(run), stop_after_steps, evaluate, sleepjax, True)
+    name = workload_name(s.workload_prefix, workdir, i, stamp)
+    command = _remote(s.image_setup, shlex.quote(run), stop_after_steps, evaluate, sleepjax, name)
     out += [f"# {os.path.basename(run)}",
             "xpk workload create \\",
             f"  --cluster={s.cluster} --project={s.project} --zone={s.zone} \\",
-            f"  --workload={workload_name(s.workload_prefix, workdir, i, stamp)} \\",
+            f"  --workload={name} \\",
             f"  --tpu-type={s.tpu_type} --num-slices={s.num_slices} \\",
             f"  --docker-image=\"$IMAGE\" --priority={s.priority} --max-restarts={s.max_restarts} \\",
             f"  --termination-grace-period-seconds={s.termination_grace_s} \\",
@@ -116,7 +121,7 @@ def tpu_vm_script(workdir: str, settings, *, run_dirs: list[str], stop_after_ste
   s = settings
   path = os.path.join(workdir, "xpk", "tpu_vm.sh")
   tpu = s.tpu_name or "my-tpu"
-  command = _remote(s.vm_setup, "$RUN", stop_after_steps, evaluate, sleepjax, False)
+  command = _remote(s.vm_setup, "$RUN", stop_after_steps, evaluate, sleepjax)
   out = [TPU_VM_HEADER.format(workdir=workdir, n=len(run_dirs), tpu_name=tpu, script=path),
          "RUNS=(", *(f"  {shlex.quote(d)}" for d in run_dirs), ")", "FAILED=()",
          'for RUN in "${RUNS[@]}"; do',

@@ -172,6 +172,8 @@ def test_xpk_builds_one_image_names_workloads_uniquely_and_restarts_unfinished_r
   assert all(f["--docker-image"] == image for f in flags)  # built once, used by all
   assert all(int(f["--termination-grace-period-seconds"]) >= 120 for f in flags)
   assert "--script-dir" not in "".join(log)
+  # the workload's name is its run's lease id, the same across xpk's restarts
+  assert all(f"SLEEPJAX_JOB_ID={f['--workload']} " in f["--command"] for f in flags)
   # another sweep, or the same one written again, never reuses a name
   again = xpk.xpk_script(str(workdir), run_dirs, settings.xpk, repo=str(REPO), stamp="other")
   other = xpk.xpk_script(str(tmp_path / "x"), run_dirs, settings.xpk, repo=str(REPO))
@@ -247,6 +249,8 @@ def test_a_run_leased_by_a_live_job_is_refused_and_a_dead_ones_lease_taken_over(
   first = {"scheduler": "slurm", "job": "100_0"}
   assert lease.job_identity({"SLURM_JOB_ID": "101", "SLURM_ARRAY_JOB_ID": "100",
                              "SLURM_ARRAY_TASK_ID": "0"}) == first  # stable across requeues
+  assert lease.job_identity({"SLEEPJAX_JOB_ID": "w-1", "SLURM_JOB_ID": "3"}) == {
+      "scheduler": "named", "job": "w-1"}  # set by the launcher (xpk: the workload's name)
   lease.acquire(run, first)
   env = _tools(tmp_path / "bin", squeue='echo "squeue $*" >> "$CALLS"\n'
                '[ "$3" = "$ALIVE" ] && echo RUNNING\nexit 0\n')

@@ -393,8 +393,8 @@ def run_member(config, workdir: str) -> dict | None:
   if result_path.exists():
     print(f"sweep-run: {workdir} is finished ({RESULT}); nothing to do")
     return json.loads(result_path.read_text())
-  me = _job_identity()
-  lease.acquire(workdir, me, write=jax.process_index() == 0)
+  me = lease.job_identity()
+  _take_lease(workdir, me)
   t0 = time.time()
   last = trainer.train(config, workdir)
   step = latest_step(workdir)
@@ -419,17 +419,24 @@ def run_member(config, workdir: str) -> dict | None:
   return result
 
 
-def _job_identity() -> dict:
-  """lease.job_identity, one for all processes of this job (here: process 0's pid)."""
+def _take_lease(workdir: str, me: dict):
+  """Process 0 takes the run's lease; every process raises if it could not (none trains)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
   from sleepjax.sweep import lease  # pylint: disable=g-import-not-at-top
-  pid = os.getpid()
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lease.acquire(workdir, me)
+    except lease.RunLeasedError as e:
+      error = e
+  ok = error is None
   if jax.process_count() > 1:
-    pid = int(multihost_utils.broadcast_one_to_all(np.int64(pid)))
-  return lease.job_identity(pid=pid)
+    ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+  if not ok:
+    raise error or lease.RunLeasedError(f"{workdir}: process 0 found the run leased by another job")
 
 
 def _train_subjects(manifest: dict, config) -> int:

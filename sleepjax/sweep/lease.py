@@ -3,9 +3,11 @@
 `sweep-run` takes `<run>/lease.json` before training: {owner, job, scheduler, since}. A run leased
 by another job that the scheduler still lists is refused (two jobs would write one Orbax
 directory); a lease whose job is gone (finished, cancelled, preempted for good) is taken over.
-The job id is the scheduler's (SLURM's array task `<array job>_<task>` keeps its id across
-requeues, so a requeued task resumes its own lease), the GKE JobSet's name under xpk, else
-`<host>:<pid>` of process 0 here. Deleting lease.json releases a run by hand.
+The job id is $SLEEPJAX_JOB_ID where the launcher sets it (xpk: the workload's name, the same
+across its restarts), else the scheduler's (SLURM's array task `<array job>_<task>` keeps its id
+across requeues, so a requeued task resumes its own lease), else `<host>:<pid>` of process 0.
+Process 0 checks and writes the lease; the others follow its verdict. Deleting lease.json
+releases a run by hand.
 """
 
 import json
@@ -27,12 +29,12 @@ class RunLeasedError(RuntimeError):
 def job_identity(env=None, pid: int | None = None) -> dict:
   """{scheduler, job}: who is running this process, as its scheduler names it."""
   env = os.environ if env is None else env
+  if env.get("SLEEPJAX_JOB_ID"):
+    return {"scheduler": "named", "job": env["SLEEPJAX_JOB_ID"]}
   if "SLURM_JOB_ID" in env:
     job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
            if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env else env["SLURM_JOB_ID"])
     return {"scheduler": "slurm", "job": job}
-  if "JOBSET_NAME" in env:  # GKE JobSet (xpk): its pods share the name across restarts
-    return {"scheduler": "jobset", "job": env["JOBSET_NAME"]}
   return {"scheduler": "local", "job": f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"}
 
 

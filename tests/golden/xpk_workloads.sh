@@ -17,7 +17,7 @@ xpk workload create \
   --tpu-type=v5p-32 --num-slices=1 \
   --docker-image="$IMAGE" --priority=medium --max-restarts=20 \
   --termination-grace-period-seconds=300 \
-  --command='sleepjax sweep-run --config=/shared/sweeps/smoke/runs/xs-m2/config.json --workdir=/shared/sweeps/smoke/runs/xs-m2 && { test -e /shared/sweeps/smoke/runs/xs-m2/result.json || exit 42; }'
+  --command='SLEEPJAX_JOB_ID=smoke-4a15fc-000 sleepjax sweep-run --config=/shared/sweeps/smoke/runs/xs-m2/config.json --workdir=/shared/sweeps/smoke/runs/xs-m2 && { test -e /shared/sweeps/smoke/runs/xs-m2/result.json || exit 42; }'
 
 # xs-m3
 xpk workload create \
@@ -26,7 +26,7 @@ xpk workload create \
   --tpu-type=v5p-32 --num-slices=1 \
   --docker-image="$IMAGE" --priority=medium --max-restarts=20 \
   --termination-grace-period-seconds=300 \
-  --command='sleepjax sweep-run --config=/shared/sweeps/smoke/runs/xs-m3/config.json --workdir=/shared/sweeps/smoke/runs/xs-m3 && { test -e /shared/sweeps/smoke/runs/xs-m3/result.json || exit 42; }'
+  --command='SLEEPJAX_JOB_ID=smoke-4a15fc-001 sleepjax sweep-run --config=/shared/sweeps/smoke/runs/xs-m3/config.json --workdir=/shared/sweeps/smoke/runs/xs-m3 && { test -e /shared/sweeps/smoke/runs/xs-m3/result.json || exit 42; }'
 
 # s-m2
 xpk workload create \
@@ -35,4 +35,4 @@ xpk workload create \
   --tpu-type=v5p-32 --num-slices=1 \
   --docker-image="$IMAGE" --priority=medium --max-restarts=20 \
   --termination-grace-period-seconds=300 \
-  --command='sleepjax sweep-run --config=/shared/sweeps/smoke/runs/s-m2/config.json --workdir=/shared/sweeps/smoke/runs/s-m2 && { test -e /shared/sweeps/smoke/runs/s-m2/result.json || exit 42; }'
+  --command='SLEEPJAX_JOB_ID=smoke-4a15fc-002 sleepjax sweep-run --config=/shared/sweeps/smoke/runs/s-m2/config.json --workdir=/shared/sweeps/smoke/runs/s-m2 && { test -e /shared/sweeps/smoke/runs/s-m2/result.json || exit 42; }'
