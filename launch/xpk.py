@@ -158,5 +158,6 @@ def write(workdir: str, run_dirs: list[str], settings, *, repo: str, stop_after_
       os.chmod(path, 0o755)
     paths.append(os.fspath(path))
   log(f"sweep: wrote {paths[0]} (GKE: one `xpk workload create` per run) and {paths[1]} "
-      "(TPU VMs: `gcloud compute tpus tpu-vm ssh --worker=all`); run one with bash")
+      "(TPU VMs: `gcloud compute tpus tpu-vm ssh --worker=all`); run one with bash"
+      + (" after `gcloud storage cp` to this machine" if "://" in paths[0] else ""))
   return paths

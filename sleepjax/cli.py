@@ -70,8 +70,9 @@ class Invocation:
     return [f"--config={self.spec}", *(f"--config.{k}={v}" for k, v in self.overrides)]
 
   def describe(self) -> str:
-    path = config_tools.resolve_path(self.spec.partition(":")[0])
-    where = "" if str(path) == self.spec.partition(":")[0] else f" ({path})"
+    file = self.spec if self.spec.endswith(".json") else self.spec.partition(":")[0]  # gs://...
+    path = file if config_tools.is_remote(file) else config_tools.resolve_path(file)
+    where = "" if str(path) == file else f" ({path})"
     how = "" if self.spec_given else " (the default; choose one with --config=...)"
     over = (", overrides: " + " ".join(f"{k}={v}" for k, v in self.overrides)
             if self.overrides else "")
