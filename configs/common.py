@@ -129,6 +129,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.log_every = 25  # steps between logged metrics
   c.train.checkpoint_every = 100  # steps between checkpoints
   c.train.keep_checkpoints = 3  # checkpoints kept
+  c.train.checkpoint_commit_file = False  # True on a gcsfuse mount of a flat bucket (no directory renames): a commit file marks a finished save
   c.train.resume_step = 0  # > 0: resume this step (newer ones set aside); 0: newest that restores
   # The paper's 0.996 suits its 100k steps; over 300 it would leave ~55 % of the random init in
   # the EMA that eval uses.

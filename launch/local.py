@@ -7,7 +7,7 @@ Each process gets its own devices, joins the job through a coordinator on localh
 its own slice of the data; process 0 writes TensorBoard logs. Exits non-zero if any process fails.
 `--platform=cpu` (the default where no GPU is visible) simulates `devices_per_process` CPU devices
 per process; `--platform=gpu` gives each process its own `devices_per_process` GPUs
-(CUDA_VISIBLE_DEVICES); `--platform=native` leaves device selection to JAX.
+(of those CUDA_VISIBLE_DEVICES lists, if set); `--platform=native` leaves device selection to JAX.
 """
 
 import argparse
@@ -44,9 +44,13 @@ def _env(platform: str, i: int, devices_per_process: int) -> dict:
     return dict(os.environ, JAX_PLATFORMS="cpu",
                 XLA_FLAGS=cpu_device_flags(os.environ.get("XLA_FLAGS", ""), devices_per_process))
   if platform == "gpu":
-    first = i * devices_per_process
-    return dict(os.environ, JAX_PLATFORMS="cuda", CUDA_VISIBLE_DEVICES=",".join(
-        str(d) for d in range(first, first + devices_per_process)))
+    # process i takes its share of the GPUs this launcher was given (a sweep slot's), not of all
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(d) for d in range(_gpu_count())]
+    mine = gpus[i * devices_per_process:(i + 1) * devices_per_process]
+    if len(mine) < devices_per_process:
+      raise ValueError(f"process {i}: {devices_per_process} GPUs each, {len(gpus)} visible")
+    return dict(os.environ, JAX_PLATFORMS="cuda", CUDA_VISIBLE_DEVICES=",".join(mine))
   return dict(os.environ)
 
 

@@ -40,7 +40,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: raw/, data/, tra
 _RECORDING = flags.DEFINE_string("recording", None, "`caption`: the recording id (default: the "
                                  "first test recording).")
 _RUNNER = flags.DEFINE_enum("runner", "local", ["local", "slurm", "xpk"],
-                            "`sweep`: run here, write (and submit) a SLURM array, or write xpk commands.")
+                            "`sweep`: run here, write a SLURM array script, or write xpk commands.")
+_SUBMIT = flags.DEFINE_bool("submit", False, "`sweep --runner=slurm`: also submit the array with "
+                            "sbatch (by default the script is only written).")
 
 DEFAULT_CONFIG = "configs/smoke.py"
 REQUIRE_CONFIG = ("train",)  # no silent default: training a model needs a chosen config
@@ -68,8 +70,9 @@ class Invocation:
     return [f"--config={self.spec}", *(f"--config.{k}={v}" for k, v in self.overrides)]
 
   def describe(self) -> str:
-    path = config_tools.resolve_path(self.spec.partition(":")[0])
-    where = "" if str(path) == self.spec.partition(":")[0] else f" ({path})"
+    file = self.spec if self.spec.endswith(".json") else self.spec.partition(":")[0]  # gs://...
+    path = file if config_tools.is_remote(file) else config_tools.resolve_path(file)
+    where = "" if str(path) == file else f" ({path})"
     how = "" if self.spec_given else " (the default; choose one with --config=...)"
     over = (", overrides: " + " ".join(f"{k}={v}" for k, v in self.overrides)
             if self.overrides else "")
@@ -189,7 +192,7 @@ def cmd_bench(config, workdir: str, what: str):
 def cmd_sweep(config, workdir: str):
   from sleepjax import sweep  # pylint: disable=g-import-not-at-top
   path = config_tools.resolve_path(_INVOCATION.spec.partition(":")[0])
-  sweep.launch(str(path), config, workdir, _RUNNER.value)
+  sweep.launch(str(path), config, workdir, _RUNNER.value, submit=_SUBMIT.value)
 
 
 def cmd_sweep_run(config, workdir: str):

@@ -14,11 +14,13 @@ import ast
 import difflib
 import importlib.util
 import io
+import json
 import os
 import pathlib
 import tokenize
 
 import ml_collections
+from etils import epath
 
 # sleepjax/configs is the repository's configs/ (a symlink in the tree, real files in a wheel).
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
@@ -42,6 +44,7 @@ SWEEP_DESCRIPTIONS = {
     "launch.slurm.account": "SLURM --account",
     "launch.slurm.cpus_per_task": "SLURM --cpus-per-task",
     "launch.slurm.gpus_per_node": "SLURM GPUs per node (one JAX process per GPU)",
+    "launch.slurm.jax_platforms": "the job's own JAX_PLATFORMS (the submitting shell's is replaced)",
     "launch.slurm.job_name": "SLURM --job-name",
     "launch.slurm.max_concurrent": "SLURM array throttle (%N: runs at once; 0 = no limit)",
     "launch.slurm.mem": "SLURM --mem",
@@ -51,18 +54,21 @@ SWEEP_DESCRIPTIONS = {
     "launch.slurm.setup": "shell lines run before srun (modules, venv activation)",
     "launch.slurm.tasks_per_node": "SLURM tasks (JAX processes) per node: one per GPU",
     "launch.slurm.time": "SLURM --time limit per array task",
-    "launch.xpk.base_docker_image": "xpk --base-docker-image (the image the workload builds on)",
+    "launch.slurm.xla_flags": "the job's own XLA_FLAGS (the submitting shell's are replaced)",
+    "launch.xpk.base_docker_image": "base of the image workloads.sh builds once (launch/Dockerfile)",
     "launch.xpk.cluster": "xpk GKE cluster name",
-    "launch.xpk.docker_image": "xpk --docker-image (a prebuilt image; overrides the base image)",
+    "launch.xpk.docker_image": "xpk --docker-image: a prebuilt image (nothing is built)",
+    "launch.xpk.image_repository": "where the built image is pushed (\"\": gcr.io/<project>/sleepjax)",
     "launch.xpk.image_setup": "shell lines run in the container before sleepjax",
-    "launch.xpk.max_restarts": "xpk restarts of a preempted or failed workload",
+    "launch.xpk.max_restarts": "xpk restarts of a workload that exits 42 (unfinished) or is preempted",
     "launch.xpk.num_slices": "TPU slices per run (multislice)",
     "launch.xpk.priority": "xpk workload priority",
+    "launch.xpk.termination_grace_s": "xpk --termination-grace-period-seconds: SIGTERM to kill, for the last save",
     "launch.xpk.project": "Google Cloud project",
     "launch.xpk.tpu_name": "TPU VM name (tpu_vm.sh: gcloud ... tpu-vm ssh --worker=all)",
     "launch.xpk.tpu_type": "TPU slice type, e.g. v5p-128",
     "launch.xpk.vm_setup": "shell lines run on each TPU VM worker before sleepjax",
-    "launch.xpk.workload_prefix": "prefix of xpk workload names",
+    "launch.xpk.workload_prefix": "prefix of xpk workload names (\"\": the workdir's name)",
     "launch.xpk.zone": "Google Cloud zone",
     "sweep.budgets_flops": "FLOP budgets; a run's steps = budget / analytic FLOPs per step",
     "sweep.modalities": "modalities the subsets are drawn from",
@@ -82,6 +88,18 @@ def shipped_configs() -> list[str]:
                 if not p.name.startswith("_"))
 
 
+def is_remote(path) -> bool:
+  """A URI (gs://, s3://, ...): not a local file name."""
+  return "://" in os.fspath(path)
+
+
+def storage_path(path) -> epath.Path:
+  """A run's path (workdir, checkpoints, data) that may live on cloud storage: a URI is kept as
+  it is (os.path.abspath would make `gs://b/x` the local `<cwd>/gs:/b/x`), a local path made
+  absolute. etils.epath is what Orbax and Grain read and write through."""
+  return epath.Path(path) if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
+
+
 def resolve_path(path: str) -> pathlib.Path:
   """A config file path as given, else among the shipped configs (`configs/x.py`, `x.py`, `x`)."""
   p = pathlib.Path(path).expanduser()
@@ -95,7 +113,15 @@ def resolve_path(path: str) -> pathlib.Path:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """`path.py[:arg]` -> get_config(arg); any failure is a one-line ConfigError naming the file."""
+  """`path.py[:arg]` -> get_config(arg); any failure is a one-line ConfigError naming the file.
+
+  A `.json` file (a sweep run's resolved config.json, local or a gs:// URI) is read as it is.
+  """
+  if spec.endswith(".json"):
+    try:
+      return ml_collections.ConfigDict(json_tuples(json.loads(storage_path(spec).read_text())))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(f"--config={spec}: {type(e).__name__}: {_one_line(e)}") from None
   path, _, arg = spec.partition(":")
   resolved = resolve_path(path)
   if not resolved.is_file():

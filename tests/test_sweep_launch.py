@@ -10,6 +10,7 @@ import pytest
 
 from launch import slurm, xpk
 from sleepjax import sweep
+from sleepjax.sweep import local as local_runner
 from tests.conftest import REPO
 
 GOLDEN = pathlib.Path(__file__).with_name("golden")
@@ -36,7 +37,7 @@ def _scripts() -> dict[str, str]:
                                            repo="/home/me/sleepjax", stop_after_steps=1000,
                                            evaluate=True),
       "xpk_workloads.sh": xpk.xpk_script(WORKDIR, RUN_DIRS, s.xpk, repo="/home/me/sleepjax"),
-      "xpk_tpu_vm.sh": xpk.tpu_vm_script(WORKDIR, s.xpk, n_runs=len(RUN_DIRS)),
+      "xpk_tpu_vm.sh": xpk.tpu_vm_script(WORKDIR, s.xpk, run_dirs=RUN_DIRS),
   }
 
 
@@ -92,7 +93,7 @@ def test_expand_writes_one_workdir_per_run_and_refuses_a_changed_config(tmp_path
 
 
 def test_sweep_command_writes_slurm_and_xpk_scripts(tmp_path):
-  env = dict(os.environ, PATH=os.path.dirname(shutil.which("bash")))  # no sbatch on PATH
+  env = dict(os.environ, PATH=os.path.dirname(shutil.which("bash")))
   env["PATH"] += os.pathsep + os.path.dirname(os.path.realpath(__import__("sys").executable))
   for runner in ("slurm", "xpk"):
     out = subprocess.run(
@@ -100,18 +101,20 @@ def test_sweep_command_writes_slurm_and_xpk_scripts(tmp_path):
          f"--runner={runner}", f"--workdir={tmp_path}", "--config.launch.slurm.nodes=2"],
         env=env, capture_output=True, text=True, check=True).stdout
     assert "6 runs" in out
-    if runner == "slurm":  # no sbatch here: the command to run on the login node is printed
-      assert f"sbatch {tmp_path / 'slurm' / 'sweep.sbatch'}" in out
-  sbatch = (tmp_path / "slurm" / "sweep.sbatch").read_text()
+    if runner == "slurm":  # not submitted: the command to run on the login node is printed
+      sbatch_path = next((tmp_path / "slurm").glob("*/sweep.sbatch"))
+      assert f"sbatch {sbatch_path}" in out and "not submitted" in out
+  sbatch = sbatch_path.read_text()
   assert "#SBATCH --nodes=2" in sbatch and "#SBATCH --array=0-5" in sbatch
+  assert (sbatch_path.parent / "runs.txt").read_text() == (tmp_path / "runs.txt").read_text()
   workloads = (tmp_path / "xpk" / "workloads.sh").read_text()
-  assert "xpk workload create" in workloads and f"--script-dir={REPO} " in workloads
+  assert "xpk workload create" in workloads and f"docker build" in workloads
   assert "--worker=all" in (tmp_path / "xpk" / "tpu_vm.sh").read_text()
-  for script in ("slurm/sweep.sbatch", "xpk/workloads.sh", "xpk/tpu_vm.sh"):
-    subprocess.run(["bash", "-n", str(tmp_path / script)], check=True)
+  for script in (sbatch_path, tmp_path / "xpk/workloads.sh", tmp_path / "xpk/tpu_vm.sh"):
+    subprocess.run(["bash", "-n", str(script)], check=True)
 
 
-def test_slurm_script_is_submitted_where_sbatch_exists(tmp_path, monkeypatch):
+def test_slurm_script_is_submitted_only_when_asked(tmp_path, monkeypatch):
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   fake = bin_dir / "sbatch"  # records its arguments, answers like sbatch
@@ -119,10 +122,17 @@ def test_slurm_script_is_submitted_where_sbatch_exists(tmp_path, monkeypatch):
   fake.chmod(0o755)
   monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   printed = []
-  path = slurm.write_and_submit(str(tmp_path / "w"), 3, _settings().slurm, repo="/r",
-                                log=printed.append)
+  runs = [f"/w/runs/{n}" for n in "abc"]
+  first = slurm.write_and_submit(str(tmp_path / "w"), runs, _settings().slurm, repo="/r",
+                                 log=printed.append)
+  assert not (tmp_path / "args").exists() and "not submitted" in printed[0]  # sbatch on PATH
+  path = slurm.write_and_submit(str(tmp_path / "w"), runs[:2], _settings().slurm, repo="/r",
+                                submit=True, log=printed.append)
   assert (tmp_path / "args").read_text().split() == [path]
-  assert printed == [f"sweep: submitted {path}: Submitted batch job 42"]
+  assert printed[1] == f"sweep: submitted {path}: Submitted batch job 42"
+  # each submission indexes its own snapshot of the run list
+  assert pathlib.Path(first).with_name("runs.txt").read_text().split() == runs
+  assert pathlib.Path(path).with_name("runs.txt").read_text().split() == runs[:2]
 
 
 FAKE_SLURM = {  # stand-ins that record their calls; sleepjax "finishes" a run when FINISH is set
@@ -131,6 +141,7 @@ FAKE_SLURM = {  # stand-ins that record their calls; sleepjax "finishes" a run w
     "sleepjax": '#!/bin/bash\necho "sleepjax $1" >> "$CALLS"\n'
                 'for a in "$@"; do case $a in --workdir=*) w=${a#--workdir=};; esac; done\n'
                 'if [ "$1" = sweep-run ] && [ -n "$FINISH" ]; then echo {} > "$w/result.json"; fi\n'
+                'if [ "$1" = sweep-run ] && [ -n "$STEP" ]; then mkdir -p "$w/train/checkpoints/$STEP"; fi\n'
                 'if [ "$1" = eval ]; then mkdir -p "$w/eval"; echo {} > "$w/eval/report.json"; fi\n',
 }
 
@@ -149,15 +160,19 @@ def test_sbatch_script_trains_requeues_and_evaluates_as_needed(tmp_path):
   path = tmp_path / "sweep.sbatch"
   path.write_text(slurm.script(str(tmp_path), 1, settings, repo=str(tmp_path), evaluate=True))
 
-  def task(finish: bool) -> list[str]:
+  def task(finish: bool, step: str = "", check: bool = True) -> list[str]:
     calls = tmp_path / "calls"
     calls.write_text("")
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", CALLS=str(calls),
-               SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7", FINISH="1" if finish else "")
-    subprocess.run(["bash", str(path)], env=env, check=True, capture_output=True)
+               SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7", FINISH="1" if finish else "",
+               STEP=step)
+    subprocess.run(["bash", str(path)], env=env, check=check, capture_output=True)
     return calls.read_text().splitlines()
 
-  assert task(finish=False) == ["sleepjax sweep-run", "scontrol requeue 7_0"]  # stopped early
+  # stopped early after saving step 10: requeued
+  assert task(finish=False, step="10") == ["sleepjax sweep-run", "scontrol requeue 7_0"]
+  # stopped again without a new checkpoint: not requeued (the task fails instead)
+  assert task(finish=False, step="10", check=False) == ["sleepjax sweep-run"]
   assert task(finish=True) == ["sleepjax sweep-run", "sleepjax eval"]
   assert task(finish=True) == []  # finished and evaluated: nothing to do
   (run / "eval" / "report.json").unlink()
@@ -177,27 +192,27 @@ def test_modality_subsets_are_deterministic_and_distinct():
 def test_local_runner_splits_devices_between_parallel_runs():
   settings = _settings()
   settings.local.parallel, settings.local.gpus = 2, 8
-  assert [sweep._slot_env(i, settings)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == [  # pylint: disable=protected-access
+  assert [local_runner._slot_env(i, settings)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == [  # pylint: disable=protected-access
       "0,1,2,3", "4,5,6,7"]
   settings.local.gpus, settings.local.cpu_devices = 0, 4
-  assert sweep._slot_env(1, settings)["XLA_FLAGS"].endswith("=4")  # pylint: disable=protected-access
+  assert local_runner._slot_env(1, settings)["XLA_FLAGS"].endswith("=4")  # pylint: disable=protected-access
   settings.local.processes = 2
-  cmd = sweep.member_command("/w/runs/a", settings, python="python")
-  assert cmd[:2] == ["python", str(REPO / "launch" / "local.py")] and "--num_processes=2" in cmd
+  cmd = local_runner.member_command("/w/runs/a", settings, python="python")
+  assert cmd[:3] == ["python", "-m", "launch.local"] and "--num_processes=2" in cmd
   assert cmd[-3:] == ["sweep-run", "--config=/w/runs/a/config.py", "--workdir=/w/runs/a"]
 
 
 def test_local_runner_evaluates_finished_runs_only_when_asked(tmp_path):
   settings, run = _settings(), tmp_path / "run"
   (run / "train" / "checkpoints" / "10").mkdir(parents=True)
-  assert sweep._pending(run, settings)  # pylint: disable=protected-access  (started)
+  assert local_runner._pending(run, settings)  # pylint: disable=protected-access  (started)
   (run / "result.json").write_text("{}")
-  assert not sweep._pending(run, settings)  # pylint: disable=protected-access  (finished)
+  assert not local_runner._pending(run, settings)  # pylint: disable=protected-access  (finished)
   settings.eval = True
-  assert sweep._pending(run, settings)  # pylint: disable=protected-access  (not evaluated yet)
+  assert local_runner._pending(run, settings)  # pylint: disable=protected-access  (not evaluated yet)
   (run / "eval").mkdir()
   (run / "eval" / "report.json").write_text("{}")
-  assert not sweep._pending(run, settings)  # pylint: disable=protected-access
+  assert not local_runner._pending(run, settings)  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("preset,n_runs", [("size", 8), ("compute", 24), ("modalities", 22),

@@ -10,6 +10,7 @@ import time
 import jax
 from absl import logging
 
+from sleepjax.config_tools import storage_path
 from sleepjax.evaluate import (baselines, embed, finetune, reports, sequence, sleeplm,
                                tasks as tasks_lib)
 
@@ -43,7 +44,7 @@ def evaluate(config, workdir: str) -> dict:
   ctx = tasks_lib.Context(config, manifest, list(modalities), encoders, embed_fn, mesh=mesh,
                           embed_encoder=embed_encoder,
                           batches=lambda split: finetune.local_batches(ctx, split))
-  report = {"checkpoint_step": step, "workdir": os.path.abspath(workdir),
+  report = {"checkpoint_step": step, "workdir": os.fspath(storage_path(workdir)),
             "family": config.model.family, "modalities": list(modalities),
             "stages": list(tasks_lib.STAGES), "encoders": list(encoders),
             "splits": reports.split_summary(manifest), "tasks": {}, "seconds": {}}

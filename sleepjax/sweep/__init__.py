@@ -12,11 +12,14 @@ A sweep file (`configs/sweeps/*.py`) is a config file with two functions:
 
 `expand` applies each dict to the base config and writes `<workdir>/runs/<name>/config.json` (the
 resolved config without the sweep and launch sections) and a `config.py` that loads it, so a run is
-`sleepjax sweep-run --config=<run>/config.py --workdir=<run>` anywhere, by any runner. A run's
+`sleepjax sweep-run --config=<run>/config.py --workdir=<run>` anywhere, by any runner (the cluster
+scripts pass `--config=<run>/config.json`, which also reads a run on cloud storage: the workdir may
+be a `gs://` URI, read and written through etils.epath). A run's
 config is fixed once written: expanding again with different settings for an existing run is
 refused with the differences listed. `sweep-run` trains (resuming from the run's checkpoints),
 measures the validation loss and writes `<run>/result.json`; a run with a result is finished and
-skipped, a run without one is (re)started and resumes where it stopped.
+skipped, a run without one is (re)started and resumes where it stopped. One job at a time trains
+a run (`lease`).
 """
 
 import hashlib
@@ -27,18 +30,15 @@ import math
 import os
 import pathlib
 import re
-import shlex
-import subprocess
-import sys
 import time
 
 import ml_collections
 
 from sleepjax import config_tools
+from sleepjax.config_tools import storage_path
+from sleepjax.sweep.layout import RESULT, RUNS, status  # pylint: disable=unused-import  (API)
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-RUNS = "runs"
-RESULT = "result.json"
+REPO_ENV = "SLEEPJAX_REPO"  # the checkout the cluster scripts `cd` into / build the image from
 SWEEP_ONLY = ("sweep", "launch")  # config sections that describe the sweep, not a run
 SPECIAL = ("name", "budget_flops")
 
@@ -52,6 +52,24 @@ from sleepjax.sweep import read_run_config
 def get_config():
   return read_run_config(pathlib.Path(__file__).with_name("config.json"))
 '''
+
+
+def repo_dir(package_parent: pathlib.Path = pathlib.Path(__file__).resolve().parents[2],
+             env=None) -> pathlib.Path:
+  """The sleepjax checkout the cluster scripts run from: $SLEEPJAX_REPO, else the checkout this
+  package was imported from; an installed wheel (site-packages) has none, and is refused."""
+  env = os.environ if env is None else env
+  if env.get(REPO_ENV):
+    repo = pathlib.Path(env[REPO_ENV]).expanduser().resolve()
+    if not (repo / "pyproject.toml").is_file():
+      raise ValueError(f"{REPO_ENV}={env[REPO_ENV]}: not a sleepjax checkout (no pyproject.toml)")
+    return repo
+  if (package_parent / "pyproject.toml").is_file() and (package_parent / "launch").is_dir():
+    return package_parent
+  raise ValueError(
+      f"sleepjax is installed as a package ({package_parent}), not run from a checkout: the "
+      f"cluster scripts need the repository on the cluster; set {REPO_ENV}=<path of the checkout "
+      "there> (or use --runner=local)")
 
 
 def launch_config() -> ml_collections.ConfigDict:
@@ -72,18 +90,22 @@ def launch_config() -> ml_collections.ConfigDict:
           # one JAX process per GPU: on SLURM, jax.distributed gives process i of a node the GPU
           # SLURM_LOCALID=i (tasks_per_node = gpus_per_node)
           nodes=1, gpus_per_node=8, tasks_per_node=8, cpus_per_task=8, mem="0",
+          jax_platforms="cuda",  # the job's JAX_PLATFORMS (not the submitting shell's)
+          xla_flags="",  # the job's XLA_FLAGS (not the submitting shell's)
           max_concurrent=0,  # array throttle (%N); 0 = no limit
           setup=("source .venv/bin/activate",),  # shell lines run before training, in the repo
       ),
       xpk=dict(
           cluster="my-cluster", project="my-project", zone="us-central2-b", tpu_type="v5p-32",
           num_slices=1, docker_image="", base_docker_image="python:3.11", priority="medium",
-          max_restarts=3,  # xpk restarts a preempted workload (it resumes from its checkpoints)
-          workload_prefix="sweep",
+          max_restarts=20,  # restarts of a workload that exits 42 (unfinished); each resumes
+          termination_grace_s=300,  # SIGTERM -> kill: time for the final checkpoint save
+          workload_prefix="",  # workload names: <prefix>-<hash of the workdir>-<index>; "": the workdir's name
+          image_repository="",  # where the image built once is pushed ("": gcr.io/<project>/sleepjax)
           tpu_name="",  # for the plain `gcloud ... tpu-vm ssh --worker=all` variant
-          # shell steps before training: inside the workload's image (xpk builds it from the
-          # current directory on base_docker_image) and on each TPU VM (tpu_vm.sh)
-          image_setup=('pip install -q -e ".[tpu]"',),  # JAX with libtpu
+          # shell steps before training: inside the workload's image (built once by
+          # workloads.sh from launch/Dockerfile, pinned by requirements.lock) and on each TPU VM
+          image_setup=(),
           vm_setup=("cd ~/sleepjax", "source .venv/bin/activate"),
       ),
   ))
@@ -102,7 +124,7 @@ def load_module(path: str | os.PathLike):
 
 def family_sizes(family: str = "sleep2vec") -> dict:
   """The family's size table, `configs/<family>.py: SIZES` ({name: {model key: value}})."""
-  return load_module(REPO / "configs" / f"{family}.py").SIZES
+  return load_module(config_tools.CONFIGS / f"{family}.py").SIZES
 
 
 def modality_subsets(modalities, count: int, n: int, seed: int = 0) -> list[tuple[str, ...]]:
@@ -176,7 +198,7 @@ def _plain(value):
 
 
 def read_run_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-  saved = json.loads(pathlib.Path(path).read_text())
+  saved = json.loads(storage_path(path).read_text())
   return ml_collections.ConfigDict(config_tools.json_tuples(saved))
 
 
@@ -261,10 +283,10 @@ def expand(sweep_file: str, config: ml_collections.ConfigDict, workdir: str) -> 
   module = load_module(sweep_file)
   if not hasattr(module, "sweep"):
     raise ValueError(f"{sweep_file}: a sweep file defines sweep(config) yielding override dicts")
-  workdir = os.path.abspath(workdir)
+  workdir = storage_path(workdir)
   base = ml_collections.ConfigDict(config_tools.json_tuples(_plain(config)))
   if not base.data.dir:
-    base.data.dir = os.path.join(workdir, "data")
+    base.data.dir = os.fspath(workdir / "data")
   runs, seen = [], {}
   for overrides in module.sweep(config):
     overrides = dict(overrides)
@@ -273,7 +295,7 @@ def expand(sweep_file: str, config: ml_collections.ConfigDict, workdir: str) -> 
       raise ValueError(f"{sweep_file}: two runs are named {name!r} ({seen[name]} and {overrides})")
     seen[name] = overrides
     resolved = _plain(resolve(base, overrides))
-    run_dir = pathlib.Path(workdir, RUNS, name)
+    run_dir = workdir / RUNS / name
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.json"
     if path.exists():
@@ -288,27 +310,23 @@ def expand(sweep_file: str, config: ml_collections.ConfigDict, workdir: str) -> 
                  "steps": resolved["train"]["steps"]})
   if not runs:
     raise ValueError(f"{sweep_file}: sweep() yielded no runs")
-  _write(pathlib.Path(workdir, "sweep.json"), json.dumps(
+  _write(workdir / "sweep.json", json.dumps(
       {"sweep_file": os.path.abspath(sweep_file), "runs": runs,
        "launch": _plain(config.get("launch", {})), "sweep": _plain(config.get("sweep", {}))},
       indent=1) + "\n")
-  _write(pathlib.Path(workdir, "runs.txt"), "".join(r["dir"] + "\n" for r in runs))
+  _write(workdir / "runs.txt", "".join(r["dir"] + "\n" for r in runs))
   return runs
 
 
-def _write(path: pathlib.Path, text: str):
+def _write(path, text: str):
+  """Whole or not at all where the storage renames atomically; cloud objects are written whole."""
+  path = storage_path(path)
+  if config_tools.is_remote(path):
+    path.write_text(text)
+    return
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   os.replace(tmp, path)
-
-
-def status(run_dir: str | os.PathLike) -> str:
-  """`done` (result.json), `started` (checkpoints, no result) or `new`."""
-  run_dir = pathlib.Path(run_dir)
-  if (run_dir / RESULT).exists():
-    return "done"
-  ckpt = run_dir / "train" / "checkpoints"
-  return "started" if ckpt.exists() and any(ckpt.iterdir()) else "new"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,8 +374,8 @@ def val_loss(config, workdir: str, max_batches: int = 16) -> dict:
 
 def latest_step(workdir: str) -> int:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(os.path.join(workdir, "train", "checkpoints"))
-  if not os.path.isdir(path):
+  path = storage_path(workdir) / "train" / "checkpoints"
+  if not path.is_dir():
     return 0
   with ocp.CheckpointManager(path) as manager:
     return manager.latest_step() or 0
@@ -368,12 +386,15 @@ def run_member(config, workdir: str) -> dict | None:
   early (train.stop_after_steps) and needs another job to finish."""
   import jax  # pylint: disable=g-import-not-at-top
 
+  from sleepjax.sweep import lease  # pylint: disable=g-import-not-at-top
   from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
 
-  result_path = pathlib.Path(workdir, RESULT)
+  result_path = storage_path(workdir) / RESULT
   if result_path.exists():
     print(f"sweep-run: {workdir} is finished ({RESULT}); nothing to do")
     return json.loads(result_path.read_text())
+  me = lease.job_identity()
+  _take_lease(workdir, me)
   t0 = time.time()
   last = trainer.train(config, workdir)
   step = latest_step(workdir)
@@ -392,9 +413,30 @@ def run_member(config, workdir: str) -> dict | None:
       train_loss=last.get("loss"), wall_s_last_job=time.time() - t0)
   if jax.process_index() == 0:
     _write(result_path, json.dumps(result, indent=1) + "\n")
+    lease.release(workdir, me)
   print("sweep-run: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()
                                   if isinstance(v, float)))
   return result
+
+
+def _take_lease(workdir: str, me: dict):
+  """Process 0 takes the run's lease; every process raises if it could not (none trains)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  from sleepjax.sweep import lease  # pylint: disable=g-import-not-at-top
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lease.acquire(workdir, me)
+    except lease.RunLeasedError as e:
+      error = e
+  ok = error is None
+  if jax.process_count() > 1:
+    ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+  if not ok:
+    raise error or lease.RunLeasedError(f"{workdir}: process 0 found the run leased by another job")
 
 
 def _train_subjects(manifest: dict, config) -> int:
@@ -402,96 +444,25 @@ def _train_subjects(manifest: dict, config) -> int:
   return max(1, math.ceil(n * float(config.data.subject_fraction)))
 
 
-# ---------------------------------------------------------------------------------------------
-# The local runner.
-
-
-def member_command(run_dir: str, launch, python: str = sys.executable) -> list[str]:
-  """The command that runs one member here (several JAX processes through launch/local.py)."""
-  args = ["sweep-run", f"--config={run_dir}/config.py", f"--workdir={run_dir}"]
-  if launch.stop_after_steps:
-    args.append(f"--config.train.stop_after_steps={launch.stop_after_steps}")
-  if launch.local.processes > 1:
-    return [python, os.fspath(REPO / "launch" / "local.py"),
-            f"--num_processes={launch.local.processes}",
-            f"--devices_per_process={launch.local.cpu_devices or 4}", "--", *args]
-  return [python, "-m", "sleepjax.cli", *args]
-
-
-def _slot_env(slot: int, launch) -> dict:
-  """Environment for a run in parallel slot `slot`: its own GPUs, or its own CPU device count."""
-  env = dict(os.environ)
-  local = launch.local
-  if local.gpus:
-    per = local.gpus // local.parallel
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(slot * per, (slot + 1) * per))
-  elif local.cpu_devices:
-    from launch.local import cpu_device_flags  # pylint: disable=g-import-not-at-top
-    env["XLA_FLAGS"] = cpu_device_flags(env.get("XLA_FLAGS", ""), local.cpu_devices)
-  return env
-
-
-def _pending(run_dir: str, launch) -> bool:
-  """Not finished, or (launch.eval) finished without its eval report, as the SLURM script checks."""
-  return status(run_dir) != "done" or bool(launch.eval) and not os.path.exists(
-      os.path.join(run_dir, "eval", "report.json"))
-
-
-def run_local(runs: list[dict], launch, log=print) -> dict[str, int]:
-  """Runs the unfinished runs here, `launch.local.parallel` at a time; returns exit codes by name.
-
-  Each run's output goes to `<run>/log.txt`. Finished runs are skipped (with launch.eval, only
-  once evaluated); started ones resume.
-  """
-  todo = [r for r in runs if _pending(r["dir"], launch)]
-  finished = sum(status(r["dir"]) == "done" for r in runs)
-  log(f"sweep: {len(runs)} runs, {finished} finished, {len(todo)} to run"
-      + (" or evaluate" if launch.eval else ""))
-  if launch.local.max_runs:
-    todo = todo[:launch.local.max_runs]
-  parallel = max(1, launch.local.parallel)
-  if launch.local.gpus and launch.local.gpus % parallel:
-    raise ValueError(f"launch.local.gpus={launch.local.gpus} does not split into "
-                     f"launch.local.parallel={parallel} equal slices")
-  codes, active, free = {}, {}, list(range(parallel))
-  queue = list(todo)
-  while queue or active:
-    while queue and free:
-      run, slot = queue.pop(0), free.pop(0)
-      was = status(run["dir"])
-      logf = open(os.path.join(run["dir"], "log.txt"), "a")  # pylint: disable=consider-using-with
-      cmds = [member_command(run["dir"], launch)]
-      if launch.eval:
-        cmds.append([sys.executable, "-m", "sleepjax.cli", "eval",
-                     f"--config={run['dir']}/config.py", f"--workdir={run['dir']}"])
-      script = " && ".join(shlex.join(c) for c in cmds)
-      proc = subprocess.Popen(script, shell=True, stdout=logf, stderr=subprocess.STDOUT,
-                              env=_slot_env(slot, launch))
-      active[proc] = (run, slot, logf)
-      verb = {"started": "resume", "done": "eval  "}.get(was, "start ")
-      log(f"sweep: {verb} {run['name']} (slot {slot})")
-    time.sleep(0.2)
-    for proc in [p for p in active if p.poll() is not None]:
-      run, slot, logf = active.pop(proc)
-      logf.close()
-      free.append(slot)
-      codes[run["name"]] = proc.returncode
-      state = status(run["dir"])
-      log(f"sweep: {run['name']}: " + (state if proc.returncode == 0 else
-                                       f"failed (exit {proc.returncode}), see {run['dir']}/log.txt"))
-  return codes
-
-
-def launch(sweep_file: str, config, workdir: str, runner: str, log=print) -> list[dict]:
-  """`sleepjax sweep`: expand the runs, then run them here or write the cluster scripts."""
+def launch(sweep_file: str, config, workdir: str, runner: str, log=print, *,
+           submit: bool = False) -> list[dict]:
+  """`sleepjax sweep`: expand the runs, then run them here or write the cluster scripts (and,
+  with `submit`, submit the SLURM array: nothing is submitted unless asked)."""
   if not sweep_file:
     raise ValueError("`sleepjax sweep` needs --config=configs/sweeps/<file>.py")
   from launch import slurm, xpk  # pylint: disable=g-import-not-at-top
+  from sleepjax.sweep.local import run_local  # pylint: disable=g-import-not-at-top
+  if submit and runner != "slurm":
+    raise ValueError(f"--submit submits a SLURM array; --runner={runner} does not submit")
+  if runner in ("local", "slurm") and config_tools.is_remote(workdir):
+    raise ValueError(f"--runner={runner}: {workdir} is not a filesystem path; its processes read "
+                     "the run list and logs through a filesystem (a gcsfuse mount of the bucket)")
+  repo = None if runner == "local" else os.fspath(repo_dir())  # refused before writing anything
   runs = expand(sweep_file, config, workdir)
-  workdir = os.path.abspath(workdir)
+  workdir = os.fspath(storage_path(workdir))
   settings = config.get("launch") or launch_config()
-  data = runs and json.loads(pathlib.Path(runs[0]["dir"], "config.json").read_text())["data"]["dir"]
-  if not os.path.exists(os.path.join(data, "manifest.json")):
+  data = runs and read_run_config(storage_path(runs[0]["dir"]) / "config.json").data.dir
+  if not (storage_path(data) / "manifest.json").exists():
     log(f"sweep: note: no prepared data in {data} yet (`sleepjax prep` writes it)")
   done = sum(status(r["dir"]) == "done" for r in runs)
   if runner == "local":
@@ -500,12 +471,12 @@ def launch(sweep_file: str, config, workdir: str, runner: str, log=print) -> lis
       raise ValueError(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their log.txt)")
   elif runner == "slurm":
     log(f"sweep: {len(runs)} runs in {workdir}/runs, {done} finished")
-    slurm.write_and_submit(workdir, len(runs), settings.slurm, repo=os.fspath(REPO),
+    slurm.write_and_submit(workdir, [r["dir"] for r in runs], settings.slurm, repo=repo,
                            stop_after_steps=settings.stop_after_steps, evaluate=settings.eval,
-                           log=log)
+                           submit=submit, log=log)
   elif runner == "xpk":
     log(f"sweep: {len(runs)} runs in {workdir}/runs, {done} finished")
-    xpk.write(workdir, [r["dir"] for r in runs], settings.xpk, repo=os.fspath(REPO),
+    xpk.write(workdir, [r["dir"] for r in runs], settings.xpk, repo=repo,
               stop_after_steps=settings.stop_after_steps, evaluate=settings.eval, log=log)
   else:
     raise ValueError(f"unknown runner {runner!r} (local, slurm, xpk)")

@@ -12,8 +12,6 @@ explicitly requested step is never swapped for another.
 
 import contextlib
 import json
-import os
-import pathlib
 from typing import Callable, TypeVar
 
 import grain
@@ -25,6 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from sleepjax import config_tools
+from sleepjax.config_tools import storage_path
 
 T = TypeVar("T")
 
@@ -56,13 +55,17 @@ def _one_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
-def _not_json(step_dir: pathlib.Path) -> list[str]:
+def _not_json(step_dir) -> list[str]:
   """The files of a step that should hold JSON but do not parse: Orbax's own errors name none.
 
   Skipped: OCDBT's binary B-tree nodes and array data (`*.ocdbt`, `d/`), and the commit markers.
   """
+  def files(folder):  # epath lists level by level (no rglob on cloud storage)
+    for p in folder.iterdir():
+      yield from files(p) if p.is_dir() else (p,)
+
   bad = []
-  for path in sorted(step_dir.rglob("*")):
+  for path in sorted(files(step_dir) if step_dir.is_dir() else ()):
     if (not path.is_file() or path.suffix == ".ocdbt" or path.parent.name == "d"
         or path.name == "commit_success.txt"):
       continue
@@ -82,7 +85,7 @@ def reading(directory, step: int):
   except UnreadableCheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (a torn file surfaces as anything)
-    step_dir = pathlib.Path(os.path.abspath(os.fspath(directory))) / str(step)
+    step_dir = storage_path(directory) / str(step)
     torn = _not_json(step_dir)
     where = f" ({', '.join(torn)}: not valid JSON, cut short?)" if torn else ""
     raise UnreadableCheckpointError(f"{step_dir}{where}: {_one_line(e)}") from e
@@ -90,9 +93,9 @@ def reading(directory, step: int):
 
 def all_steps(directory) -> list[int]:
   """The steps saved in `directory` (as Orbax lists them), oldest first."""
-  if not os.path.isdir(directory):
+  if not storage_path(directory).is_dir():
     return []
-  with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+  with ocp.CheckpointManager(storage_path(directory)) as manager:
     return sorted(manager.all_steps())
 
 
@@ -111,7 +114,7 @@ def _read_agreed(directory, read: Callable[[int], T], step: int) -> T:
     out, error = None, e
   if not _everywhere(error is None):
     raise error or UnreadableCheckpointError(
-        f"{os.path.abspath(directory)}/{step}: another process could not read its part")
+        f"{storage_path(directory)}/{step}: another process could not read its part")
   return out
 
 
@@ -129,7 +132,7 @@ def restore_newest(directory, read: Callable[[int], T], step: int | None = None,
   steps = all_steps(directory)
   if step:
     if step not in steps:
-      raise FileNotFoundError(f"{os.path.abspath(directory)}/{step}: no such checkpoint (saved "
+      raise FileNotFoundError(f"{storage_path(directory)}/{step}: no such checkpoint (saved "
                               f"steps: {steps or 'none'})")
     return _read_agreed(directory, read, step), step
   failures = []
@@ -142,7 +145,7 @@ def restore_newest(directory, read: Callable[[int], T], step: int | None = None,
   if not failures:
     return None
   raise UnreadableCheckpointError(
-      f"{os.path.abspath(directory)}: no checkpoint restores; tried steps "
+      f"{storage_path(directory)}: no checkpoint restores; tried steps "
       f"{', '.join(map(str, reversed(steps)))}: " + "; ".join(failures) + ". Restore one "
       f"explicitly with {choose} to see its error alone, repair or move them, or start afresh "
       "in a new --workdir.")
@@ -152,8 +155,12 @@ def make_manager(directory: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints,
       save_interval_steps=config.train.checkpoint_every,
-      enable_async_checkpointing=True, create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+      enable_async_checkpointing=True, create=True,
+      # a flat bucket through gcsfuse cannot rename the temporary step directory: Orbax then
+      # writes in place and marks completion with a commit file
+      temporary_path_class=(ocp.path.atomicity.CommitFileTemporaryPath
+                            if config.train.checkpoint_commit_file else None))
+  return ocp.CheckpointManager(storage_path(directory), options=options)
 
 
 _all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
@@ -238,11 +245,11 @@ def set_aside(manager: ocp.CheckpointManager, step: int) -> list[str]:
 
 
 def _read_json(directory, step: int, item: str) -> dict | None:
-  path = os.path.join(os.fspath(directory), str(step), item, "metadata")
-  if not os.path.exists(path):
+  path = storage_path(directory) / str(step) / item / "metadata"
+  if not path.exists():
     return None
-  with reading(directory, step), open(path) as f:
-    return json.load(f)
+  with reading(directory, step):
+    return json.loads(path.read_text())
 
 
 def saved_config(directory, step: int) -> dict | None:
@@ -328,7 +335,7 @@ def config_for_eval(config, directory: str, step: int | None = None):
 
   Evaluation needs no model flags: the architecture comes from the checkpoint.
   """
-  with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+  with ocp.CheckpointManager(storage_path(directory)) as manager:
     step = manager.latest_step() if step is None else step
   saved = None if step is None else saved_config(directory, step)
   if saved is None:
@@ -365,7 +372,7 @@ def restore_params(directory: str, abstract_state, step: int | None = None,
   target = {name: getattr(abstract_state, name)}
 
   def read(s: int):
-    with ocp.CheckpointManager(os.path.abspath(directory)) as manager, reading(directory, s):
+    with ocp.CheckpointManager(storage_path(directory)) as manager, reading(directory, s):
       return manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
           partial_restore=True)))["state"][name]

@@ -12,7 +12,6 @@ gives the model's modalities and its split hash must match the one the checkpoin
 """
 
 import dataclasses
-import os
 
 import ml_collections
 
@@ -41,7 +40,7 @@ class Restored:
 def _saved_config(directory, step: int) -> ml_collections.ConfigDict:
   saved = checkpoint.saved_config(directory, step)
   if saved is None:
-    raise ValueError(f"{os.path.abspath(directory)}/{step}: no config saved with this checkpoint; "
+    raise ValueError(f"{config_tools.storage_path(directory)}/{step}: no config saved with this checkpoint; "
                      "restore it with a config (`sleepjax eval --config=...`)")
   config = config_tools.from_dict(saved)
   if not config.data.modalities:  # older checkpoints: the modalities prep wrote
