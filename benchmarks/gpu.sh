@@ -60,7 +60,7 @@ if lines:  # the last interval's means: compilation and warm-up are in the earli
   m = dict(re.findall(r"([\w/]+)=([^,\s]+)", lines[-1]))
   ms = 1e3 / float(m["steps_per_s"])
   mfu = f"{100 * float(m['mfu']):.1f}" if "mfu" in m else "-"
-  print(f"{'e2e_train':<22}{ms:>9.1f}{mfu:>8}{'':>9}{float(m['epochs_per_s']):>10.0f}"
+  print(f"{'e2e_train':<22}{ms:>9.1f}{mfu:>8}{'':>9}{float(m['sleep_epochs_per_s']):>10.0f}"
         f"{100 * float(m['data_wait_frac']):>10.1f}%")
 else:
   print("e2e_train: no metrics logged (see e2e_train.log)")

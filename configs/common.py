@@ -67,11 +67,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.family = "sleep2vec"  # model family (a key of sleepjax.families.FAMILIES)
-  # The CPU demo uses patch: on the demo cohort after 300 steps the flattened-epoch MLP has not yet
-  # learnt spectral features (staging macro-F1 0.35, random init 0.21) while the conv stem has
-  # (0.98 vs 0.93); the sleep2vec presets (configs/sleep2vec.py) use epoch, as the paper.
-  c.model.tokenizer = "patch"  # epoch (residual MLP on the flattened 30-s epoch) | patch (conv stem on 1-s patches)
-  c.model.tokenizer_width = 0  # 0 = width; else tokenizers at this width + one projection to width
+  # The CPU demo uses patch: in 300 CPU steps the flattened-epoch MLP has not yet learnt spectral
+  # features while the conv stem has (measured in the README, Quickstart); the sleep2vec presets
+  # (configs/sleep2vec.py) use epoch, as the paper.
+  c.model.signal_tokenizer = "patch"  # epoch (residual MLP on the flattened 30-s epoch) | patch (conv stem on 1-s patches)
+  c.model.signal_tokenizer_width = 0  # 0 = width; else tokenizers at this width + one projection to width
   c.model.width = 64  # transformer width D
   c.model.depth = 2  # transformer layers
   c.model.heads = 4  # attention heads
@@ -81,7 +81,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.dropout = 0.0  # training only: epoch tokenizer's MLP branch, encoder input, block outputs
   c.model.attention_dropout = 0.0  # training only: attention probabilities (not attention=cudnn)
   c.model.modality_embed = True  # a learned vector per modality added to its tokens (reference: no)
-  c.model.token_proj = "auto"  # auto (if tokenizer_width != width) | always (after the mask token)
+  c.model.token_proj = "auto"  # auto (if signal_tokenizer_width != width) | always (after the mask token)
   c.model.stem_features = 32  # patch tokenizer only: filter-bank features
   c.model.patch_seconds = 1  # patch tokenizer only: patch length (s); divides 30
   c.model.proj_hidden = 0  # projection head hidden width; 0 = width

@@ -25,7 +25,7 @@ import ml_collections
 
 from sleepjax.configs import common
 
-# name -> (width, depth, heads, mlp, tokenizer_width; 0 = width). Approximate parameter counts
+# name -> (width, depth, heads, mlp, signal_tokenizer_width; 0 = width). Approximate parameter counts
 # with sleep2vec's inputs in the comments (tokenizers dominate the smallest sizes: the nine
 # tokenizers read 4 x 3840 + 5 x 120 input values).
 SIZES = {
@@ -65,11 +65,11 @@ def get_config(arg: str = "dense") -> ml_collections.ConfigDict:
 
   c = common.get_config()
   width, depth, heads, mlp, tokenizer_width = SIZES[size]
-  c.model.update(dict(family="sleep2vec", tokenizer="epoch", tokenizer_width=tokenizer_width,
-                      width=width, depth=depth, heads=heads, mlp=mlp, norm="pre", proj_hidden=0,
-                      proj_dim=128, head_norm="batch", mask_fraction=0.15, dtype="bfloat16",
-                      # cuDNN flash attention on GPUs (measured 25 -> 36 % MFU at dense, batch
-                      # 128, H200; BENCHMARKS.md), XLA's attention elsewhere.
+  c.model.update(dict(family="sleep2vec", signal_tokenizer="epoch",
+                      signal_tokenizer_width=tokenizer_width, width=width, depth=depth,
+                      heads=heads, mlp=mlp, norm="pre", proj_hidden=0, proj_dim=128, head_norm="batch", mask_fraction=0.15, dtype="bfloat16",
+                      # cuDNN flash attention on GPUs (BENCHMARKS.md has the measured gain), XLA's
+                      # attention elsewhere.
                       attention="auto",
                       # bf16 residual stream and norm outputs (float32 statistics), as MaxText
                       # keeps activations: the float32 stream's norms and adds were the largest

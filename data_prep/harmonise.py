@@ -11,7 +11,7 @@ Input is a dict {(modality, channel): Signal} of signals already in canonical un
 3. `heart_rate`, when requested and not recorded directly (or recorded but unusable), is derived
    from ECG R peaks (`signal.detect_r_peaks`, `signal.heart_rate_from_beats`);
 4. each usable channel is normalised per recording: robust median/IQR over its usable epochs, or
-   the fixed constants of modalities whose absolute level matters (SpO2, heart rate: the record's
+   the fixed constants of modalities whose absolute level matters (SpO2, heart rate: the `Modality`'s
    `fixed_scaling`); values are clipped to +-CLIP; masked epochs and masked channels are zeros with
    mask False.
 """

@@ -4,7 +4,7 @@ Checks run on each channel's raw samples at its native rate (in canonical units)
 (30-s epochs aligned with the hypnogram), plus an amplitude check on the filtered signal at the
 canonical rate. Every flagged epoch is masked (zeroed, mask false); a channel with too many flagged
 epochs, an invalid sampling rate or no data is masked as a whole. Nothing flagged is silently used.
-The per-modality thresholds are on each modality's record (`sleepjax.modalities`, `Modality.qc`).
+The per-modality thresholds are on each `Modality` (`sleepjax.modalities`, `Modality.qc`).
 
 Epoch flags (bit k of the per-epoch code; names as in the report):
 

@@ -4,10 +4,11 @@ Commands:
   synth      write a synthetic PSG cohort (EDF+ / NSRR XML / metadata CSV) to <workdir>/raw
   prep       convert a cohort (config.prep.raw_dir, default <workdir>/raw) into shards in
              <workdir>/data, with a QC report (qc.csv, qc.json); resumable
-  tokenizer  train the SentencePiece caption tokenizer on the training split, beside the shards
+  caption-tokenizer  train the SentencePiece caption tokenizer (SleepLM) on the training split,
+             beside the shards
   train      train (or resume) in <workdir>/train: Orbax checkpoints and TensorBoard logs
   eval       restore the latest checkpoint; linear-probe staging report in <workdir>/eval
-  demo       synth -> prep -> tokenizer -> train -> eval (in a separate process), smoke config
+  demo       synth -> prep -> caption-tokenizer -> train -> eval (in a separate process), smoke config
   bench      `sleepjax bench prep|read|data|step`: measurements as JSON in <workdir>/bench
   config     print the resolved config (`--diff`: only what differs from the preset)
   caption    SleepLM: generated captions per epoch of --recording=ID beside the references
@@ -49,7 +50,7 @@ REQUIRE_CONFIG = ("train",)  # no silent default: training a model needs a chose
 _QUIET = ("/orbax/", "/grain/", "/jax/", "/flax/", "/absl/")
 _PACKAGES = ("sleepjax", "data_prep", "launch", "tests")  # frames named in one-line errors
 # Config sections each command reads (its --help lists these); commands not named: every section.
-SECTIONS = {"synth": ("synthetic",), "prep": ("prep", "data"), "tokenizer": ("data", "text"),
+SECTIONS = {"synth": ("synthetic",), "prep": ("prep", "data"), "caption-tokenizer": ("data", "text"),
             "train": ("seed", "data", "text", "model", "objective", "optim", "mesh", "train"),
             "eval": ("seed", "data", "model", "mesh", "eval")}
 
@@ -109,7 +110,7 @@ def cmd_prep(config, workdir: str):
     print(f"shards + manifest: {manifest}")
 
 
-def cmd_tokenizer(config, workdir: str):
+def cmd_caption_tokenizer(config, workdir: str):
   from data_prep import prep  # pylint: disable=g-import-not-at-top
   path = prep.train_caption_tokenizer(config.data.dir or os.path.join(workdir, "data"),
                                       config.text.vocab_size)
@@ -149,7 +150,7 @@ def _show_captions(data_dir: str, n_epochs: int = 2):
 def cmd_demo(config, workdir: str):
   cmd_synth(config, workdir)
   cmd_prep(config, workdir)
-  cmd_tokenizer(config, workdir)
+  cmd_caption_tokenizer(config, workdir)
   _show_captions(config.data.dir or os.path.join(workdir, "data"))
   cmd_train(config, workdir)
   # Evaluation restores the checkpoint in a fresh process, as a researcher would.
@@ -206,8 +207,8 @@ def cmd_sweep_report(config, workdir: str):
   sweep_report.report(workdir)
 
 
-COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep, "tokenizer": cmd_tokenizer,
-            "train": cmd_train, "eval": cmd_eval,
+COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep,
+            "caption-tokenizer": cmd_caption_tokenizer, "train": cmd_train, "eval": cmd_eval,
             "demo": cmd_demo, "config": cmd_config, "sweep": cmd_sweep, "sweep-run": cmd_sweep_run,
             "sweep-report": cmd_sweep_report, "caption": cmd_caption}
 

@@ -149,10 +149,19 @@ def json_tuples(value):
   return value
 
 
+# (section, old key) -> new key: keys renamed since checkpoints were first written.
+RENAMED = {("model", "tokenizer"): "signal_tokenizer",
+           ("model", "tokenizer_width"): "signal_tokenizer_width"}
+
+
 def from_dict(d: dict) -> ml_collections.ConfigDict:
   """A config saved as JSON (a checkpoint's) -> ConfigDict; JSON lists become tuples. Keys a config
   saved before they existed lacks come from the shared base, so old checkpoints still restore."""
-  config = ml_collections.ConfigDict(json_tuples(d))
+  d = json_tuples(d)
+  for (section, old), new in RENAMED.items():
+    if old in d.get(section, {}):
+      d[section][new] = d[section].pop(old)
+  config = ml_collections.ConfigDict(d)
   known = "model" in config and "family" in config.model
   _fill(config, base(config.model.family if known else "sleep2vec"))
   return config

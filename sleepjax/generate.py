@@ -38,7 +38,7 @@ def restore_model(config, workdir: str):
     raise ValueError(f"captions need a SleepLM checkpoint (model.family='sleeplm'); the one in "
                      f"{workdir} is model.family={family!r}")
   if "tokenizer" not in r.manifest:
-    raise ValueError(f"{r.manifest['dir']}: no caption tokenizer; run `sleepjax tokenizer`")
+    raise ValueError(f"{r.manifest['dir']}: no caption tokenizer; run `sleepjax caption-tokenizer`")
   tokenizer = CaptionTokenizer(os.path.join(r.manifest["dir"], r.manifest["tokenizer"]["path"]))
   return (r.config, nnx.merge(r.graphdef, jax.device_get(r.params)), r.manifest, tokenizer,
           r.step)

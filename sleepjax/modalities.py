@@ -1,9 +1,9 @@
-"""Canonical modalities: one record per modality with everything that differs between them.
+"""Canonical modalities: one `Modality` per modality with everything that differs between them.
 
 Shared by `data_prep` (what records hold, how each channel is filtered, scaled and checked) and the
 models (what tokenizers expect). A run may use any subset; the manifest records which modalities,
-rates and channels its shards hold. Adding a modality is one `Modality` record here (plus its
-channel aliases in `data_prep/channel_maps/`): every field is required, so a record that leaves
+rates and channels its shards hold. Adding a modality is one `Modality` here (plus its
+channel aliases in `data_prep/channel_maps/`): every field is required, so a `Modality` that leaves
 one out fails when this module is imported.
 """
 

@@ -33,8 +33,8 @@ def test_table_reads_step_json_and_the_train_log(tmp_path):
       {"step_seconds": 0.0418, "mfu": 0.4512, "bytes_per_device": 3 * 2**30,
        "device_kind": "NVIDIA H100 80GB HBM3"}))
   (out / "e2e_train.log").write_text(
-      "I1126 metrics.py:23] [50] data_wait_frac=0.5, epochs_per_s=1000, mfu=0.1, steps_per_s=1\n"
-      "I1126 metrics.py:23] [100] data_wait_frac=0.0123, epochs_per_s=300000, "
+      "I1126 metrics.py:23] [50] data_wait_frac=0.5, sleep_epochs_per_s=1000, mfu=0.1, steps_per_s=1\n"
+      "I1126 metrics.py:23] [100] data_wait_frac=0.0123, sleep_epochs_per_s=300000, "
       "goodput/step=0.9, mfu=0.402, steps_per_s=20\n")
   r = _run(SCRIPT, out, "table")
   assert r.returncode == 0, r.stderr

@@ -113,3 +113,11 @@ def test_an_older_checkpoint_config_gains_the_new_keys_from_the_base(spec):
   restored = config_tools.from_dict(checkpoint._normalise(saved))  # pylint: disable=protected-access
   assert config_tools.flatten(restored) == config_tools.flatten(config)
   assert checkpoint.config_diff(restored.to_dict(), config.to_dict()) == {}
+
+
+def test_a_checkpoint_config_with_renamed_keys_restores_under_the_new_names():
+  """Configs saved before `model.tokenizer` became `model.signal_tokenizer` keep their choice."""
+  saved = {"model": {"family": "sleep2vec", "tokenizer": "epoch", "tokenizer_width": 16}}
+  config = config_tools.from_dict(saved)
+  assert config.model.signal_tokenizer == "epoch" and config.model.signal_tokenizer_width == 16
+  assert "tokenizer" not in config.model and "tokenizer_width" not in config.model

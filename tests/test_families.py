@@ -142,9 +142,9 @@ def test_ema_initial_weight_is_what_the_updates_leave_of_the_init():
   assert ema_initial_weight(c.train.steps, c.train.ema_momentum) < 0.01
 
 
-def _expected_params(width, depth, mlp, tokenizer_width, proj=128, modalities=NINE):
+def _expected_params(width, depth, mlp, signal_tokenizer_width, proj=128, modalities=NINE):
   """sleep2vec's parameter count from the architecture (not from the implementation)."""
-  d, dt = width, tokenizer_width or width
+  d, dt = width, signal_tokenizer_width or width
   total = 0
   for rate, channels in modalities.values():
     n_in = channels * rate * 30

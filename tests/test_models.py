@@ -55,7 +55,7 @@ def test_absent_channels_and_modalities_are_masked(tiny_config):
 @pytest.mark.parametrize("norm,tokenizer", [("pre", "epoch"), ("post", "epoch"), ("pre", "patch")])
 def test_masked_epochs_change_nothing_in_present_tokens(tiny_config, norm, tokenizer):
   """Absent epochs take no part in attention: their values cannot reach present tokens."""
-  model = build_model(_config(tiny_config, norm=norm, tokenizer=tokenizer), MODALITIES, seed=0)
+  model = build_model(_config(tiny_config, norm=norm, signal_tokenizer=tokenizer), MODALITIES, seed=0)
   rng = np.random.default_rng(2)
   signals, masks = _batch(rng, B=2, W=6)
   absent_BxW = np.zeros((2, 6), bool)
@@ -84,8 +84,8 @@ def test_any_subset_of_modalities(tiny_config):
     model.encode({**signals, "emg": signals["spo2"]}, {**masks, "emg": masks["spo2"]})
 
 
-@pytest.mark.parametrize("options", [dict(tokenizer="epoch"), dict(head_norm="layer"),
-                                     dict(tokenizer_width=16, norm="post")])
+@pytest.mark.parametrize("options", [dict(signal_tokenizer="epoch"), dict(head_norm="layer"),
+                                     dict(signal_tokenizer_width=16, norm="post")])
 def test_options_build_and_train(tiny_config, options):
   config = _config(tiny_config, **options)
   model = build_model(config, MODALITIES, seed=0)

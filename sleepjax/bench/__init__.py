@@ -87,7 +87,7 @@ def bench_read(config, workdir: str, passes: int = 3) -> dict:
     rates[name] = passes * len(order) / (time.perf_counter() - t0)
   epochs = manifest["segment_epochs"]
   result = {"what": "read", "records": len(native), "segment_epochs": epochs,
-            "records_per_s": rates, "epochs_per_s": {k: v * epochs for k, v in rates.items()},
+            "records_per_s": rates, "sleep_epochs_per_s": {k: v * epochs for k, v in rates.items()},
             "faster": max(rates, key=rates.get)}
   print("bench read: " + ", ".join(f"{k} {v:.0f} records/s ({v * epochs:.0f} epochs/s)"
                                    for k, v in rates.items()))
@@ -177,7 +177,7 @@ def _time_memmap(arrays: dict, modalities, batch: int, window: int, seconds: flo
     n += 1
   dt = time.perf_counter() - t0
   nbytes = sum(v.nbytes for v in out.values())
-  return {"epochs_per_s": n * batch * window / dt, "mb_per_s": n * nbytes / dt / 1e6}
+  return {"sleep_epochs_per_s": n * batch * window / dt, "mb_per_s": n * nbytes / dt / 1e6}
 
 
 def _dataset(manifest, shape: dict, threads: int, workers: int):
@@ -208,7 +208,7 @@ def _time_feed(manifest, shape: dict, *, seconds: float, threads: int, workers: 
   dt = time.perf_counter() - t0
   wait = it.take_wait()
   it.close()
-  return {"epochs_per_s": n * shape["batch"] * shape["window"] / dt, "data_wait_frac": wait / dt,
+  return {"sleep_epochs_per_s": n * shape["batch"] * shape["window"] / dt, "data_wait_frac": wait / dt,
           "step_ms": shape["step_ms"], "device": str(jax.devices()[0].device_kind)}
 
 
@@ -223,7 +223,7 @@ def _time_pipeline(manifest, shape: dict, *, seconds: float, threads: int, worke
     n += 1
   dt = time.perf_counter() - t0
   del it
-  return {"epochs_per_s": n * epochs / dt, "mb_per_s": n * nbytes / dt / 1e6,
+  return {"sleep_epochs_per_s": n * epochs / dt, "mb_per_s": n * nbytes / dt / 1e6,
           "keys": sorted(batch)}
 
 
@@ -251,28 +251,28 @@ def bench_data(config, workdir: str) -> dict:
                          workers=workers)
       cores_used = max(threads, workers)
       rows.append({"shape": name, "reader": "pipeline", "threads": threads, "workers": workers,
-                   **r, "per_core_epochs_per_s": r["epochs_per_s"] / min(cores_used, cores),
+                   **r, "per_core_epochs_per_s": r["sleep_epochs_per_s"] / min(cores_used, cores),
                    "vs_memmap": r["mb_per_s"] / base["mb_per_s"]})
       print(f"bench data: {name:<16} threads={threads:<2} workers={workers:<2} "
-            f"{r['epochs_per_s']:>9.0f} epochs/s {r['mb_per_s']:>7.0f} MB/s  "
+            f"{r['sleep_epochs_per_s']:>9.0f} epochs/s {r['mb_per_s']:>7.0f} MB/s  "
             f"{rows[-1]['vs_memmap']:.0%} of memmap ({base['mb_per_s']:.0f} MB/s)", flush=True)
     mine = [r for r in rows if r["shape"] == name and r["reader"] == "pipeline"]
-    top = max(mine, key=lambda r: r["epochs_per_s"])
-    best[name] = {k: top[k] for k in ("epochs_per_s", "mb_per_s", "vs_memmap", "threads",
+    top = max(mine, key=lambda r: r["sleep_epochs_per_s"])
+    best[name] = {k: top[k] for k in ("sleep_epochs_per_s", "mb_per_s", "vs_memmap", "threads",
                                       "workers")}
     feed = _time_feed(manifest, shape, seconds=settings["seconds"], threads=top["threads"],
                       workers=top["workers"])
     rows.append({"shape": name, "reader": "device_feed", "threads": top["threads"],
                  "workers": top["workers"], **feed})
     print(f"bench data: {name:<16} + device prefetch to {feed['device']}, simulated "
-          f"{feed['step_ms']} ms step: {feed['epochs_per_s']:.0f} epochs/s, data wait "
+          f"{feed['step_ms']} ms step: {feed['sleep_epochs_per_s']:.0f} epochs/s, data wait "
           f"{feed['data_wait_frac']:.1%}", flush=True)
-    one = next(r for r in mine if r["threads"] == 1 and r["workers"] == 0)["epochs_per_s"]
+    one = next(r for r in mine if r["threads"] == 1 and r["workers"] == 0)["sleep_epochs_per_s"]
     scaling[name] = {}
     for r in mine:  # efficiency: rate with k threads (or worker processes) / (k x rate with 1)
       kind, k = ("workers", r["workers"]) if r["workers"] else ("threads", r["threads"])
       if k > 1:
-        scaling[name][f"{kind}={k}"] = r["epochs_per_s"] / (k * one)
+        scaling[name][f"{kind}={k}"] = r["sleep_epochs_per_s"] / (k * one)
   return {"what": "data", "cores": cores, "settings": settings,
           "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
           "modalities": list(manifest["modalities"]), "segment_epochs": manifest["segment_epochs"],

@@ -66,7 +66,7 @@ def run(config, batch: int, window: int, steps: int, peak_tflops: float) -> dict
           "dtype": config.model.dtype, "params_M": sum(x.size for x in jax.tree.leaves(params)) / 1e6,
           "epochs_per_step": batch * window, "caption_len": config.data.caption_len,
           "compile_s": round(compile_s, 1), "step_s": round(step_s, 4),
-          "epochs_per_s": round(batch * window / step_s, 1),
+          "sleep_epochs_per_s": round(batch * window / step_s, 1),
           "tflops_per_s": round(flops / step_s / 1e12, 2),
           "mfu": round(flops / step_s / 1e12 / peak_tflops, 3) if peak_tflops else None,
           "peak_memory_GiB": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),

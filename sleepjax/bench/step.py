@@ -189,7 +189,7 @@ def bench_step(config, workdir: str) -> dict:
         "step_seconds": step_s, "step_seconds_blocking_median": statistics.median(times),
         "step_seconds_blocking": times, "loss": float(m["loss"]),
         "mfu": metrics.mfu(result["flops_per_step"], step_s),
-        "epochs_per_s": B * W / step_s,
+        "sleep_epochs_per_s": B * W / step_s,
         "tokens_per_s": B * W * result["modalities_per_batch"] / step_s})
     if PROFILE_STEPS.value:
       result["profile"] = _profile(compiled, state, batch, workdir)
@@ -220,7 +220,7 @@ def _print(r: dict):
           f"{r['devices']} x {r['device_kind']} mesh {r['mesh']}: compile {r['compile_seconds']:.1f} s, "
           f"{gib:.2f} GiB/device")
   if "step_seconds" in r:
-    line += f", step {r['step_seconds'] * 1e3:.1f} ms, {r['epochs_per_s']:.0f} epochs/s"
+    line += f", step {r['step_seconds'] * 1e3:.1f} ms, {r['sleep_epochs_per_s']:.0f} epochs/s"
     if r.get("mfu") is not None:
       line += f", MFU {r['mfu']:.1%}"
   if r.get("flops_per_step"):

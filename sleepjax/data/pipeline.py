@@ -264,7 +264,7 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   forever, random windows of `window` epochs, the last partial batch dropped. Otherwise one
   ordered pass over whole segments keeping the last partial batch. `sampling`: see
   `sleepjax.data.sampling`; `verify`: see `manifest.verify_shards`; `caption_len` > 0 adds the
-  epochs' captions of every group, tokenised with the manifest's tokenizer (`sleepjax tokenizer`);
+  epochs' captions of every group, tokenised with the manifest's tokenizer (`sleepjax caption-tokenizer`);
   `workers` > 0 moves batch assembly into worker processes (see BENCHMARKS.md);
   `subject_fraction` < 1 keeps a fixed subset of the split's subjects (`sampling.subject_subset`).
   `fields`: what the step reads beyond signals/masks (`FIELDS`; None = `DEFAULT_FIELDS`, plus
@@ -305,7 +305,7 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   if "captions" in fields:
     if "tokenizer" not in manifest:
       raise ValueError(f"{manifest['dir']}: captions requested but the manifest names no "
-                       "tokenizer; run `sleepjax tokenizer` first")
+                       "tokenizer; run `sleepjax caption-tokenizer` first")
     read.update(caption_groups=tuple(manifest["caption_groups"]), caption_len=caption_len,
                 tokenizer_path=os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
 

@@ -108,8 +108,8 @@ def tokenizer_flops(model_config, rate: int, channels: int) -> tuple[float, floa
   (matmuls that read the raw signal, the rest). The former need no input gradient in the
   backward pass (the signal is data), so training costs them 2x, not 3x, their forward FLOPs."""
   d = model_config.width
-  dt = model_config.tokenizer_width or d
-  if model_config.tokenizer == "epoch":
+  dt = model_config.signal_tokenizer_width or d
+  if model_config.signal_tokenizer == "epoch":
     n_in = channels * rate * EPOCH_SECONDS
     first, rest = 2 * (n_in * 2 * dt + n_in * dt), 2 * (2 * dt * dt)
   else:

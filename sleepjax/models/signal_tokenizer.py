@@ -1,8 +1,9 @@
 """Signal tokenizers: raw 30-s epochs of one modality -> one token per epoch (the caption
 tokenizer, SentencePiece over text, is `sleepjax.caption_tokenizer`).
 
-`EpochSignalTokenizer` is sleep2vec's (the default, `model.tokenizer="epoch"`);
-`PatchSignalTokenizer` is the earlier sub-epoch filter-bank tokenizer (`model.tokenizer="patch"`).
+`EpochSignalTokenizer` is sleep2vec's (`model.signal_tokenizer="epoch"`, the sleep2vec presets);
+`PatchSignalTokenizer` is a sub-epoch filter-bank tokenizer (`model.signal_tokenizer="patch"`,
+the base config and the CPU demo).
 Both zero absent channels before any weight sees them.
 """
 
@@ -74,10 +75,10 @@ class PatchSignalTokenizer(nnx.Module):
 
 
 def make_signal_tokenizer(config, rate: int, channels: int, d: int, *, dtype, rngs: nnx.Rngs):
-  if config.tokenizer == "epoch":
+  if config.signal_tokenizer == "epoch":
     return EpochSignalTokenizer(rate, channels, d, dtype=dtype, rngs=rngs,
                                 dropout=config.dropout)
-  if config.tokenizer == "patch":
+  if config.signal_tokenizer == "patch":
     return PatchSignalTokenizer(rate, channels, config.stem_features, d, config.patch_seconds,
                           dtype=dtype, rngs=rngs)
-  raise ValueError(f"model.tokenizer must be 'epoch' or 'patch', got {config.tokenizer!r}")
+  raise ValueError(f"model.signal_tokenizer must be 'epoch' or 'patch', got {config.signal_tokenizer!r}")

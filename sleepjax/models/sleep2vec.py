@@ -102,7 +102,7 @@ class Sleep2Vec(nnx.Module):
   def __init__(self, modalities: dict[str, tuple[int, int]], config, *, rngs: nnx.Rngs):
     dtype = DTYPES[config.dtype]
     d = config.width
-    dt = config.tokenizer_width or d
+    dt = config.signal_tokenizer_width or d
     self.names = tuple(modalities)
     token_proj = config.token_proj
     if token_proj not in ("auto", "always"):

@@ -251,7 +251,7 @@ class MetricLogger(Hook):
     last = self.means.pop()
     last.update({
         "steps_per_s": n / dt, "examples_per_s": n * self.global_batch / dt,
-        "epochs_per_s": n * self.global_batch * self.window / dt,
+        "sleep_epochs_per_s": n * self.global_batch * self.window / dt,
         "tokens_per_s": tokens / dt, "data_wait_frac": data_s / dt,
         "skipped_total": self.skipped_total()})
     if self.flops:
