@@ -97,7 +97,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict()
   c.objective.loss = "dash"  # dash (DAS-H InfoNCE) | info_nce (w = 1, h = 0)
   c.objective.pair_strategy = "all_pairs"  # pair_first | all_pairs | leave_one_out
-  c.objective.negatives = "per_step"  # per_step (B x B per epoch position) | all_tokens
+  c.objective.negatives = "per_step"  # per_step (B x B per epoch position) | all_tokens | within_window (W x W, one night) | every_token (B*W, same night included); the last two: loss=info_nce
   c.objective.temperature = 0.2  # InfoNCE temperature
   c.objective.hard_scale = 0.1  # same-night negatives: logit - hard_scale / T
   c.objective.sigma_age = 20.0  # DAS-H: age kernel width (years)

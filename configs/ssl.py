@@ -7,7 +7,7 @@ their own montage, gain drift, noise and a planted site-stage artefact, per-subj
 train split of every site and never a stage label; probes are fitted on few labels of sites a + b
 and scored on the held-out subjects of site c (and in-site on every site's test subjects).
 
-`:tiny` is the size the tests use (seconds per stage, numbers meaningless).
+`configs/ssl.py:tiny` is the size the tests use (seconds per stage, numbers meaningless).
 """
 
 import ml_collections
@@ -21,7 +21,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
   c.eval.train_sites = ("site-a", "site-b")
   c.eval.test_sites = ("site-c",)
-  c.eval.tasks = ("few_shot", "site", "audit")
+  c.eval.tasks = ("few_shot", "site", "audit", "bandpower")
   c.train.steps, c.train.checkpoint_every = 300, 100
   c.ssl.pretrain_seeds = (0, 1, 2)
   if arg == "tiny":

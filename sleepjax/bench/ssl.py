@@ -8,7 +8,7 @@ synth -> prep -> pretrain (one run per `ssl.pretrain_seeds`) -> evaluate, all re
 
 Encoders compared with the same linear probes and label draws (`sleepjax.evaluate.tasks`'s
 `few_shot` and `site`): the pretrained encoder, the same network at its random init (per seed) and
-a classic EEG band-power featuriser (`sleepjax.evaluate.bandpower`). "in-site": probe on the train
+a classic EEG band-power featuriser (the `bandpower` eval task). "in-site": probe on the train
 split's subjects of every site, scored on the test split's; "held-out site": probe on
 `eval.train_sites`, scored on the test subjects of `eval.test_sites`. Pretraining never reads a
 stage label. Each number: the mean over pretraining seeds of the mean over `eval.seeds` label draws;
@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from sleepjax.evaluate import audit, bandpower, metrics, run as eval_run, tasks as tasks_lib
+from sleepjax.evaluate import audit, metrics, run as eval_run
 from sleepjax.train import checkpoint
 
 PROBES = {"in-site": ("few_shot", lambda r: r), "held-out site": ("site", lambda r: r["curve"])}
@@ -64,14 +64,6 @@ def _audit_row(report: dict) -> dict:
           **{enc: {t: a[enc][t]["balanced_accuracy"] for t in a["targets"]}
              for enc in report["encoders"]},
           "chance": {t: a[report["encoders"][0]][t]["chance"] for t in a["targets"]}}
-
-
-def _bandpower_report(config, manifest: dict, modalities) -> dict:
-  def embed_fn(name, split, subset):
-    del name, subset
-    return bandpower.table(manifest, split, config)
-  ctx = tasks_lib.Context(config, manifest, list(modalities), ["bandpower"], embed_fn)
-  return {"few_shot": tasks_lib.few_shot(ctx), "site": tasks_lib.site(ctx)}
 
 
 def _runs(task_reports: list[dict], encoder: str, probe: str, fraction: str) -> list[float]:
@@ -130,7 +122,6 @@ def format_rows(rows: list[dict]) -> str:
 
 def bench_ssl(config, workdir: str) -> dict:
   """See the module docstring; returns what W/bench/ssl.json holds."""
-  from sleepjax.data.manifest import read_manifest  # pylint: disable=g-import-not-at-top
   seeds = list(config.ssl.pretrain_seeds)
   ssl_dir = _run_dir(workdir, seeds[0], seeds[0])
   _prepare(config, ssl_dir)
@@ -142,11 +133,11 @@ def bench_ssl(config, workdir: str) -> dict:
     c.seed, c.data.dir = seed, data
     _pretrain(c, run_dir)
     steps = _audit_over_steps(c, run_dir) if seed == seeds[0] else []
-    final = _eval(c, run_dir, ("few_shot", "site", "audit"))  # last: W/ssl/eval is this report
+    tasks = ("few_shot", "site", "audit") + (("bandpower",) if seed == seeds[0] else ())
+    final = _eval(c, run_dir, tasks)  # last: W/ssl/eval is this report
     audits[str(seed)] = steps + [_audit_row(final)]
     seed_reports.append(final["tasks"])
-  manifest = read_manifest(data)
-  baseline = _bandpower_report(config, manifest, manifest["modalities"])
+  baseline = seed_reports[0].pop("bandpower")
   rows = summarise(seed_reports, baseline, config.eval.fractions)
   print("bench ssl: test macro-F1, mean over pretraining seeds ± sd over every run\n"
         + format_rows(rows))
@@ -160,3 +151,24 @@ def bench_ssl(config, workdir: str) -> dict:
           "synthetic": config.synthetic.to_dict(), "train_sites": list(config.eval.train_sites),
           "test_sites": list(config.eval.test_sites), "rows": rows, "targets": targets(rows),
           "audit": audits, "bandpower": baseline}
+
+
+def table_of_runs(run_dirs: list[str]) -> str:
+  """The rows and the final-checkpoint audit (mean ± sd over runs) of some evaluated workdirs,
+  one pretraining seed each (`benchmarks/ssl_recipe.sh`)."""
+  import json  # pylint: disable=g-import-not-at-top
+  reports = [json.loads(open(os.path.join(d, "eval", "report.json")).read()) for d in run_dirs]
+  fractions = sorted({float(f) for r in reports for f in r["tasks"]["few_shot"]["pretrained"]})
+  lines = [format_rows(summarise([r["tasks"] for r in reports], {}, fractions))]
+  for enc in ("pretrained", "random_init"):
+    cells = []
+    for t in audit.TARGETS:
+      v = metrics.mean_sd([r["tasks"]["audit"][enc][t]["balanced_accuracy"] for r in reports])
+      cells.append(f"{t} {v['mean']:.3f}±{v['sd']:.3f}")
+    lines.append(f"audit {enc:<12} " + ", ".join(cells))
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=g-import-not-at-top
+  print(table_of_runs(sys.argv[1:]))

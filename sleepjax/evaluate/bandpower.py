@@ -1,6 +1,6 @@
 """The classic baseline of the self-supervised benchmark: per-epoch EEG band powers (the features
 hand-crafted stagers such as YASA start from), as an embedding table the probe tasks read like an
-encoder's.
+encoder's. The `bandpower` eval task runs the `few_shot` and `site` probes on it.
 
 Features per EEG channel, from the periodogram of each 30-s epoch of the stored (per-night
 normalised) signal the encoders also see: log power in the delta, theta, alpha, sigma and beta
@@ -10,6 +10,7 @@ bands, the same powers relative to their sum, and the log total. Masked channels
 import numpy as np
 
 from sleepjax.data import pipeline
+from sleepjax.evaluate import tasks as tasks_lib
 from sleepjax.evaluate.embed import LABELS
 
 BANDS = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 12.0), "sigma": (12.0, 15.0),
@@ -48,3 +49,15 @@ def table(manifest: dict, split: str, config, modality: str = "eeg") -> dict | N
   out = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
   order = np.lexsort((out["epoch_index"][:, 0], out["recording"]))
   return {k: v[order] for k, v in out.items()}
+
+
+def baseline(ctx) -> dict:
+  """`few_shot` and `site` (same probes, label draws and splits) on band-power features."""
+  if "eeg" not in ctx.modalities:
+    return {"skipped": "no EEG in this run's modalities"}
+  sub = tasks_lib.Context(ctx.config, ctx.manifest, ctx.modalities, ["bandpower"],
+                          lambda name, split, subset: table(ctx.manifest, split, ctx.config))
+  return {"few_shot": tasks_lib.few_shot(sub), "site": tasks_lib.site(sub)}
+
+
+TASKS = {"bandpower": baseline}

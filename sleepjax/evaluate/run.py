@@ -10,10 +10,10 @@ import time
 import jax
 from absl import logging
 
-from sleepjax.evaluate import (audit, baselines, embed, finetune, reports, sequence, sleeplm,
+from sleepjax.evaluate import (audit, bandpower, baselines, embed, finetune, reports, sequence, sleeplm,
                                tasks as tasks_lib)
 
-ALL_TASKS = {**tasks_lib.TASKS, **audit.TASKS, **sequence.TASKS, **baselines.TASKS,
+ALL_TASKS = {**tasks_lib.TASKS, **audit.TASKS, **bandpower.TASKS, **sequence.TASKS, **baselines.TASKS,
              **sleeplm.TASKS, **finetune.TASKS}
 
 
