@@ -79,7 +79,7 @@ def test_bench_ssl_end_to_end(tmp_path):
   assert {r["probe"] for r in out["rows"]} == {"in-site", "held-out site"}
   assert [a["step"] for a in out["audit"]["0"]][-1] == 4
   report = json.loads((tmp_path / "ssl" / "eval" / "report.json").read_text())
-  assert set(report["tasks"]) == {"few_shot", "site", "audit"}
+  assert set(report["tasks"]) == {"few_shot", "site", "audit", "bandpower"}
   from sleepjax import api  # pylint: disable=g-import-not-at-top
   model = api.load(str(tmp_path / "ssl"))
   night = model.embed(str(next((tmp_path / "ssl" / "raw" / "edf").glob("*.edf"))))
