@@ -21,6 +21,7 @@ def test_configs():
     assert c.synthetic.hard and c.synthetic.n_sites == 3
     assert set(c.eval.train_sites).isdisjoint(c.eval.test_sites)
     assert {"audit", "bandpower"} <= set(c.eval.tasks)
+    assert c.data.modality_sampling == "pair_first" and "eeg+spo2" in c.data.pair_weights
   assert len(full.ssl.pretrain_seeds) >= 3 and tiny.train.steps < full.train.steps
   with pytest.raises(ValueError, match="unknown arg"):
     load_config(f"{REPO / 'configs' / 'ssl.py'}:huge")
