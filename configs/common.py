@@ -98,7 +98,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict()
   c.objective.loss = "dash"  # dash (DAS-H InfoNCE) | info_nce (w = 1, h = 0)
   c.objective.pair_strategy = "all_pairs"  # pair_first | all_pairs | leave_one_out
-  c.objective.negatives = "per_step"  # per_step (B x B per epoch position) | all_tokens
+  c.objective.negatives = "per_step"  # per_step (B x B per epoch position) | all_tokens | within_window (W x W, one night) | every_token (B*W, same night included); the last two: loss=info_nce
   c.objective.temperature = 0.2  # InfoNCE temperature
   c.objective.hard_scale = 0.1  # same-night negatives: logit - hard_scale / T
   c.objective.sigma_age = 20.0  # DAS-H: age kernel width (years)
@@ -162,6 +162,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.event_min_iou = 0.2  # events task: overlap that makes a predicted event a hit
   c.eval.event_thresholds = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # events task: detector thresholds (chosen on val)
   c.eval.ridge_alphas = (0.1, 1.0, 10.0, 100.0, 1000.0)  # clinical task: ridge penalties (chosen on val)
+  c.eval.audit_seed = 0  # audit task: seed of the random half of epochs the probes are fitted on
+  c.eval.audit_time_bins = 4  # audit task: time-of-night classes (equal parts of each night)
   c.eval.retrieval_pool = 256  # test epochs per retrieval pool (chance R@1 = 1 / pool)
   c.eval.retrieval_ks = (1, 5, 10)  # retrieval task: recall@k reported
   c.eval.finetune_steps = 200  # supervised (from scratch) / finetune (frozen tokenizers) steps
@@ -189,6 +191,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.caption_eval_epochs = 32  # `sleeplm` eval task: test epochs captioned and scored
   c.eval.caption_eval_group = "all"  # `sleeplm` eval task: caption group(s) generated and scored
   c.eval.caption_examples = 6  # `sleeplm` eval task: example captions in the report
+
+  c.ssl = ml_collections.ConfigDict()  # `sleepjax bench ssl` (configs/ssl.py)
+  c.ssl.pretrain_seeds = (0,)  # `sleepjax bench ssl`: pretraining runs (W/ssl: the first seed, W/ssl-seed<n>: the others)
 
   c.bench = ml_collections.ConfigDict()  # `sleepjax bench data`: its synthetic cohort and rows
   c.bench.subjects = 8  # `sleepjax bench data`: synthetic subjects prepared for the benchmark

@@ -9,7 +9,7 @@ Commands:
   train      train (or resume) in <workdir>/train: Orbax checkpoints and TensorBoard logs
   eval       restore the latest checkpoint; linear-probe staging report in <workdir>/eval
   demo       synth -> prep -> caption-tokenizer -> train -> eval (in a separate process), smoke config
-  bench      `sleepjax bench prep|read|data|step`: measurements as JSON in <workdir>/bench
+  bench      `sleepjax bench prep|read|data|step|ssl`: measurements as JSON in <workdir>/bench
   config     print the resolved config (`--diff`: only what differs from the preset)
   caption    SleepLM: generated captions per epoch of --recording=ID beside the references
   sweep      expand a sweep file (configs/sweeps/*.py) into <workdir>/runs/<name>/ and run it:

@@ -72,6 +72,39 @@ def test_all_tokens_never_uses_same_recording_tokens_as_plain_negatives():
   np.testing.assert_allclose(float(loss), total / (B * W), rtol=1e-5)
 
 
+def _reference(za, zb, keep_fn, valid=None):
+  """Symmetric InfoNCE of each valid token against the valid tokens `keep_fn(i)` allows."""
+  valid = np.ones(len(za), bool) if valid is None else valid
+  total = 0.0
+  for i in np.flatnonzero(valid):
+    keep = keep_fn(i) & valid
+    for q, keys in ((za[i], zb), (zb[i], za)):
+      logits = keys[keep] @ q / 0.2
+      pos = int(np.flatnonzero(np.flatnonzero(keep) == i)[0])
+      total += 0.5 * (np.log(np.exp(logits).sum()) - logits[pos])
+  return total / valid.sum()
+
+
+@pytest.mark.parametrize("negatives", ["within_window", "every_token"])
+def test_within_window_and_every_token_negatives(negatives):
+  rng = np.random.default_rng(5)
+  B, W = 3, 4
+  z = _unit(rng.normal(size=(B, 2, W, 8)))
+  present = np.ones((B, 2, W), bool)
+  present[1, 0, 2] = False  # one token missing in one modality: neither a row nor a negative
+  loss, _ = contrastive_loss(jnp.asarray(z), jnp.asarray(present), _meta(B),
+                             _objective(negatives=negatives, pair_strategy="pair_first"))
+  za, zb = z[:, 0].reshape(B * W, 8), z[:, 1].reshape(B * W, 8)
+  rec = np.repeat(np.arange(B), W)
+  keep = (lambda i: rec == rec[i]) if negatives == "within_window" else (
+      lambda i: np.ones(B * W, bool))
+  valid = (present[:, 0] & present[:, 1]).reshape(-1)
+  np.testing.assert_allclose(float(loss), _reference(za, zb, keep, valid), rtol=1e-5)
+  with pytest.raises(ValueError, match="needs objective.loss='info_nce'"):
+    from sleepjax.objectives import infonce  # pylint: disable=g-import-not-at-top
+    infonce.check(_objective(negatives=negatives, loss="dash"))
+
+
 def test_aligned_pairs_have_low_loss_and_perfect_retrieval():
   z = _unit(np.random.default_rng(1).normal(size=(16, 1, 32)))
   zz = jnp.asarray(np.stack([z, z], 1))

@@ -7,6 +7,9 @@
   step   the jitted train step on synthetic batches: compile time, step time, MFU, memory per
          device; `--aot_devices=N` compiles for N devices, `--profile_steps=N` traces N steps and
          writes bench/profile_ops.json (device time by kernel category and op; sleepjax/profile.py)
+  ssl    self-supervised benchmark (`--config=configs/ssl.py`): synth, prep, pretraining, then
+         pretrained vs random-init vs EEG band-power probes at few labels, in-site and on a
+         held-out site, and the representation audit over checkpoints (`sleepjax/bench/ssl.py`)
 
   Every benchmark lives in this package, above the layers it measures: `step.py` (`bench step`),
   `pair_first.py` (pair-first vs all-modality loss compute: `python -m sleepjax.bench.pair_first`),
@@ -251,7 +254,7 @@ def bench_data(config, workdir: str) -> dict:
                          workers=workers)
       cores_used = max(threads, workers)
       rows.append({"shape": name, "reader": "pipeline", "threads": threads, "workers": workers,
-                   **r, "per_core_epochs_per_s": r["sleep_epochs_per_s"] / min(cores_used, cores),
+                   **r, "per_core_sleep_epochs_per_s": r["sleep_epochs_per_s"] / min(cores_used, cores),
                    "vs_memmap": r["mb_per_s"] / base["mb_per_s"]})
       print(f"bench data: {name:<16} threads={threads:<2} workers={workers:<2} "
             f"{r['sleep_epochs_per_s']:>9.0f} epochs/s {r['mb_per_s']:>7.0f} MB/s  "
@@ -286,7 +289,15 @@ def bench_step(config, workdir: str) -> dict:
   return step.bench_step(config, workdir)
 
 
-BENCHMARKS = {"prep": bench_prep, "read": bench_read, "data": bench_data, "step": bench_step}
+def bench_ssl(config, workdir: str) -> dict:
+  """Pretrained vs random-init vs band-power encoders on a self-supervised benchmark: see
+  `sleepjax.bench.ssl`."""
+  from sleepjax.bench import ssl  # pylint: disable=g-import-not-at-top
+  return ssl.bench_ssl(config, workdir)
+
+
+BENCHMARKS = {"prep": bench_prep, "read": bench_read, "data": bench_data, "step": bench_step,
+              "ssl": bench_ssl}
 
 
 def run(what: str, config, workdir: str) -> pathlib.Path:

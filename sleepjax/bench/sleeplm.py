@@ -64,7 +64,7 @@ def run(config, batch: int, window: int, steps: int, peak_tflops: float) -> dict
   stats = jax.devices()[0].memory_stats() or {}
   return {"device": jax.devices()[0].device_kind, "size": config.model.size,
           "dtype": config.model.dtype, "params_M": sum(x.size for x in jax.tree.leaves(params)) / 1e6,
-          "epochs_per_step": batch * window, "caption_len": config.data.caption_len,
+          "sleep_epochs_per_step": batch * window, "caption_len": config.data.caption_len,
           "compile_s": round(compile_s, 1), "step_s": round(step_s, 4),
           "sleep_epochs_per_s": round(batch * window / step_s, 1),
           "tflops_per_s": round(flops / step_s / 1e12, 2),

@@ -225,3 +225,10 @@ def mean_sd(values) -> dict:
   return {"mean": float(v.mean()) if len(v) else float("nan"),
           "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v)),
           "values": [float(x) for x in v]}
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+  """Mean recall over the classes present in y_true (labels < 0 ignored): chance is 1 / classes."""
+  cm = confusion(y_true, y_pred, n_classes)
+  support = cm.sum(1)
+  return float(np.mean(np.diag(cm)[support > 0] / support[support > 0]))

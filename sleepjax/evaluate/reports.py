@@ -153,6 +153,13 @@ def markdown(report: dict, images: dict[str, str]) -> str:
       body = (f"Probe trained on {', '.join(s['train_sites'])}, tested on "
               f"{', '.join(s['test_sites'])} (macro-F1).\n\n" + markdown_table(rows))
     md.append(_section("Cross-site staging", body))
+  if "audit" in t:
+    a = t["audit"]
+    rows = [{"target": k, **{e: a[e][k]["balanced_accuracy"] for e in report["encoders"] if e in a},
+             "chance": a[report["encoders"][0]][k]["chance"]} for k in a["targets"]]
+    md.append(_section("Representation audit (balanced accuracy, linear probe)",
+                       "Fitted on a random half of all epochs (every split), scored on the other "
+                       "half.\n\n" + markdown_table(rows)))
   if "robustness" in t:
     r = t["robustness"]
     rows = [{"subset": sub, **{e: next(x["macro_f1"] for x in r[e] if x["subset"] == sub)

@@ -145,7 +145,8 @@ def flops(config, modalities: dict[str, tuple[int, int]], global_batch: int, win
   n_pairs = {"pair_first": 1, "all_pairs": n_enc * (n_enc - 1) // 2,
              "leave_one_out": n_enc}[obj.pair_strategy]
   B = global_batch
-  logits = 2 * B * B * W * proj if obj.negatives == "per_step" else 2 * (B * W) ** 2 * proj
+  logits = {"per_step": 2 * B * B * W, "within_window": 2 * B * W * W}.get(
+      obj.negatives, 2 * (B * W) ** 2) * proj
   return B * W * (3 * n_enc * per_token + tok_total) + 3 * n_pairs * logits
 
 

@@ -9,6 +9,11 @@ Negatives (`objective.negatives`):
   all_tokens     all N = B*W tokens of the batch; tokens of the same recording (other epochs of
                  the same window included) are never plain negatives: DAS-H marks them hard with
                  weight eps, plain InfoNCE excludes them
+  within_window  only the other epochs of the same window (W x W per window, one night): what
+                 tells a night from another (subject, site, device) cannot solve it, only what
+                 changes within the night can (plain weights; needs loss=info_nce)
+  every_token    all N = B*W tokens, the same night's other epochs plain negatives too (across
+                 and within nights; needs loss=info_nce)
 Loss (`objective.loss`): `dash` (metadata weights, `sleepjax.objectives.dash`) or `info_nce`
 (w = 1, h = 0).
 """
@@ -21,7 +26,8 @@ import jax.numpy as jnp
 from sleepjax.objectives.dash import dash_info_nce_with_accuracy, dash_weights, plain_weights
 
 STRATEGIES = ("pair_first", "all_pairs", "leave_one_out")
-NEGATIVES = ("per_step", "all_tokens")
+NEGATIVES = ("per_step", "all_tokens", "within_window", "every_token")
+PLAIN_ONLY = ("within_window", "every_token")  # negatives without metadata weights
 LOSSES = ("dash", "info_nce")
 
 
@@ -29,6 +35,8 @@ def check(objective):
   for key, allowed in (("pair_strategy", STRATEGIES), ("negatives", NEGATIVES), ("loss", LOSSES)):
     if getattr(objective, key) not in allowed:
       raise ValueError(f"objective.{key}={getattr(objective, key)!r}; choose from {allowed}")
+  if objective.negatives in PLAIN_ONLY and objective.loss != "info_nce":
+    raise ValueError(f"objective.negatives={objective.negatives!r} needs objective.loss='info_nce'")
 
 
 def metadata_fields(objective) -> tuple[str, ...]:
@@ -43,7 +51,12 @@ def _dash_kwargs(objective) -> dict:
 
 
 def negative_weights(batch: dict, B: int, W: int, objective) -> tuple[jax.Array, jax.Array]:
-  """(w, h): [B, B] for per-step negatives, [B*W, B*W] (token n = b*W + l) for all_tokens."""
+  """(w, h): [B, B] for per-step negatives, [B*W, B*W] (token n = b*W + l) for all_tokens and
+  every_token, [W, W] for within_window."""
+  if objective.negatives == "within_window":
+    return plain_weights(W)
+  if objective.negatives == "every_token":
+    return plain_weights(B * W)
   if objective.negatives == "per_step":
     if objective.loss == "info_nce":
       return plain_weights(B)
@@ -68,9 +81,12 @@ def contrastive_loss(z_BxMxWxP: jax.Array, present_BxMxW: jax.Array, batch: dict
   w, h = negative_weights(batch, B, W, objective)
 
   def pair(za_BxWxP, zb_BxWxP, valid_BxW):
-    if objective.negatives == "all_tokens":
+    if objective.negatives in ("all_tokens", "every_token"):
       za_BxWxP, zb_BxWxP = za_BxWxP.reshape(B * W, 1, P), zb_BxWxP.reshape(B * W, 1, P)
       valid_BxW = valid_BxW.reshape(B * W, 1)
+    elif objective.negatives == "within_window":  # windows play the epoch positions' part
+      za_BxWxP, zb_BxWxP = za_BxWxP.swapaxes(0, 1), zb_BxWxP.swapaxes(0, 1)
+      valid_BxW = valid_BxW.T
     loss, acc = dash_info_nce_with_accuracy(za_BxWxP, zb_BxWxP, w, h, objective.temperature,
                                             objective.hard_scale, valid_BxW)
     return loss, acc, valid_BxW.any()
