@@ -12,15 +12,18 @@ from sleepjax.models.sleeplm.decode import caption_epochs
 def caption_night(api_model, signals: dict, masks: dict, *, group: str = "stage_event",
                   max_len: int = 48, beams: int = 1) -> list[dict[str, str]]:
   """`sleepjax.api.Model.caption`: one {group: text} per epoch of a prepared night."""
+  tokenizer = tokenizer_of(api_model.config, api_model.workdir)
+  model = nnx.merge(api_model.graphdef, jax.device_get(api_model.params))
+  return caption_epochs(model, tokenizer, signals, masks, group, max_len=max_len, beams=beams)
+
+
+def tokenizer_of(config, workdir):
+  """The caption tokenizer of a checkpoint's data (`data.dir`, else <workdir>/data)."""
   import os  # pylint: disable=g-import-not-at-top
   from sleepjax.data.manifest import read_manifest  # pylint: disable=g-import-not-at-top
   from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
-  config = api_model.config
-  data = config.data.dir or os.path.join(str(api_model.workdir), "data")
-  manifest = read_manifest(data)
-  tokenizer = CaptionTokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
-  model = nnx.merge(api_model.graphdef, jax.device_get(api_model.params))
-  return caption_epochs(model, tokenizer, signals, masks, group, max_len=max_len, beams=beams)
+  manifest = read_manifest(config.data.dir or os.path.join(str(workdir), "data"))
+  return CaptionTokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
 
 
 def restore_model(config, workdir: str):
@@ -96,4 +99,52 @@ def format_captions(report: dict) -> str:
   for r in report["rows"]:
     lines.append(f"epoch {r['epoch']:>4} {r['group']:<12} gen: {r['generated']}")
     lines.append(f"{'':<23} ref: {r['reference']}")
+  return "\n".join(lines)
+
+
+def query_recording(config, workdir: str, recording: str | None, text: str, *, k: int = 5,
+                    out_dir: str | None = None) -> dict:
+  """`sleepjax query`: where in a prepared recording `text` is (`api.Model.search` on its
+  shards' arrays); a PNG (hypnogram, similarity, annotated events) in `out_dir` (default
+  <workdir>/query)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  from sleepjax import api  # pylint: disable=g-import-not-at-top
+  from sleepjax.data.manifest import read_manifest  # pylint: disable=g-import-not-at-top
+  from sleepjax.evaluate import plots, search  # pylint: disable=g-import-not-at-top
+  from sleepjax.modalities import EVENTS, STAGES  # pylint: disable=g-import-not-at-top
+  model = api.load(workdir)
+  manifest = read_manifest(model.config.data.dir or os.path.join(workdir, "data"))
+  recording, recs = recording_records(manifest, recording)
+  names = [m for m in model.modalities if f"sig/{m}" in recs[0]]
+  join = lambda key: np.concatenate([a[key] for a in recs])  # pylint: disable=unnecessary-lambda-assignment
+  stages, raster = join("stage"), join("events").astype(np.int64)
+  night = model.embed_prepared({m: join(f"sig/{m}") for m in names},
+                               {m: join(f"mask/{m}") for m in names}, {"stages": stages})
+  found = model.search(night, text, k=k)
+  events = search.targets(stages, raster)
+  events = {e: events[e] for e in EVENTS if events[e].any()}
+  out_dir = out_dir or os.path.join(workdir, "query")
+  os.makedirs(out_dir, exist_ok=True)
+  slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "query"
+  png = os.path.join(out_dir, f"{recording}_{slug}.png")
+  title = f"{recording}: \"{text}\" (checkpoint step {model.step})"
+  if not plots.search_figure(stages, STAGES, found.similarity, events, found.moments, title, png):
+    png = None
+  return {"recording": recording, "text": text, "step": model.step, "search": found,
+          "stages": stages, "events": events, "png": png}
+
+
+def format_query(result: dict) -> str:
+  from sleepjax.modalities import STAGES  # pylint: disable=g-import-not-at-top
+  lines = [f"\"{result['text']}\" in {result['recording']} (checkpoint step {result['step']}): "
+           "top moments by cosine similarity"]
+  for m in result["search"].moments:
+    stage = int(result["stages"][m.epoch])
+    ev = [e for e, flags in result["events"].items() if flags[m.epoch]]
+    lines.append(f"  {m.clock}  epoch {m.epoch:>4}  similarity {m.similarity:+.3f}  scored "
+                 f"{STAGES[stage] if stage >= 0 else '-'}"
+                 + (f", annotated: {', '.join(ev)}" if ev else ""))
+  if result["png"]:
+    lines.append(f"figure: {result['png']}")
   return "\n".join(lines)

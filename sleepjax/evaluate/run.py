@@ -10,11 +10,11 @@ import time
 import jax
 from absl import logging
 
-from sleepjax.evaluate import (baselines, embed, finetune, reports, sequence, sleeplm,
+from sleepjax.evaluate import (baselines, embed, finetune, reports, search, sequence, sleeplm,
                                tasks as tasks_lib)
 
 ALL_TASKS = {**tasks_lib.TASKS, **sequence.TASKS, **baselines.TASKS, **sleeplm.TASKS,
-             **finetune.TASKS}
+             **search.TASKS, **finetune.TASKS}
 
 
 def _task_names(config) -> list[str]:
