@@ -140,10 +140,10 @@ def test_dependence_on_a_tiny_trained_checkpoint(workdir):
 
 def test_top_moments_one_per_episode():
   from sleepjax.evaluate import search  # pylint: disable=g-import-not-at-top
-  sim = np.array([0.1, 0.9, 0.8, np.nan, 0.2, 0.7, 0.0])
-  got = search.top_moments(sim, k=3, gap=1)
-  assert [m.epoch for m in got] == [1, 5, 6] and got[0].clock == "+00:00:30"
-  assert [m.offset_s for m in got] == [30, 150, 180]
+  sim = np.array([0.1, 0.9, 0.8, np.nan, 0.2, 0.7, 0.0, 0.3])
+  got = search.top_moments(sim, k=3, gap=1)  # 2 and 4 neighbour a higher epoch
+  assert [m.epoch for m in got] == [1, 5, 7] and got[0].clock == "+00:00:30"
+  assert [m.offset_s for m in got] == [30, 150, 210]
 
 
 def test_search_ranks_the_planted_event_first(workdir):
