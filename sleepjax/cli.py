@@ -173,11 +173,12 @@ def cmd_caption(config, workdir: str):
 
 def cmd_query(config, workdir: str):
   """SleepLM: where in --recording=ID --text="..." is: top moments, a PNG in <workdir>/query."""
-  from sleepjax import generate  # pylint: disable=g-import-not-at-top
+  from sleepjax import query  # pylint: disable=g-import-not-at-top
   if not _TEXT.value:
     raise ValueError("query needs --text=\"what to look for\"")
-  print(generate.format_query(generate.query_recording(config, workdir, _RECORDING.value,
-                                                       _TEXT.value, k=_TOP_K.value)))
+  del config  # the checkpoint's own config decides
+  print(query.format_query(query.query_recording(workdir, _RECORDING.value, _TEXT.value,
+                                                 k=_TOP_K.value)))
 
 
 def cmd_config(config, workdir: str | None = None):
