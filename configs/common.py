@@ -190,6 +190,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.caption_stride = 1  # `sleepjax caption`: every n-th epoch from the first
   c.eval.caption_eval_epochs = 32  # `sleeplm` eval task: test epochs captioned and scored
   c.eval.caption_eval_group = "all"  # `sleeplm` eval task: caption group(s) generated and scored
+  c.eval.conditioning_epochs = 256  # `sleeplm` eval task: test epochs of the conditioning measures
   c.eval.caption_examples = 6  # `sleeplm` eval task: example captions in the report
 
   c.ssl = ml_collections.ConfigDict()  # `sleepjax bench ssl` (configs/ssl.py)

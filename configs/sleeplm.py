@@ -54,6 +54,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.model.signal.patch = 16  # samples per patch (16 = 0.25 s at 64 Hz)
   c.model.signal.conv_dim = 256 if width >= 256 else width  # Conv1d patch features
   c.model.signal.decoder_tokens = 32  # pooled tokens the decoders attend to
+  c.model.signal.decoder_memory = "pooled"  # decoder memory: pooled, pooled+channels or pooled+tokens
   c.model.text = ml_collections.ConfigDict()  # the text tower
   c.model.text.width = width  # text tower width
   c.model.text.heads = heads  # text tower attention heads

@@ -8,6 +8,7 @@
     night.present      # [E, M] which of night.modalities each epoch has
     model.stage("night.edf").stages       # [E] W/N1/N2/N3/REM codes from the staging head of eval
     model.caption("night.edf")            # SleepLM checkpoints: generated text
+    model.search("night.edf", "oxygen desaturation").moments   # SleepLM: where, in words
 
 A night runs through the same reading, channel mapping, QC, filtering, resampling and per-night
 normalisation as `sleepjax prep` (`data_prep`), in memory, with the checkpoint's own prep config;
@@ -20,6 +21,7 @@ A trailing partial segment is embedded too (in the last whole window of the nigh
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import pathlib
 
@@ -30,6 +32,8 @@ from flax import nnx
 from data_prep import annotations as annotations_lib
 from data_prep import channels, edf, harmonise, qc
 from sleepjax import families, generate, sharding
+from sleepjax.evaluate import search as search_lib
+from sleepjax.evaluate import sleeplm as sleeplm_eval
 from sleepjax.modalities import CANONICAL, EPOCH_SECONDS, STAGES
 from sleepjax.train import restore
 
@@ -46,6 +50,8 @@ class Night:
   channel_mask: dict[str, np.ndarray]  # modality -> [E, C] bool, usable channels per epoch
   modalities: tuple[str, ...]
   per_modality: np.ndarray | None = None  # [E, M, D] per-modality embeddings (sleep2vec)
+  signal: np.ndarray | None = None  # [E, P] unit signal embeddings in the text space (SleepLM)
+  start: datetime.datetime | None = None  # the recording's start (EDF header), for clock times
   stages: np.ndarray | None = None  # [E] scored stages (-1 unscored), with an annotation file
   qc: list = dataclasses.field(default_factory=list)  # data_prep.qc.ChannelQC per channel
   verdict: str = "ok"  # what prep would decide (`skip` nights are still embedded here)
@@ -84,19 +90,21 @@ class Model:
     self.modalities = tuple(config.data.modalities)
     self.family = families.get_family(config)
     self._forward = jax.jit(self._embed_batch)
-    self._head = None
+    self._head = self._tokenizer = None
 
   # ----------------------------------------------------------------------------- embeddings
   def _embed_batch(self, params, batch):
     out = self.family.embed(nnx.merge(self.graphdef, params), batch)
     keep = {"epoch": out["epoch"].astype(np.float32)}
-    if "per_modality" in out:
-      keep["per_modality"] = out["per_modality"].astype(np.float32)
+    for name in ("per_modality", "signal"):
+      if name in out:
+        keep[name] = out[name].astype(np.float32)
     return keep
 
   def embed_windows(self, signals: dict, masks: dict) -> dict[str, np.ndarray]:
     """Windows as the pipeline batches them: signals[m] [B, W, C, S], masks[m] [B, W, C] ->
-    {"epoch": [B, W, D], "per_modality": [B, M, W, D] where the family gives it}."""
+    {"epoch": [B, W, D], "per_modality": [B, M, W, D], "signal": [B, W, P] where the family gives
+    them}."""
     b = len(next(iter(masks.values())))
     n = self.mesh.devices.size
     pad = -b % n
@@ -119,7 +127,11 @@ class Model:
   def embed(self, night, annotations: str | os.PathLike | None = None, *,
             channel_map: str | os.PathLike | None = None) -> Night:
     """Per-epoch and per-night embeddings of one night (see `prepare_night` for `night`)."""
-    signals, masks, info = self.prepare(night, annotations, channel_map=channel_map)
+    return self.embed_prepared(*self.prepare(night, annotations, channel_map=channel_map))
+
+  def embed_prepared(self, signals: dict, masks: dict, info: dict | None = None) -> Night:
+    """`embed` of a night already harmonised (`prepare`, or a prepared recording's arrays):
+    signals[m] [E, C, S], masks[m] [E, C]; `info` fills the rest of `Night`."""
     n_epochs = len(next(iter(masks.values())))
     if n_epochs == 0:
       raise ValueError("the night has no whole 30-s epoch")
@@ -130,20 +142,25 @@ class Model:
     out = self.embed_windows({m: np.stack([signals[m][s:s + w] for s in starts]) for m in signals},
                              {m: np.stack([masks[m][s:s + w] for s in starts]) for m in masks})
     epoch = np.zeros((n_epochs, out["epoch"].shape[-1]), np.float32)
-    per_modality = None
+    per_modality = signal = None
     if "per_modality" in out:
       per_modality = np.zeros((n_epochs, len(self.modalities), out["per_modality"].shape[-1]),
                               np.float32)
+    if "signal" in out:
+      signal = np.zeros((n_epochs, out["signal"].shape[-1]), np.float32)
     for i, s in enumerate(starts):
       epoch[s:s + w] = out["epoch"][i]
       if per_modality is not None:
         per_modality[s:s + w] = out["per_modality"][i].transpose(1, 0, 2)
+      if signal is not None:
+        signal[s:s + w] = out["signal"][i]
     present = np.stack([masks[m].any(-1) for m in self.modalities], 1)
     any_present = present.any(1)
     night_vec = (epoch[any_present].mean(0) if any_present.any()
                  else np.zeros(epoch.shape[-1], np.float32))
     return Night(epoch=epoch, night=night_vec, present=present, channel_mask=masks,
-                 modalities=self.modalities, per_modality=per_modality, **info)
+                 modalities=self.modalities, per_modality=per_modality, signal=signal,
+                 **(info or {}))
 
   # ----------------------------------------------------------------------------- staging
   def staging_head(self, path: str | os.PathLike | None = None) -> dict:
@@ -182,6 +199,31 @@ class Model:
     signals, masks, _ = self.prepare(night, annotations)
     return generate.caption_night(self, signals, masks, **kwargs)
 
+  # ----------------------------------------------------------------------------- search
+  def _sleeplm(self, what: str):
+    if self.family.name != "sleeplm":
+      raise ValueError(f"{what}() needs a SleepLM checkpoint (model.family='sleeplm'); this "
+                       f"checkpoint is model.family={self.family.name!r}")
+
+  def embed_text(self, texts) -> np.ndarray:
+    """Unit text embeddings [len(texts), P] in the signal embeddings' space (SleepLM)."""
+    self._sleeplm("embed_text")
+    if self._tokenizer is None:
+      self._tokenizer = generate.tokenizer_of(self.config, self.workdir)
+    model = nnx.merge(self.graphdef, jax.device_get(self.params))
+    return sleeplm_eval.text_embeddings(model, self._tokenizer, list(texts),
+                                        int(self.config.data.caption_len))
+
+  def search(self, night, text: str, annotations: str | os.PathLike | None = None, *, k: int = 5,
+             gap: int = 1) -> search_lib.Search:
+    """Where in the night `text` is (SleepLM): per-epoch cosine similarity of the signal
+    embedding with the text's, and the top `k` moments (epochs at least `gap` + 1 apart) with
+    clock times. `night`: what `embed` takes, or a `Night` it returned."""
+    self._sleeplm("search")
+    emb = night if isinstance(night, Night) else self.embed(night, annotations)
+    return search_lib.search(emb.signal, emb.present.any(1), self.embed_text([text])[0], text,
+                             k=k, gap=gap, start=emb.start)
+
 
 # ------------------------------------------------------------------------------- loading
 def load(path: str | os.PathLike, *, step: int | None = None) -> Model:
@@ -202,7 +244,7 @@ def load(path: str | os.PathLike, *, step: int | None = None) -> Model:
 def _read_night(path: pathlib.Path, annotation_path, modalities, prep, channel_map):
   rec = edf.read_edf(path, decoder="numpy")
   n_epochs = int(rec.duration_s // EPOCH_SECONDS)
-  info = {"stages": None, "reasons": []}
+  info = {"stages": None, "reasons": [], "start": rec.start}
   qc_config = qc.QCConfig(min_duration_s=prep.min_duration_s)
   lengths = None
   stages = None

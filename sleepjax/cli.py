@@ -12,6 +12,7 @@ Commands:
   bench      `sleepjax bench prep|read|data|step|ssl`: measurements as JSON in <workdir>/bench
   config     print the resolved config (`--diff`: only what differs from the preset)
   caption    SleepLM: generated captions per epoch of --recording=ID beside the references
+  query      SleepLM: where in --recording=ID --text="..." is: top moments, a PNG in <workdir>/query
   sweep      expand a sweep file (configs/sweeps/*.py) into <workdir>/runs/<name>/ and run it:
              --runner=local (here), slurm (sbatch array script) or xpk (TPU slices); resumable
   sweep-run  train one sweep member (resuming), then its validation loss -> <workdir>/result.json
@@ -38,8 +39,10 @@ from sleepjax.bench import step as bench_step  # pylint: disable=unused-import  
 from sleepjax.config_tools import ConfigError, load_config  # pylint: disable=unused-import  (API)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: raw/, data/, train/, eval/ live here.")
-_RECORDING = flags.DEFINE_string("recording", None, "`caption`: the recording id (default: the "
-                                 "first test recording).")
+_RECORDING = flags.DEFINE_string("recording", None, "`caption`, `query`: the recording id "
+                                 "(default: the first test recording).")
+_TEXT = flags.DEFINE_string("text", None, "`query`: what to look for in the night, in words.")
+_TOP_K = flags.DEFINE_integer("top_k", 5, "`query`: how many moments to print.")
 _RUNNER = flags.DEFINE_enum("runner", "local", ["local", "slurm", "xpk"],
                             "`sweep`: run here, write a SLURM array script, or write xpk commands.")
 _SUBMIT = flags.DEFINE_bool("submit", False, "`sweep --runner=slurm`: also submit the array with "
@@ -172,6 +175,16 @@ def cmd_caption(config, workdir: str):
   print(generate.format_captions(generate.caption_recording(config, workdir, _RECORDING.value)))
 
 
+def cmd_query(config, workdir: str):
+  """SleepLM: where in --recording=ID --text="..." is: top moments, a PNG in <workdir>/query."""
+  from sleepjax import query  # pylint: disable=g-import-not-at-top
+  if not _TEXT.value:
+    raise ValueError("query needs --text=\"what to look for\"")
+  del config  # the checkpoint's own config decides
+  print(query.format_query(query.query_recording(workdir, _RECORDING.value, _TEXT.value,
+                                                 k=_TOP_K.value)))
+
+
 def cmd_config(config, workdir: str | None = None):
   """Prints the resolved config (`--diff`: only what differs from the preset)."""
   del workdir
@@ -210,7 +223,7 @@ def cmd_sweep_report(config, workdir: str):
 COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep,
             "caption-tokenizer": cmd_caption_tokenizer, "train": cmd_train, "eval": cmd_eval,
             "demo": cmd_demo, "config": cmd_config, "sweep": cmd_sweep, "sweep-run": cmd_sweep_run,
-            "sweep-report": cmd_sweep_report, "caption": cmd_caption}
+            "sweep-report": cmd_sweep_report, "caption": cmd_caption, "query": cmd_query}
 
 
 

@@ -12,15 +12,18 @@ from sleepjax.models.sleeplm.decode import caption_epochs
 def caption_night(api_model, signals: dict, masks: dict, *, group: str = "stage_event",
                   max_len: int = 48, beams: int = 1) -> list[dict[str, str]]:
   """`sleepjax.api.Model.caption`: one {group: text} per epoch of a prepared night."""
+  tokenizer = tokenizer_of(api_model.config, api_model.workdir)
+  model = nnx.merge(api_model.graphdef, jax.device_get(api_model.params))
+  return caption_epochs(model, tokenizer, signals, masks, group, max_len=max_len, beams=beams)
+
+
+def tokenizer_of(config, workdir):
+  """The caption tokenizer of a checkpoint's data (`data.dir`, else <workdir>/data)."""
   import os  # pylint: disable=g-import-not-at-top
   from sleepjax.data.manifest import read_manifest  # pylint: disable=g-import-not-at-top
   from sleepjax.caption_tokenizer import CaptionTokenizer  # pylint: disable=g-import-not-at-top
-  config = api_model.config
-  data = config.data.dir or os.path.join(str(api_model.workdir), "data")
-  manifest = read_manifest(data)
-  tokenizer = CaptionTokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
-  model = nnx.merge(api_model.graphdef, jax.device_get(api_model.params))
-  return caption_epochs(model, tokenizer, signals, masks, group, max_len=max_len, beams=beams)
+  manifest = read_manifest(config.data.dir or os.path.join(str(workdir), "data"))
+  return CaptionTokenizer(os.path.join(manifest["dir"], manifest["tokenizer"]["path"]))
 
 
 def restore_model(config, workdir: str):
@@ -97,3 +100,4 @@ def format_captions(report: dict) -> str:
     lines.append(f"epoch {r['epoch']:>4} {r['group']:<12} gen: {r['generated']}")
     lines.append(f"{'':<23} ref: {r['reference']}")
   return "\n".join(lines)
+

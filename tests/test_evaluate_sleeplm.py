@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sleepjax.config_tools import load_config
-from sleepjax.evaluate import embed, run, sleeplm
+from sleepjax.evaluate import conditioning, embed, run, sleeplm
 from tests.conftest import REPO
 
 
@@ -54,6 +54,9 @@ def test_sleeplm_rows_from_a_tiny_checkpoint(workdir):
       for d in ("signal->text", "text->signal"):
         assert v[d]["R@1"] <= v[d]["R@5"] <= v[d]["R@10"]
       assert v["n"] == 24 and 1 <= v["distinct_texts"] <= 24 and 0 < v["chance_R@1"] <= 1
+    k = r["conditioning"]
+    assert k["epochs"] > 20 and k["kl_different_stage"] > 0 and 1 <= k["decoder_stage_rank"] <= 5
+    assert 0 <= k["caption_names_stage"] <= 1 and 0 < k["majority_class"] <= 1
     c = r["captioning"]
     # at least 12 epochs (whole segments), every group; stage_event captions are never empty
     assert c["groups"]["stage_event"]["captions"] >= 12
@@ -100,3 +103,99 @@ def test_rows_align_with_their_reference_captions(workdir):
     assert names == [int(stage)], (stage, said)
     checked += 1
   assert checked == (table["stage"] >= 0).sum() > 20
+
+
+def test_named_stage():
+  said = {"Stage N2 sleep.": 2, "Scored as wake.": 0, "Stage W (wakefulness).": 0, "Wake.": 0,
+          "The subject is awake.": 0, "REM sleep.": 4, "Scored as N3 (slow-wave sleep).": 3,
+          "Light sleep, stage N1. Arousal from 3 s to 9 s.": 1, "Stage N2 sleep. Stage N3.": -1,
+          "Stage sleep.": -1, "": -1}
+  assert {t: conditioning.named_stage(t) for t in said} == said
+
+
+def test_dependence_on_a_tiny_trained_checkpoint(workdir):
+  """The next-token distribution after the same prefix differs between epochs of different stages
+  on a trained checkpoint; with the cross-attention's output zeroed (a decoder blind to its
+  memory) every measure says so: KL 0, the same stage scores on every epoch."""
+  from sleepjax import generate  # pylint: disable=g-import-not-at-top
+  _, model, manifest, tokenizer, step = generate.restore_model(_config(), str(workdir))
+  assert step > 0
+  refs, _ = sleeplm.references(manifest, "test")
+  segments = [(  # whole test segments: (signals, masks, stages, stage_event references)
+      {m[4:]: v for m, v in a.items() if m.startswith("sig/")},
+      {m[5:]: v for m, v in a.items() if m.startswith("mask/")}, a["stage"],
+      [refs[(rid, first + i)][0]["stage_event"] for i in range(len(a["stage"]))])
+      for rid, first, a in sleeplm._segments(manifest, "test", keep=lambda r, f: True)]  # pylint: disable=protected-access
+  seen = conditioning.conditioning(model, tokenizer, segments, 16)
+  assert seen["pairs_different_stage"] > 20 and seen["kl_different_stage"] > 1e-6
+  for block in model.decoder.cross_blocks:
+    block.attn.out.kernel.value = np.zeros_like(block.attn.out.kernel.value)
+    block.attn.out.bias.value = np.zeros_like(block.attn.out.bias.value)
+  blind = conditioning.conditioning(model, tokenizer, segments, 16)
+  assert blind["kl_different_stage"] < 1e-9 and blind["kl_same_stage"] < 1e-9
+  assert abs(blind["memory_gain"]) < 1e-5 and seen["memory_gain"] != 0
+  assert len(set(blind["caption_stage_counts"].values()) - {0}) <= 1  # one caption for all
+  assert seen["kl_different_stage"] > 1e4 * max(blind["kl_different_stage"], 1e-12)
+
+
+def test_top_moments_one_per_episode():
+  from sleepjax.evaluate import search  # pylint: disable=g-import-not-at-top
+  sim = np.array([0.1, 0.9, 0.8, np.nan, 0.2, 0.7, 0.0, 0.3])
+  got = search.top_moments(sim, k=3, gap=1)  # 2 and 4 neighbour a higher epoch
+  assert [m.epoch for m in got] == [1, 5, 7] and got[0].clock == "+00:00:30"
+  assert [m.offset_s for m in got] == [30, 150, 210]
+
+
+def test_search_ranks_the_planted_event_first(workdir):
+  """A constructed night whose epochs 40-41 carry the prompt's own embedding (plus noise) and whose
+  other epochs are orthogonal to it: `Model.search` (the real text tower, tokenizer and ranking)
+  puts the planted epochs first, one moment for the episode, at its clock time."""
+  import datetime  # pylint: disable=g-import-not-at-top
+  from sleepjax import api  # pylint: disable=g-import-not-at-top
+  model = api.load(workdir)
+  text = "oxygen desaturation"
+  t = model.embed_text([text])[0]
+  rng = np.random.default_rng(0)
+  E = 90
+  signal = rng.normal(size=(E, t.size))
+  signal -= (signal @ t)[:, None] * t[None]  # orthogonal to the text
+  signal[40:42] = t + 0.3 * rng.normal(size=(2, t.size)) / np.sqrt(t.size)
+  present = np.ones((E, 1), bool)
+  present[10] = False
+  night = api.Night(epoch=signal, night=signal.mean(0), present=present, channel_mask={},
+                    modalities=("eeg",), signal=signal,
+                    start=datetime.datetime(2026, 1, 1, 23, 0, 0))
+  found = model.search(night, text, k=3)
+  assert set(np.argsort(-np.nan_to_num(found.similarity, nan=-2))[:2]) == {40, 41}
+  first = found.moments[0]
+  assert first.epoch in (40, 41) and first.clock == (
+      datetime.datetime(2026, 1, 1, 23, 0, 0)
+      + datetime.timedelta(seconds=30 * first.epoch)).strftime("%H:%M:%S")
+  assert all(m.epoch not in (40, 41) for m in found.moments[1:])
+  assert np.isnan(found.similarity[10])
+
+
+def test_query_cli_prints_moments_and_writes_a_png(workdir, capsys):
+  from sleepjax import cli  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["sleepjax", "query", f"--workdir={workdir}", "--text=oxygen desaturation",
+              "--top_k=3"])
+  assert not exit_info.value.code
+  out = capsys.readouterr().out
+  assert "top moments" in out and out.count(" similarity ") == 3
+  png = out.strip().splitlines()[-1].removeprefix("figure: ")
+  assert open(png, "rb").read(4) == b"\x89PNG"
+
+
+def test_search_task_aurocs(workdir):
+  """The `search` eval task: an AUROC per stage and event kind the test split has both of, for
+  the prompt and its paraphrases, pretrained and random init."""
+  from sleepjax.evaluate import search  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.eval.tasks = ("search",)
+  t = run.evaluate(config, str(workdir))["tasks"]["search"]
+  for enc in ("pretrained", "random_init"):
+    assert set(t[enc]["prompt"]) >= {"W", "N2"} and set(t[enc]["prompt"]) <= set(search.PROMPTS)
+    assert all(0 <= v <= 1 for v in t[enc]["prompt"].values())
+    assert any(k.startswith("N2/") for k in t[enc]["paraphrase"])
+  assert t["prompts"] == search.PROMPTS

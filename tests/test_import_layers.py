@@ -28,7 +28,7 @@ LAYERS = {
     "sleepjax.train": 5,
     # 6 uses of a trained model, and the launchers sweeps write scripts for
     "sleepjax.evaluate": 6, "sleepjax.generate": 6, "sleepjax.bench": 6, "sleepjax.sweep": 6,
-    "sleepjax.api": 6, "launch": 6,
+    "sleepjax.api": 6, "sleepjax.query": 6, "launch": 6,
     # 7 the command line and the config files it loads
     "sleepjax.cli": 7, "sleepjax.__main__": 7, "configs": 7,
 }

@@ -120,6 +120,41 @@ def table_figure(plt, header: list[str], rows: list[list], title: str, path: str
   plt.close(fig)
 
 
+def search_figure(stages, stage_names, similarity, events: dict, moments, title: str,
+                  path: str) -> bool:
+  """A night searched in words: the hypnogram, the similarity trace with the top moments marked,
+  and the annotated events beneath (one row per kind). False without matplotlib."""
+  plt = _plt()
+  if plt is None:
+    return False
+  level = {s: i for i, s in enumerate(STAGE_ORDER)}
+  t = np.arange(len(similarity)) * 0.5  # minutes
+  fig, axes = plt.subplots(3, 1, figsize=(11, 5.5), sharex=True,
+                           gridspec_kw={"height_ratios": [1.3, 1.5, 0.2 + 0.25 * len(events)]})
+  if stages is not None:
+    axes[0].step(t, [-level.get(int(v), np.nan) if v >= 0 else np.nan for v in stages],
+                 where="post", color="k")
+  axes[0].set_yticks([-i for i in range(len(STAGE_ORDER))], [stage_names[s] for s in STAGE_ORDER])
+  axes[0].set_ylabel("scored", rotation=0, ha="right")
+  axes[1].step(t, similarity, where="post", color="tab:blue")
+  for m in moments:
+    axes[1].plot(m.epoch * 0.5 + 0.25, m.similarity, "v", color="tab:red")
+    axes[1].annotate(m.clock, (m.epoch * 0.5 + 0.25, m.similarity), fontsize=7,
+                     xytext=(0, 4), textcoords="offset points", ha="center")
+  axes[1].set_ylabel("cosine", rotation=0, ha="right")
+  for i, (kind, flags) in enumerate(events.items()):
+    on = np.flatnonzero(flags)
+    axes[2].broken_barh([(e * 0.5, 0.5) for e in on], (i - 0.4, 0.8), color="tab:orange")
+  axes[2].set_yticks(range(len(events)), list(events))
+  axes[2].set_ylim(-0.6, len(events) - 0.4)
+  axes[2].set_xlabel("minutes")
+  axes[0].set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
 def write_all(report: dict, out_dir: str) -> dict[str, str]:
   """Every figure the report's tasks allow; {name: file name}."""
   plt = _plt()

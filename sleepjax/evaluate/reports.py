@@ -63,6 +63,8 @@ def headline(report: dict) -> list[dict]:
     row["caption_bleu"] = _get(t, "sleeplm", enc, "captioning", "bleu")
     row["caption_numeric_faithfulness"] = _get(t, "sleeplm", enc, "captioning",
                                                "numeric_faithfulness")
+    row["caption_names_stage"] = _get(t, "sleeplm", enc, "conditioning", "caption_names_stage")
+    row["search_mean_auroc"] = _get(t, "search", enc, "mean_prompt_auroc")
     for extra in ("supervised", "finetune"):
       if (v := _get(t, extra, enc, "macro_f1")) is not None:
         row[f"{extra}_macro_f1"] = v
@@ -195,6 +197,17 @@ def markdown(report: dict, images: dict[str, str]) -> str:
     md.append(_section("Modality retrieval (R@k)", body))
   if "sleeplm" in t:
     md.append(sleeplm_markdown(report, images))
+  if "search" in t and "skipped" not in t["search"]:
+    r = t["search"]
+    rows = [{"target": k, "prompt": r["prompts"][k],
+             **{e: r[e]["prompt"].get(k) for e in report["encoders"] if e in r},
+             **{f"{e} paraphrases": float(np.nanmean([v for n, v in r[e]["paraphrase"].items()
+                                                      if n.startswith(k + "/")] or [np.nan]))
+                for e in report["encoders"] if e in r}}
+            for k in r["prompts"]]
+    md.append(_section("Searching a night in words (AUROC of the similarity to the prompt)",
+                       f"{r['split']} epochs; prompts and paraphrases: "
+                       "`sleepjax/evaluate/search.py`.\n\n" + markdown_table(rows)))
   for name in ("yasa", "supervised", "finetune"):
     if name in t:
       v = t[name]
@@ -233,6 +246,17 @@ def sleeplm_markdown(report: dict, images: dict[str, str]) -> str:
            "epochs' features (numeric faithfulness: the fraction of stated numbers that agree "
            "with a feature at the caption's precision; `with_numbers`: captions stating any):"
            "\n\n" + markdown_table(rows))
+  keys = ("epochs", "majority_class", "caption_names_stage", "caption_names_no_single_stage",
+          "kl_different_stage", "kl_same_stage", "decoder_stage_rank", "decoder_stage_accuracy",
+          "decoder_stage_macro_f1")
+  rows = [{"encoder": e, **{k: s[e]["conditioning"][k] for k in keys}} for e in encs
+          if "conditioning" in s[e]]
+  if rows:
+    body += ("\n\nDoes the decoder read the signal (`evaluate.conditioning`): generated "
+             "stage_event captions naming the scored stage; KL of the next-token distributions "
+             f"after \"{s[encs[0]]['conditioning']['prefix']}\" between epochs of different / the "
+             "same stage (0: blind to the signal); the scored stage's rank (of 5) and accuracy "
+             "when the decoder scores every stage sentence:\n\n" + markdown_table(rows))
   ex = [{"epoch": x["epoch"], "group": x["group"], "reference": x["reference"],
          "generated": x["generated"]} for x in s.get("examples", [])]
   if ex:

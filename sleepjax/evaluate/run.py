@@ -11,11 +11,11 @@ import jax
 from absl import logging
 
 from sleepjax.config_tools import storage_path
-from sleepjax.evaluate import (audit, bandpower, baselines, embed, finetune, reports, sequence,
-                               sleeplm, tasks as tasks_lib)
+from sleepjax.evaluate import (audit, bandpower, baselines, embed, finetune, reports, search,
+                               sequence, sleeplm, tasks as tasks_lib)
 
 ALL_TASKS = {**tasks_lib.TASKS, **audit.TASKS, **bandpower.TASKS, **sequence.TASKS,
-             **baselines.TASKS, **sleeplm.TASKS, **finetune.TASKS}
+             **baselines.TASKS, **sleeplm.TASKS, **search.TASKS, **finetune.TASKS}
 
 
 def _task_names(config) -> list[str]:

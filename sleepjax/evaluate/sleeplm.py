@@ -5,7 +5,9 @@
 - zero-shot staging: each test epoch's signal embedding against the stage prompts' (no labels);
 - captioning of test epochs (whole segments, spread over the nights) scored against the reference
   captions (sentence BLEU, ROUGE-L) and against the epoch's own features (numeric faithfulness:
-  the fraction of stated numbers that agree with a feature at the caption's precision).
+  the fraction of stated numbers that agree with a feature at the caption's precision);
+- whether the decoder reads the signal at all (`evaluate.conditioning`: the dependence of its
+  next-token distribution on the epoch, the stage it scores and the stage its captions name).
 
 The reference captions themselves are scored for numeric faithfulness too: 1.0 says the measure
 reads the features the captions were written from.
@@ -20,7 +22,7 @@ from flax import nnx
 
 from sleepjax import records, sharding
 from sleepjax.data.manifest import shard_paths
-from sleepjax.evaluate import metrics
+from sleepjax.evaluate import conditioning, metrics
 from sleepjax.modalities import STAGES
 from sleepjax.models.sleeplm.decode import caption_epochs
 from sleepjax.objectives.sleeplm import l2_normalize
@@ -208,10 +210,17 @@ def sleeplm(ctx) -> dict:
   tokenizer = CaptionTokenizer(os.path.join(ctx.manifest["dir"], ctx.manifest["tokenizer"]["path"]))
   refs, segments = references(ctx.manifest, split)
   chosen = caption_segments(segments, int(ctx.config.eval.caption_eval_epochs))
-  signals = {}
-  for rid, first, a in _segments(ctx.manifest, split, keep=lambda r, f: (r, f) in chosen):
+  probed = caption_segments(segments, int(ctx.config.eval.conditioning_epochs))
+  signals, probe = {}, []
+  for rid, first, a in _segments(ctx.manifest, split,
+                                 keep=lambda r, f: (r, f) in chosen | probed):
     names = [m for m in ctx.modalities if f"sig/{m}" in a]
-    signals[(rid, first)] = ({m: a[f"sig/{m}"] for m in names}, {m: a[f"mask/{m}"] for m in names})
+    pair = ({m: a[f"sig/{m}"] for m in names}, {m: a[f"mask/{m}"] for m in names})
+    if (rid, first) in chosen:
+      signals[(rid, first)] = pair
+    if (rid, first) in probed:
+      probe.append((*pair, a["stage"], [refs[(rid, first + i)][0]["stage_event"]
+                                        for i in range(len(a["stage"]))]))
   out = {"split": split, "caption_group": ctx.config.eval.caption_eval_group,
          "pool": ctx.opt("retrieval_pool")}
   for enc in ctx.encoders:
@@ -219,7 +228,9 @@ def sleeplm(ctx) -> dict:
     rows = _rows(ctx, ctx.table(enc, split), refs)
     out[enc] = {"retrieval": text_retrieval(ctx, model, tokenizer, rows),
                 "zero_shot": zero_shot(model, tokenizer, rows, int(ctx.config.data.caption_len)),
-                "captioning": captioning(ctx, model, tokenizer, refs, signals)}
+                "captioning": captioning(ctx, model, tokenizer, refs, signals),
+                "conditioning": conditioning.conditioning(
+                    model, tokenizer, probe, int(ctx.config.eval.max_caption_len))}
   out["examples"] = out[ctx.encoders[0]]["captioning"]["examples"]
   return out
 

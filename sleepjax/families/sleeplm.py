@@ -90,7 +90,7 @@ def loss(model: SleepLM, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
              "logit_scale": jnp.exp(model.log_scale())}
   weighted = {"lambda_con": terms["con"], "lambda_cap": terms["cap"]}
   if model.recon is not None:
-    metrics["loss_rec"] = objectives.recon_loss(model.reconstruct(sig["memory"]), x, present)
+    metrics["loss_rec"] = objectives.recon_loss(model.reconstruct(sig["recon"]), x, present)
     weighted["lambda_rec"] = metrics["loss_rec"]
   total = objectives.combine(weighted, dataclasses.asdict(obj))
   return total, metrics
@@ -116,7 +116,8 @@ def forward_macs(config) -> dict:
   d, T = s.width, S // s.patch
   n = K * T
   h = int(d * s.mlp_ratio)
-  M = s.decoder_tokens
+  M = s.decoder_tokens  # pooled tokens; the decoder's memory may hold more (Md)
+  Md = M + {"pooled": 0, "pooled+channels": K, "pooled+tokens": K * (S // s.patch)}[s.decoder_memory]
   enc = n * (s.patch * s.conv_dim + s.conv_dim * d)
   enc += s.depth * (n * 2 * (4 * d * d + 3 * d * h) + T * K * K * d * 2 + K * T * T * d * 2)
   enc += 2 * n * 2 * d * d + (1 + M) * n * d * 2  # two poolers: keys/values + attention
@@ -125,7 +126,7 @@ def forward_macs(config) -> dict:
   text = t.depth * ((L + 1) * (4 * dt * dt + 2 * dt * ht) + (L + 1) ** 2 * dt * 2) + dt * P
   dd, hd, Q = dec.width, int(dec.width * dec.mlp_ratio), dec.prefix_len + L
   decoder = dec.depth * (Q * (4 * dd * dd + 2 * dd * hd) + Q * Q * dd * 2  # self
-                         + Q * (2 * dd * dd + 2 * dd * hd) + M * 2 * dd * dd + Q * M * dd * 2)
+                         + Q * (2 * dd * dd + 2 * dd * hd) + Md * 2 * dd * dd + Q * Md * dd * 2)
   decoder += L * dd * V
   recon = 0
   if m.recon_depth:

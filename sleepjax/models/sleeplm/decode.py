@@ -67,6 +67,9 @@ def greedy(model, memory_NxMxD, group_N, max_len: int) -> jax.Array:
   return jax.lax.fori_loop(0, max_len - 1, body, init)[0]
 
 
+greedy_jit = nnx.jit(greedy, static_argnames=("max_len",))
+
+
 def beam_search(model, memory_NxMxD, group_N, max_len: int, beams: int,
                 length_penalty: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Beam search; finished beams stay in the beam and extend with pad at no cost. The best beam
@@ -112,6 +115,22 @@ def caption(model, x_NxKxS, present_NxK, group_N, *, max_len: int, beams: int = 
   if beams == 1:
     return greedy(model, memory, group_N, max_len)
   return beam_search(model, memory, group_N, max_len, beams)[0]
+
+
+@nnx.jit
+def token_logprobs(model, memory_NxMxD, group_N, tokens_NxL, valid_NxL) -> jax.Array:
+  """Teacher-forced log-probabilities [N, L, V]: position i is the distribution of token i + 1
+  given the memory, the group and tokens 0..i (padding after a row's text changes nothing before
+  it: the masks are causal)."""
+  logits = model.caption_logits(tokens_NxL, valid_NxL, group_N, memory_NxMxD)
+  return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+
+
+def sequence_logprob(model, memory_NxMxD, group_N, tokens_NxL, valid_NxL) -> jax.Array:
+  """log p(tokens 1.. | memory, group) summed over each row's real tokens -> [N]."""
+  logp = token_logprobs(model, memory_NxMxD, group_N, tokens_NxL, valid_NxL)
+  picked = jnp.take_along_axis(logp[:, :-1], tokens_NxL[:, 1:, None], -1)[..., 0]
+  return jnp.where(valid_NxL[:, 1:], picked, 0.0).sum(-1)
 
 
 def _groups(group: str) -> list[int]:

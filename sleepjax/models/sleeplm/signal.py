@@ -15,6 +15,12 @@ from sleepjax.models.sleeplm.layers import (AttentionalPooler, LearnedRope, Mult
 from sleepjax.sharding import constrain
 
 
+# What the caption decoder attends to. The pooled tokens alone are one vector 32 times over at the
+# smoke size whose epoch-specific part is ~14 % of its norm (BENCHMARKS.md, SleepLM conditioning);
+# a channel's mean token or the patch tokens themselves vary 2-7x more from epoch to epoch.
+MEMORY = ("pooled", "pooled+channels", "pooled+tokens")
+
+
 class DualBlock(nnx.Module):
   """Channel attention (learnable-frequency RoPE over channel index) + SwiGLU, then temporal
   attention (RoPE theta 1e4 over patches) + SwiGLU; post-norm RMSNorm after each residual."""
@@ -58,11 +64,14 @@ class SignalEncoder(nnx.Module):
     self.decoder_pool = AttentionalPooler(d, heads, c.decoder_tokens, dtype=dtype, rngs=rngs)
     self.global_attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs)
     self.proj = dense(d, embed_dim, ("embed", "proj"), dtype=dtype, rngs=rngs)
-    self.dtype, self.heads = dtype, heads
+    if c.decoder_memory not in MEMORY:
+      raise ValueError(f"model.signal.decoder_memory={c.decoder_memory!r} ({', '.join(MEMORY)})")
+    self.dtype, self.heads, self.memory_kind = dtype, heads, c.decoder_memory
 
   def __call__(self, x_NxCxS: jax.Array, present_NxC: jax.Array) -> dict:
     """-> latent [N, P] (unnormalised contrastive embedding), pooled [N, D] (global token),
-    memory [N, M, D] (decoder tokens)."""
+    memory [N, M, D] (what the caption decoder attends to: `MEMORY`), recon [N, decoder_tokens, D]
+    (the pooled tokens, the reconstruction decoder's input)."""
     N, C, S = x_NxCxS.shape
     T = S // self.patch
     patches = x_NxCxS.astype(self.dtype).reshape(N, C, T, self.patch)
@@ -78,7 +87,14 @@ class SignalEncoder(nnx.Module):
     memory = self.decoder_pool(x, valid)  # [N, M, D]
     token = self.contrastive_pool(x, valid)  # [N, 1, D]
     pooled = self.global_attn(token, memory)[:, 0]  # the global token attends to the memory
-    return {"latent": self.proj(pooled).astype(jnp.float32), "pooled": pooled, "memory": memory}
+    decoder_memory = memory
+    if self.memory_kind == "pooled+channels":  # absent channels: zero tokens (no signal in them)
+      chan = jnp.where(present_NxC[..., None], x.reshape(N, C, T, -1).mean(2), 0)
+      decoder_memory = jnp.concatenate([memory, chan.astype(memory.dtype)], 1)
+    elif self.memory_kind == "pooled+tokens":  # an absent channel's tokens are input-independent
+      decoder_memory = jnp.concatenate([memory, x.astype(memory.dtype)], 1)
+    return {"latent": self.proj(pooled).astype(jnp.float32), "pooled": pooled,
+            "memory": decoder_memory, "recon": memory}
 
 
 class ReconDecoder(nnx.Module):
