@@ -26,6 +26,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.synthetic.seed = 0  # `sleepjax synth`: seed of the cohort
   c.synthetic.workers = 1  # `sleepjax synth`: processes simulating subjects in parallel
   c.synthetic.hard = False  # `sleepjax synth`: the hard benchmark cohort (site chains, planted confound)
+  c.synthetic.wearables = False  # `sleepjax synth`: add PPG ("Pleth") and wrist actigraphy ("Accel") channels
 
   c.prep = ml_collections.ConfigDict()
   c.prep.raw_dir = ""  # default: <workdir>/raw
