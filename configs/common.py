@@ -169,6 +169,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.finetune_lr = 1e-3  # supervised / finetune AdamW learning rate
   c.eval.finetune_fractions = (0.01, 1.0)  # label fractions for supervised / finetune
   c.eval.finetune_seeds = (0,)  # supervised / finetune seeds (mean +- sd)
+  c.eval.finetune_lora_rank = 0  # finetune: LoRA rank on the frozen encoder's attention projections (0: off, tokenizers-frozen fine-tuning)
+  c.eval.finetune_lora_alpha = 16.0  # finetune: LoRA alpha (adapters scaled by alpha / rank)
+  c.eval.finetune_lora_targets = ("q", "k", "v")  # finetune: attention kernels LoRA adapts (q, k, v, out)
   # `sequence` task: a night-level head over frozen epoch embeddings of whole nights
   c.eval.sequence_width = 64  # sequence head: hidden width
   c.eval.sequence_conv_layers = 3  # sequence head: dilated conv blocks (dilations 1, 2, 4, ..)
