@@ -145,7 +145,8 @@ def adapt(config, workdir: str) -> dict:
     ema, _ = checkpoint.restore_params(ckpt, abstract, done, "ema_params")
   else:
     fresh = state_lib.init_state(config, modalities, tx_plain, state_sh, config.seed).params
-    params = ema = graft(fresh, pre.params, list(pre.modalities), names)
+    params = graft(fresh, pre.params, list(pre.modalities), names)
+    ema = jax.tree.map(jnp.copy, params)  # own buffers: the step donates the state
   logging.info("adapt: %s + %s, %d parameters (%d new)", list(pre.modalities), list(new),
                state_lib.count_params(params),
                state_lib.count_params(params) - state_lib.count_params(pre.params))
