@@ -280,9 +280,9 @@ class Renderer:
     env += _render(n, fs, shifts, rng.uniform(0.3, 0.6, len(shifts)), np.hanning(int(4.0 * fs)))
     env += _render(n, fs, lm, rng.uniform(0.02, 0.06, len(lm)), k2)
     micro = _render(n, fs, tw, rng.uniform(0.003, 0.01, len(tw)), np.hanning(int(0.3 * fs)))
-    per_s = lambda k: np.interp(np.arange(n) / fs, np.arange(lat.n_sec) + 0.5, lat.env[k])  # noqa: E731
-    wake = np.repeat((lat.hyp == 0).astype(float), 30)
-    wake = np.interp(np.arange(n) / fs, np.arange(lat.n_sec) + 0.5, wake)
+    t, sec = np.arange(n) / fs, np.arange(lat.n_sec) + 0.5
+    per_s = lambda k: np.interp(t, sec, lat.env[k])  # noqa: E731
+    wake = np.interp(t, sec, np.repeat((lat.hyp == 0).astype(float), 30))
     return env + wake * (0.02 + 0.12 * per_s("eo")), micro + 0.03 * per_s("arousal")
 
   def actigraphy(self, fs: float):
@@ -312,9 +312,11 @@ class Renderer:
     sec = np.arange(lat.n_sec) + 0.5
     aro = np.interp(r - 3.0, sec, lat.env["arousal"])  # vasoconstriction lags the arousal ~3 s
     desat = np.interp(r, sec, np.clip(np.median(lat.spo2) - lat.spo2, 0, None))
-    amp = np.clip(1.0 - 0.5 * aro - 0.04 * desat, 0.2, None) * np.exp(0.05 * rng.standard_normal(len(r)))
+    amp = np.clip(1.0 - 0.5 * aro - 0.04 * desat, 0.2, None)
+    amp *= np.exp(0.05 * rng.standard_normal(len(r)))  # beat-to-beat amplitude variability
     kt = np.arange(int(0.7 * fs)) / fs  # systolic peak and the diastolic (reflected) shoulder
-    pulse = np.exp(-0.5 * ((kt - 0.12) / 0.05) ** 2) + 0.3 * np.exp(-0.5 * ((kt - 0.34) / 0.08) ** 2)
+    pulse = (np.exp(-0.5 * ((kt - 0.12) / 0.05) ** 2)
+             + 0.3 * np.exp(-0.5 * ((kt - 0.34) / 0.08) ** 2))
     x = _render(n, fs, r + ptt, amp, pulse, offset=int(0.12 * fs))
     t = np.arange(n) / fs
     x += 0.1 * np.sin(self._phase(t))  # respiratory-induced baseline variation

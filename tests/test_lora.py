@@ -18,7 +18,8 @@ MODALITIES = {"eeg": (128, 2), "ecg": (128, 1)}
 
 
 def _leaves(tree):
-  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,8 @@ def test_no_per_modality_tables_remain_outside_the_records():
 
 
 def test_an_unknown_modality_fails_loudly():
-  for check in (lambda: signal.filter_sos("skin_temp", 128.0), lambda: qc.check_rate(128.0, "skin_temp"),
+  for check in (lambda: signal.filter_sos("skin_temp", 128.0),
+                lambda: qc.check_rate(128.0, "skin_temp"),
                 lambda: qc.check_amplitude(np.zeros(3840), 128.0, "skin_temp", 1)):
     with pytest.raises(KeyError, match="skin_temp"):
       check()
@@ -71,7 +72,7 @@ def test_a_new_modality_is_one_record(monkeypatch):
 
 
 def test_wearables_are_canonical_and_prepare():
-  """PPG is a waveform (band-passed, per-recording scaling); actigraphy a level in g (1 g = still)."""
+  """PPG is a waveform (band-passed, scaled per recording); actigraphy a level in g (1 g: still)."""
   assert CANONICAL["ppg"].rate == 64 and not CANONICAL["ppg"].level
   acc = CANONICAL["actigraphy"]
   assert acc.level and acc.unit == "g" and acc.samples_per_epoch == 960
@@ -86,4 +87,5 @@ def test_wearables_are_canonical_and_prepare():
   assert h.signals["ppg"].shape == (1, 4 * 30 * 64) and h.epoch_mask["ppg"].all()
   x = h.signals["actigraphy"]
   assert x.shape == (1, 4 * 30 * 32) and h.epoch_mask["actigraphy"].all()
-  assert np.abs(x[0, :60 * 32]).max() < 1e-6 and np.abs(x[0, 61 * 32:]).max() > 0.3  # (|a| - 1) / 0.1
+  assert np.abs(x[0, :60 * 32]).max() < 1e-6  # still: (|a| - 1 g) / 0.1 g = 0
+  assert np.abs(x[0, 61 * 32:]).max() > 0.3

@@ -78,8 +78,8 @@ def test_pulse_amplitude_drops_after_arousals(latent):
   peaks, props = sps.find_peaks(x, distance=int(0.33 * fs), prominence=0.3)
   t, amp = peaks / fs, props["prominences"]
   gross = rnd._movement(fs)[0]  # pylint: disable=protected-access
-  onsets = [e.onset_s for e in lat.events  # arousals without motion artefacts
-            if e.kind == "arousal" and gross[int((e.onset_s - 15) * fs): int((e.onset_s + 8) * fs)].max() < 0.01]
+  still = lambda a: gross[int((a - 15) * fs): int((a + 8) * fs)].max() < 0.01  # noqa: E731
+  onsets = [e.onset_s for e in lat.events if e.kind == "arousal" and still(e.onset_s)]  # no motion
   before = [np.median(amp[(t > a - 15) & (t < a - 2)]) for a in onsets]
   after = [np.median(amp[(t > a + 4) & (t < a + 8)]) for a in onsets]
   assert len(onsets) > 5

@@ -47,7 +47,7 @@ def group(path, new: tuple[str, ...]) -> str:
 
 
 def graft(fresh, pretrained, old_names: list[str], names: list[str]):
-  """`fresh` (the extended model's parameters) with every pretrained leaf and table row copied in."""
+  """`fresh` (the extended model's parameters) with every pretrained leaf and table row in."""
   old = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(pretrained)}
 
   def one(path, x):

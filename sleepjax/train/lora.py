@@ -32,7 +32,8 @@ def init(params, rank: int, targets: tuple[str, ...], key: jax.Array) -> dict:
   if rank <= 0 or unknown:
     raise ValueError(f"LoRA needs rank > 0 and targets among {tuple(INPUT_AXES)}, got rank {rank}, "
                      f"targets {targets}")
-  leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(params) if _target(p, x, targets)]
+  leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(params)
+            if _target(p, x, targets)]
   if not leaves:
     raise ValueError(f"no attention kernel named {targets} in the model")
   out = {}
