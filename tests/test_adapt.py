@@ -158,3 +158,18 @@ def test_adapt_stage1_checkpoint_keeps_the_pretrained_parameters(adapted):
   for k, x in before.items():
     y = after[k][rows] if any(t in k for t in adapt.TABLES) else after[k]
     assert y.tobytes() == x.tobytes(), k
+
+
+def test_adapt_resumes_after_stage1_to_the_same_model(adapted, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  _, workdir, config, _ = adapted
+  (tmp_path / "data").symlink_to(workdir / "data")
+  ckpt = trainer.checkpoint_dir(str(tmp_path))
+  shutil.copytree(f"{trainer.checkpoint_dir(str(workdir))}/2", f"{ckpt}/2")
+  last = adapt.adapt(config, str(tmp_path))  # stage 2 only
+  assert np.isfinite(last["loss"]) and checkpoint.all_steps(ckpt) == [2, 4]
+  from sleepjax.train import restore as restore_lib  # pylint: disable=g-import-not-at-top
+  once = restore_lib.restore(trainer.checkpoint_dir(str(workdir)), step=4)
+  resumed = restore_lib.restore(ckpt, step=4)
+  for k, x in _leaves(once.params).items():
+    assert _leaves(resumed.params)[k].tobytes() == x.tobytes(), k
