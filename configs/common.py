@@ -26,6 +26,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.synthetic.seed = 0  # `sleepjax synth`: seed of the cohort
   c.synthetic.workers = 1  # `sleepjax synth`: processes simulating subjects in parallel
   c.synthetic.hard = False  # `sleepjax synth`: the hard benchmark cohort (site chains, planted confound)
+  c.synthetic.wearables = False  # `sleepjax synth`: add PPG ("Pleth") and wrist actigraphy ("Accel") channels
 
   c.prep = ml_collections.ConfigDict()
   c.prep.raw_dir = ""  # default: <workdir>/raw
@@ -141,6 +142,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.val_every = 0  # > 0: val_loss (eval mode, fixed batches and keys) every N steps
   c.train.val_batches = 4  # validation batches val_loss averages over
 
+  c.adapt = ml_collections.ConfigDict()  # `sleepjax adapt`: graft new modalities onto a pretrained sleep2vec
+  c.adapt.pretrained = ""  # `sleepjax adapt`: the pretrained run's workdir (its newest checkpoint)
+  c.adapt.new_modalities = ("ppg", "actigraphy")  # `sleepjax adapt`: modalities added (new signal tokenizers)
+  c.adapt.stage1_steps = 100  # `sleepjax adapt`: steps training only the new tokenizers against the frozen model
+  c.adapt.stage2_steps = 200  # `sleepjax adapt`: steps training everything with per-group LR scales
+  c.adapt.encoder_lr_scale = 0.1  # `sleepjax adapt` stage 2: LR scale of the pretrained encoder (all but tokenizers)
+  c.adapt.tokenizer_lr_scale = 0.5  # `sleepjax adapt` stage 2: LR scale of the pretrained signal tokenizers
+  c.adapt.new_lr_scale = 1.0  # `sleepjax adapt`: LR scale of the new tokenizers (and new modalities' table rows)
+  c.adapt.new_pair_share = (1.0, 0.7, 0.0)  # `sleepjax adapt` stage 2: share of pairs with a new modality ...
+  c.adapt.new_pair_share_at = (0.25, 0.5, 1.0)  # ... at these fractions of stage 2 (linear between; stage 1: 1.0)
   c.eval = ml_collections.ConfigDict()
   c.eval.checkpoint_step = 0  # > 0: evaluate/caption this step; 0: the newest that restores
   c.eval.tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval")  # tasks `sleepjax eval` runs (also: yasa, sleeplm, sequence, supervised, finetune; README: Evaluation)
@@ -170,6 +181,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.finetune_lr = 1e-3  # supervised / finetune AdamW learning rate
   c.eval.finetune_fractions = (0.01, 1.0)  # label fractions for supervised / finetune
   c.eval.finetune_seeds = (0,)  # supervised / finetune seeds (mean +- sd)
+  c.eval.finetune_lora_rank = 0  # finetune: LoRA rank on the frozen encoder's attention projections (0: off, tokenizers-frozen fine-tuning)
+  c.eval.finetune_lora_alpha = 16.0  # finetune: LoRA alpha (adapters scaled by alpha / rank)
+  c.eval.finetune_lora_targets = ("q", "k", "v")  # finetune: attention kernels LoRA adapts (q, k, v, out)
   # `sequence` task: a night-level head over frozen epoch embeddings of whole nights
   c.eval.sequence_width = 64  # sequence head: hidden width
   c.eval.sequence_conv_layers = 3  # sequence head: dilated conv blocks (dilations 1, 2, 4, ..)

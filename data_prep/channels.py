@@ -58,6 +58,7 @@ _VOLTS = {"v": 1.0, "mv": 1e-3, "uv": 1e-6, "µv": 1e-6, "μv": 1e-6, "nv": 1e-9
 _PERCENT = {"%", "percent", "pct", "%sat", "%spo2", "%sao2"}
 _PER_MINUTE = {"bpm": 1.0, "beats/min": 1.0, "beat/min": 1.0, "b/min": 1.0, "/min": 1.0,
                "1/min": 1.0, "min-1": 1.0, "hz": 60.0, "1/s": 60.0}
+_ACCELERATION = {"g": 1.0, "mg": 1e-3, "m/s^2": 1 / 9.80665, "m/s2": 1 / 9.80665}  # -> g
 
 Key = tuple[str, str]  # (modality, channel)
 
@@ -171,6 +172,11 @@ def to_canonical_unit(data: np.ndarray, unit: str, modality: str) -> tuple[np.nd
       factor = _PER_MINUTE[u]
       return (data * factor if factor != 1 else data), None
     return data, f"unit {unit!r} is not a rate; assumed bpm"
+  if target == "g":
+    if u in _ACCELERATION:
+      factor = _ACCELERATION[u]
+      return (data * factor if factor != 1 else data), None
+    return data, f"unit {unit!r} is not an acceleration; assumed g"
   return data, None  # arbitrary units
 
 

@@ -189,17 +189,23 @@ class Renderer:
     bp = self.lat.breath_phase
     return np.interp(t, np.arange(len(bp)), bp)
 
-  def ecg(self, fs: float):
+  def _beats(self, fs_ecg: float):
+    """R-peak times (s) of the ECG rendered at `fs_ecg`, and that ECG's random stream after them:
+    heart rate plus respiratory sinus arrhythmia, integrated into beat phase."""
     lat = self.lat
-    n = int(round(lat.n_sec * fs))
     t4 = np.arange(0, lat.n_sec, 0.25)
     hr = np.interp(t4, np.arange(lat.n_sec) + 0.5, lat.env["hr"]) + lat.env["rsa"][0] * np.sin(
         self._phase(t4)
     )
-    rng = self._rng("ecg", fs)
+    rng = self._rng("ecg", fs_ecg)
     theta = np.cumsum(hr / 60 * 0.25) + rng.random()
     r = np.interp(np.arange(np.ceil(theta[0]), np.floor(theta[-1]) + 1), theta, t4)
-    r = np.r_[r[0] - 1.0, r, r[-1] + 1.0]
+    return np.r_[r[0] - 1.0, r, r[-1] + 1.0], rng
+
+  def ecg(self, fs: float):
+    lat = self.lat
+    n = int(round(lat.n_sec * fs))
+    r, rng = self._beats(fs)
     rr = np.diff(r, append=r[-1] + 1.0)
     t = np.arange(n) / fs
     kt = np.arange(-int(0.3 * fs), int(0.1 * fs) + 1) / fs
@@ -255,6 +261,67 @@ class Renderer:
     d = np.where(psi < 0.4, np.sin(np.pi * psi / 0.4), -0.67 * np.sin(np.pi * (psi - 0.4) / 0.6))
     d = np.minimum(d, env("cap"))
     return 0.4 * env("flow") * np.sign(d) * np.abs(d) ** 1.5 + 0.01 * noise
+
+  # ----------------------------------------------------------------- wearables (own rate)
+  def _movement(self, fs: float):
+    """Body-movement envelopes (g, per sample at `fs`): (gross, micro). Gross movements move the
+    sensor on the skin (PPG motion artefacts too): movements and position changes, limb movements
+    (seen attenuated at the wrist), ongoing activity in wake scaled by eyes-open. Micro-activity
+    (restlessness at arousals, REM twitches) shows in actigraphy only."""
+    lat = self.lat
+    n = int(round(lat.n_sec * fs))
+    rng = self._rng("movement", fs)
+    mt, ma = lat.points["movement"]
+    shifts = np.flatnonzero(np.diff(lat.position)) + 1.0  # turning over
+    lm = np.array([e.onset_s for e in lat.events if e.kind == "limb_movement"])
+    tw = lat.points["twitch"][0]
+    k2 = np.hanning(int(2.0 * fs))
+    env = _render(n, fs, mt, 0.01 * np.asarray(ma), k2)  # ~0.1-0.3 g per gross movement
+    env += _render(n, fs, shifts, rng.uniform(0.3, 0.6, len(shifts)), np.hanning(int(4.0 * fs)))
+    env += _render(n, fs, lm, rng.uniform(0.02, 0.06, len(lm)), k2)
+    micro = _render(n, fs, tw, rng.uniform(0.003, 0.01, len(tw)), np.hanning(int(0.3 * fs)))
+    t, sec = np.arange(n) / fs, np.arange(lat.n_sec) + 0.5
+    per_s = lambda k: np.interp(t, sec, lat.env[k])  # noqa: E731
+    wake = np.interp(t, sec, np.repeat((lat.hyp == 0).astype(float), 30))
+    return env + wake * (0.02 + 0.12 * per_s("eo")), micro + 0.03 * per_s("arousal")
+
+  def actigraphy(self, fs: float):
+    """Wrist acceleration magnitude |g + a| (g): three axes of 0.3-5 Hz movement noise under the
+    movement envelope, plus 2 mg sensor noise. Quiet in N3 and REM (atonia), bursts at arousals and
+    limb movements, activity in wake: what actigraphic sleep/wake scoring (Cole et al. 1992,
+    Sleep 15:461) relies on."""
+    n = int(round(self.lat.n_sec * fs))
+    env = sum(self._movement(fs))
+    axes = [env * self._noise(f"accel_{a}", _band(0.2, 0.3, 5.0, 0.45 * fs), n, fs)
+            for a in "xyz"]
+    axes = [a + 0.002 * self._noise(f"accel_noise_{i}", _band(0.1, 0.2, 0.4 * fs, 0.45 * fs), n, fs)
+            for i, a in enumerate(axes)]
+    return np.sqrt((1.0 + axes[0]) ** 2 + axes[1] ** 2 + axes[2] ** 2)
+
+  def ppg(self, fs: float, fs_ecg: float):
+    """Photoplethysmogram (a.u.): one pulse per heartbeat of the ECG rendered at `fs_ecg`, arriving
+    a pulse transit time after the R peak (~0.2-0.3 s to the periphery; Mukkamala 2015, IEEE TBME
+    62:1879). Pulse amplitude drops with sympathetic vasoconstriction at arousals and at the
+    arousals ending apneas (Delessert 2010, Sleep 33:1687; Haba-Rubio 2005, Sleep Med 6:23) and
+    with desaturation; breathing modulates the baseline; movement adds large artefacts."""
+    lat = self.lat
+    n = int(round(lat.n_sec * fs))
+    rng = self._rng("ppg", fs)
+    r, _ = self._beats(fs_ecg)
+    ptt = rng.uniform(0.2, 0.3)
+    sec = np.arange(lat.n_sec) + 0.5
+    aro = np.interp(r - 3.0, sec, lat.env["arousal"])  # vasoconstriction lags the arousal ~3 s
+    desat = np.interp(r, sec, np.clip(np.median(lat.spo2) - lat.spo2, 0, None))
+    amp = np.clip(1.0 - 0.5 * aro - 0.04 * desat, 0.2, None)
+    amp *= np.exp(0.05 * rng.standard_normal(len(r)))  # beat-to-beat amplitude variability
+    kt = np.arange(int(0.7 * fs)) / fs  # systolic peak and the diastolic (reflected) shoulder
+    pulse = (np.exp(-0.5 * ((kt - 0.12) / 0.05) ** 2)
+             + 0.3 * np.exp(-0.5 * ((kt - 0.34) / 0.08) ** 2))
+    x = _render(n, fs, r + ptt, amp, pulse, offset=int(0.12 * fs))
+    t = np.arange(n) / fs
+    x += 0.1 * np.sin(self._phase(t))  # respiratory-induced baseline variation
+    art = self._movement(fs)[0] * self._noise("ppg_motion", _band(0.3, 0.5, 4.0, 6.0), n, fs)
+    return x + 8.0 * art + 0.02 * self._noise("ppg_noise", _pink(0.5, 0.45 * fs), n, fs)
 
   def per_second(self, arr, fs: float):
     n = int(round(self.lat.n_sec * fs))

@@ -34,6 +34,11 @@ power features stop separating stages:
   contrastive learning);
 * demographics: site-specific age ranges (site a older: more wake, less N3,
   higher AHI), so label priors differ by site too.
+
+``wearables=True`` adds a photoplethysmogram ("Pleth", pulses from the night's ECG heartbeats) and a
+wrist accelerometer magnitude ("Accel") to every site's montage (:data:`WEARABLE_MONTAGE`; models in
+:mod:`data_prep.render`). Off by default: they draw only from their own seeded streams, so the
+other channels, and a cohort written without them, stay byte-identical.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ __all__ = [
     "Event",
     "SITE_A_MONTAGE",
     "SITE_B_MONTAGE",
+    "WEARABLE_MONTAGE",
     "make_site",
     "make_subject",
     "simulate_night",
@@ -76,6 +82,7 @@ START = _dt.datetime(2000, 1, 1, 22, 0, 0)
 
 class ChannelSpec(NamedTuple):
   # eeg_c4 eeg_c3 eog_l eog_r emg_chin ecg spo2 resp_thor resp_abdo airflow nasal_pressure position
+  # ppg actigraphy
   kind: str
   fs: int  # native sampling rate (Hz)
   unit: str
@@ -181,6 +188,10 @@ SITE_B_MONTAGE = {  # MESA-like
     "Pres": ChannelSpec("nasal_pressure", 32, "", (-1.0, 1.0)),
     "Pos": ChannelSpec("position", 1, "", (0.0, 3.0)),
 }
+WEARABLE_MONTAGE = {  # appended to a site's montage by make_site(..., wearables=True)
+    "Pleth": ChannelSpec("ppg", 64, "", (-4.0, 4.0)),
+    "Accel": ChannelSpec("actigraphy", 32, "g", (0.0, 8.0)),
+}
 _PREFILTER = {
     "eeg_c4": "HP:0.3Hz LP:35Hz",
     "eeg_c3": "HP:0.3Hz LP:35Hz",
@@ -196,9 +207,13 @@ def _site_name(j: int) -> str:
   return "site-" + (chr(ord("a") + j) if j < 26 else f"{chr(ord('a') + j % 26)}{j // 26}")
 
 
-def make_site(j: int, hard: bool = False) -> SiteSpec:
+def make_site(j: int, hard: bool = False, wearables: bool = False) -> SiteSpec:
   """Site j (0-based): 0 = SHHS-like, 1 = MESA-like, later ones reuse them with other mains/gain.
-  `hard`: with the hard benchmark's acquisition chain HARD_SITES[j % 3]."""
+  `hard`: with the hard benchmark's acquisition chain HARD_SITES[j % 3]. `wearables`: with the
+  channels of WEARABLE_MONTAGE too."""
+  if wearables:
+    site = make_site(j, hard)
+    return dataclasses.replace(site, montage={**site.montage, **WEARABLE_MONTAGE})
   if hard:
     return dataclasses.replace(make_site(j), hard=HARD_SITES[j % len(HARD_SITES)])
   b = j % 2 == 1
@@ -289,6 +304,11 @@ def simulate_night(
       x, amp = rnd.per_second(lat.spo2, fs), 0.0
     elif k == "position":
       x, amp = rnd.per_second(lat.position, fs), 0.0
+    elif k == "ppg":  # pulses from the heartbeats of this night's ECG (256 Hz when it has none)
+      fs_ecg = next((s.fs for s in site.montage.values() if s.kind == "ecg"), 256)
+      x, amp = rnd.ppg(fs, fs_ecg), 0.0
+    elif k == "actigraphy":
+      x, amp = rnd.actigraphy(fs), 0.0
     else:
       which = {
           "resp_thor": "thor",
@@ -300,7 +320,7 @@ def simulate_night(
     x = x[: lat.n_sec * fs]
     if amp and site.line_noise_hz < 0.5 * fs:
       x = x + amp * np.sin(2 * np.pi * site.line_noise_hz * np.arange(len(x)) / fs + line_phase)
-    if site.hard is not None and k not in ("spo2", "position"):
+    if site.hard is not None and k not in ("spo2", "position", "ppg", "actigraphy"):
       x = _hard_chain(x, k, fs, site.hard, hyp, hard_rng, artefact_on, rnd, fs_lat)
     if k == "emg_chin" and lat.emg_dead is not None:  # electrode off: flat trace near 0
       i0, i1 = int(lat.emg_dead[0] * fs), int(lat.emg_dead[1] * fs)
@@ -455,8 +475,9 @@ def write_xml(night: Night, path: str | os.PathLike) -> pathlib.Path:
 METADATA_COLUMNS = ("recording_id", "subject_id", "site", "age", "sex", "bmi", "ahi")
 
 
-def _cohort_plan(n_subjects: int, n_sites: int, seed: int, hard: bool = False):
-  sites = [make_site(j, hard) for j in range(n_sites)]
+def _cohort_plan(n_subjects: int, n_sites: int, seed: int, hard: bool = False,
+                 wearables: bool = False):
+  sites = [make_site(j, hard, wearables) for j in range(n_sites)]
   members = {
       j: [i for i in range(1, n_subjects + 1) if (i - 1) % n_sites == j] for j in range(n_sites)
   }
@@ -490,19 +511,20 @@ def write_cohort(
     seed: int = 0,
     workers: int = 1,
     hard: bool = False,
+    wearables: bool = False,
 ) -> pathlib.Path:
   """Write out_dir/edf/<rid>.edf, out_dir/annotations/<rid>.xml and out_dir/metadata.csv.
 
   Returns the metadata.csv path.  ``workers > 1`` simulates subjects in that
   many spawned processes (the caller then needs an ``if __name__ == "__main__"``
-  guard); it changes speed only, never the output. ``hard``: the hard benchmark cohort (module
-  docstring).
+  guard); it changes speed only, never the output. ``hard``: the hard benchmark cohort,
+  ``wearables``: PPG and actigraphy channels too (module docstring).
   """
   out = pathlib.Path(out_dir)
   edf_dir, xml_dir = out / "edf", out / "annotations"
   edf_dir.mkdir(parents=True, exist_ok=True)
   xml_dir.mkdir(parents=True, exist_ok=True)
-  sites, subjects = _cohort_plan(n_subjects, n_sites, seed, hard)
+  sites, subjects = _cohort_plan(n_subjects, n_sites, seed, hard, wearables)
   jobs = [
       (s, sites[(i - 1) % n_sites], hours, seed, i, str(edf_dir), str(xml_dir))
       for i, s in enumerate(subjects, start=1)

@@ -55,6 +55,7 @@ _PACKAGES = ("sleepjax", "data_prep", "launch", "tests")  # frames named in one-
 # Config sections each command reads (its --help lists these); commands not named: every section.
 SECTIONS = {"synth": ("synthetic",), "prep": ("prep", "data"), "caption-tokenizer": ("data", "text"),
             "train": ("seed", "data", "text", "model", "objective", "optim", "mesh", "train"),
+            "adapt": ("seed", "data", "optim", "mesh", "train", "adapt"),
             "eval": ("seed", "data", "model", "mesh", "eval")}
 
 
@@ -128,6 +129,16 @@ def cmd_train(config, workdir: str):
           "raise --config.train.steps to train on")
     return
   print("train: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
+
+
+def cmd_adapt(config, workdir: str):
+  """Adds modalities to a pretrained model (--config.adapt.pretrained=<its workdir>)."""
+  from sleepjax.train import adapt  # pylint: disable=g-import-not-at-top
+  last = adapt.adapt(config, workdir)
+  if not last:
+    print(f"adapt: {workdir} is already adapted (adapt.stage1_steps + adapt.stage2_steps)")
+    return
+  print("adapt: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
 
 
 def cmd_eval(config, workdir: str):
@@ -221,9 +232,10 @@ def cmd_sweep_report(config, workdir: str):
 
 
 COMMANDS = {"bench": cmd_bench, "synth": cmd_synth, "prep": cmd_prep,
-            "caption-tokenizer": cmd_caption_tokenizer, "train": cmd_train, "eval": cmd_eval,
-            "demo": cmd_demo, "config": cmd_config, "sweep": cmd_sweep, "sweep-run": cmd_sweep_run,
-            "sweep-report": cmd_sweep_report, "caption": cmd_caption, "query": cmd_query}
+            "caption-tokenizer": cmd_caption_tokenizer, "train": cmd_train, "adapt": cmd_adapt,
+            "eval": cmd_eval, "demo": cmd_demo, "config": cmd_config, "sweep": cmd_sweep,
+            "sweep-run": cmd_sweep_run, "sweep-report": cmd_sweep_report, "caption": cmd_caption,
+            "query": cmd_query}
 
 
 

@@ -56,7 +56,8 @@ class Modality:
     return self.rate * EPOCH_SECONDS
 
 
-# sleep2vec's nine pretraining modalities (defaults; all configurable through the manifest).
+# sleep2vec's nine pretraining modalities, then two wearable ones (defaults; all configurable
+# through the manifest).
 CANONICAL = {
     "eeg": Modality(
         rate=128, channels=("c4_m1", "c3_m2"), unit="uV", band_hz=(0.3, 35.0), notch=True,
@@ -95,4 +96,22 @@ CANONICAL = {
         rate=32, channels=("thorax", "abdomen"), unit="a.u.", band_hz=(0.05, 2.0), notch=False,
         fixed_scaling=None, qc=QCLimits(min_rate=4.0, flat_run_s=10.0, min_std=None,
                                         level_range=None, max_amplitude=None)),
+    # Wearables. PPG: a finger/wrist photoplethysmogram, one channel; 64 Hz keeps the pulse wave
+    # (fundamental 0.7-3 Hz, harmonics to ~8 Hz) with room for pulse-rate variability; band 0.5-8 Hz
+    # is the usual PPG pre-filter (Allen 2007, Physiol Meas 28:R1). Arbitrary units: the amplitude
+    # depends on the sensor, so it is normalised per recording like the other waveforms.
+    "ppg": Modality(
+        rate=64, channels=("ppg",), unit="a.u.", band_hz=(0.5, 8.0), notch=False,
+        fixed_scaling=None, qc=QCLimits(min_rate=16.0, flat_run_s=10.0, min_std=None,
+                                        level_range=None, max_amplitude=None)),
+    # Actigraphy: the acceleration magnitude |a| in g. Human movement lies below ~12 Hz (van Hees
+    # 2013, PLoS One 8:e61691; raw actigraphs record at 30-100 Hz), so 32 Hz keeps it and gives a
+    # power-of-two 960 samples per epoch. A level signal: 1 g is a still wrist whatever the
+    # orientation, and a still sleeper is the point (Cole-Kripke-style sleep/wake scoring reads low
+    # activity as sleep), so a per-recording median/IQR would blow a quiet night's noise up.
+    # Stillness is physiology: only an hour of identical samples is a flat (dead) sensor.
+    "actigraphy": Modality(
+        rate=32, channels=("magnitude",), unit="g", band_hz=None, notch=False,
+        fixed_scaling=(1.0, 0.1), qc=QCLimits(min_rate=10.0, flat_run_s=3600.0, min_std=None,
+                                              level_range=(0.0, 16.0), max_amplitude=None)),
 }

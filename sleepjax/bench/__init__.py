@@ -47,7 +47,8 @@ def bench_prep(config, workdir: str, hours: float = 8.0, repeats: int = 2) -> di
   from data_prep import metadata, prep, synthetic  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     raw = pathlib.Path(tmp)
-    synthetic.write_cohort(raw, n_subjects=1, n_sites=1, hours=hours, seed=0)
+    # wearables: PPG and actigraphy too, so every canonical modality is converted
+    synthetic.write_cohort(raw, n_subjects=1, n_sites=1, hours=hours, seed=0, wearables=True)
     rows = metadata.read_metadata(raw / "metadata.csv")[0]
     prep_config = config.prep.copy_and_resolve_references()
     prep_config.modalities = tuple(CANONICAL)

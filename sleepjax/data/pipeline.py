@@ -257,7 +257,8 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  caption_len: int = 0, read_threads: int = 2, prefetch: int = 4,
                  workers: int = 0, verify: str = "stamp",
                  subject_fraction: float = 1.0,
-                 fields: tuple[str, ...] | None = None) -> grain.IterDataset:
+                 fields: tuple[str, ...] | None = None,
+                 pair_share: sampling_lib.PairShare | None = None) -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
   train: this process's slice in a new seeded order every pass (or pair-first draws), repeated
@@ -267,6 +268,7 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   epochs' captions of every group, tokenised with the manifest's tokenizer (`sleepjax caption-tokenizer`);
   `workers` > 0 moves batch assembly into worker processes (see BENCHMARKS.md);
   `subject_fraction` < 1 keeps a fixed subset of the split's subjects (`sampling.subject_subset`).
+  `pair_share` (pair_first only): the annealed share of pairs with a new modality (`sleepjax adapt`).
   `fields`: what the step reads beyond signals/masks (`FIELDS`; None = `DEFAULT_FIELDS`, plus
   captions when `caption_len` > 0). `window` may exceed the segment length (up to the shortest recording);
   without `train`, a window starts at each record's first epoch (or earlier, to fit the night).
@@ -314,8 +316,10 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   if train and sampling == "pair_first":
     pairs, probs, members = sampling_lib.pair_table(presence_RxM & keep_R[:, None], modalities,
                                                     pair_weights)
+    new = set(pair_share.new) if pair_share is not None else set()
+    new_P = tuple(bool({modalities[a], modalities[b]} & new) for a, b in pairs)
     ds = grain.MapDataset.range(len(source)).repeat().map_with_index(sampling_lib.PairFirstIndex(
-        tuple(pairs), probs, tuple(members), local_batch, seed, process_index))
+        tuple(pairs), probs, tuple(members), local_batch, seed, process_index, pair_share, new_P))
     read["pairs"] = tuple(pairs)
   else:
     index = np.flatnonzero(keep_R)

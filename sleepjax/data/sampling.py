@@ -4,7 +4,9 @@ Strategies (`data.modality_sampling`):
   all          every record, masks as recorded
   all_present  only records whose recording has every requested modality
   pair_first   sleep2vec: each global batch picks a modality pair (uniform or `data.pair_weights`),
-               then draws records that have both; the batch carries only that pair's keys
+               then draws records that have both; the batch carries only that pair's keys;
+               a `PairShare` (`sleepjax adapt`) sets, step by step, the share of pairs that
+               involve the newly added modalities
   dropout      every record; each present modality is masked with prob `data.modality_dropout`,
                keeping at least `data.min_modalities`
 Recording-level presence comes from the manifest, so choosing records reads no data.
@@ -67,6 +69,31 @@ def pair_table(presence_RxM: np.ndarray, modalities: list[str], weights: dict[st
 
 
 @dataclasses.dataclass(frozen=True)
+class PairShare:
+  """The share of pairs involving a `new` modality: `share[i]` at fraction `at[i]` of `steps`,
+  linear in between, `share[0]` before `at[0]` (sleep2vec's adapt: 1.0, 0.7, 0.0 at 25/50/100 %)."""
+  new: tuple[str, ...]
+  at: tuple[float, ...]
+  share: tuple[float, ...]
+  steps: int
+
+  def __call__(self, step: int) -> float:
+    return float(np.interp(step / max(self.steps, 1), self.at, self.share))
+
+
+def pair_probs(probs_P: np.ndarray, new_P: np.ndarray, share: float) -> np.ndarray:
+  """`probs_P` reweighted so pairs with `new_P` get `share` of the mass (as they relate inside
+  each side); a side without pairs hands its mass to the other."""
+  new_P = np.asarray(new_P, bool)
+  p_new, p_old = probs_P * new_P, probs_P * ~new_P
+  if not p_new.sum():
+    return probs_P
+  if not p_old.sum():
+    return p_new / p_new.sum()
+  return share * p_new / p_new.sum() + (1 - share) * p_old / p_old.sum()
+
+
+@dataclasses.dataclass(frozen=True)
 class PairFirstIndex(grain.transforms.MapWithIndex):
   """Global example index -> (record index, pair). One pair per global batch, same on every host."""
   pairs: tuple
@@ -75,10 +102,14 @@ class PairFirstIndex(grain.transforms.MapWithIndex):
   local_batch: int
   seed: int
   process_index: int
+  share: PairShare | None = None  # anneals the share of pairs with a new modality
+  new_P: tuple[bool, ...] = ()  # per pair: does it involve a `share.new` modality
 
   def map_with_index(self, index: int, _) -> tuple[int, int]:
     step, offset = divmod(index, self.local_batch)
-    pair = np.random.default_rng([self.seed, step]).choice(len(self.pairs), p=self.probs)
+    probs = self.probs if self.share is None else pair_probs(self.probs, self.new_P,
+                                                             self.share(step))
+    pair = np.random.default_rng([self.seed, step]).choice(len(self.pairs), p=probs)
     rng = np.random.default_rng([self.seed, step, self.process_index, offset])
     candidates = self.members[pair]
     return int(candidates[rng.integers(len(candidates))]), int(pair)

@@ -1,5 +1,7 @@
 """Staging heads trained through the encoder: the supervised-from-scratch baseline (random init,
-every parameter trained) and fine-tuning (pretrained init, tokenizers frozen — sleep2vec's recipe).
+every parameter trained) and fine-tuning (pretrained init, tokenizers frozen — sleep2vec's recipe;
+or, with `eval.finetune_lora_rank` > 0, the whole backbone frozen and LoRA adapters trained on its
+attention projections, `sleepjax.train.lora`). The number of trained parameters is logged.
 
 The encoder's fused epoch embedding feeds a linear stage head; the loss is class-balanced
 cross-entropy over the labelled epochs of whole training segments. Labels are thinned to a fraction
@@ -13,12 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 
 from sleepjax import sharding
 from sleepjax.data import pipeline
 from sleepjax.evaluate import metrics, tasks as tasks_lib
 from sleepjax.modalities import STAGES
+from sleepjax.train import lora as lora_lib
 from sleepjax.train.trainer import check_batch
 
 
@@ -57,8 +61,11 @@ def _thin(ctx, batch: dict, fraction: float, seed: int, sites) -> np.ndarray:
   return np.where(keep, batch["stage"], -1)
 
 
-def train_head(ctx, encoder, *, freeze_tokenizers: bool, fraction: float, seed: int, sites=None):
-  """Trains encoder + linear head; returns (params, head)."""
+def train_head(ctx, encoder, *, freeze_tokenizers: bool, fraction: float, seed: int, sites=None,
+               lora_rank: int = 0):
+  """Trains encoder + linear head, or (`lora_rank` > 0) LoRA adapters of the frozen encoder + head;
+  returns (params, head, adapters): params as trained (with LoRA: the frozen ones, untouched),
+  adapters None without LoRA. `lora.merge` folds adapters into params."""
   mesh, batch_sh = ctx.mesh, sharding.batch_sharding(ctx.mesh)
   graphdef, embed = encoder.graphdef, encoder.embed
   K = len(STAGES)
@@ -70,15 +77,28 @@ def train_head(ctx, encoder, *, freeze_tokenizers: bool, fraction: float, seed: 
                      pipeline.nest(batches[0])).shape[-1]
   head = {"w": 0.01 * jax.random.normal(jax.random.key(seed), (D, K)), "b": jnp.zeros(K)}
 
-  def trainable(path, _):
-    return "frozen" if freeze_tokenizers and "tokenizers" in map(str, path) else "train"
+  def trainable(path, _):  # path entries are keys (DictKey('tokenizers')), not strings
+    names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+    return "frozen" if freeze_tokenizers and "tokenizers" in names else "train"
   labels = jax.tree_util.tree_map_with_path(trainable, encoder.params)
-  lr = ctx.config.eval.finetune_lr
+  cfg = ctx.config.eval
+  lr = cfg.finetune_lr
   tx_enc = optax.multi_transform({"train": optax.adamw(lr, weight_decay=0.01),
                                   "frozen": optax.set_to_zero()}, labels)
   tx_head = optax.adam(lr)
+  params = encoder.params
+  adapters = (lora_lib.init(params, lora_rank, tuple(cfg.finetune_lora_targets),
+                            jax.random.key(seed + 1)) if lora_rank else None)
+  frozen = ("backbone (LoRA)" if lora_rank else "tokenizers" if freeze_tokenizers else "nothing")
+  trained = (lora_lib.count(adapters) if lora_rank else
+             sum(x.size for x, g in zip(jax.tree.leaves(params), jax.tree.leaves(labels))
+                 if g == "train"))
+  logging.info("finetune: %d of %d encoder parameters train (+%d head; frozen: %s)", trained,
+               lora_lib.count(params), D * K + K, frozen)
 
-  def loss_fn(params, head, batch, y):
+  def loss_fn(params, adapters, head, batch, y):
+    if adapters is not None:
+      params = lora_lib.merge(params, adapters, cfg.finetune_lora_alpha, lora_rank)
     x = embed(nnx.merge(graphdef, params), batch)["epoch"].astype(jnp.float32)
     logits = x @ head["w"] + head["b"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
@@ -86,26 +106,36 @@ def train_head(ctx, encoder, *, freeze_tokenizers: bool, fraction: float, seed: 
     return (ce * w).sum() / jnp.maximum(w.sum(), 1e-6)
 
   @jax.jit
-  def step(params, head, opt_enc, opt_head, batch, y):
-    grads = jax.grad(loss_fn, argnums=(0, 1))(params, head, batch, y)
-    up_enc, opt_enc = tx_enc.update(grads[0], opt_enc, params)
-    up_head, opt_head = tx_head.update(grads[1], opt_head)
-    return optax.apply_updates(params, up_enc), optax.apply_updates(head, up_head), opt_enc, opt_head
+  def step(params, adapters, head, opt_enc, opt_head, batch, y):
+    if adapters is None:
+      g_enc, g_head = jax.grad(loss_fn, argnums=(0, 2))(params, adapters, head, batch, y)
+      up_enc, opt_enc = tx_enc.update(g_enc, opt_enc, params)
+      params = optax.apply_updates(params, up_enc)
+    else:  # the backbone is neither differentiated nor updated
+      g_enc, g_head = jax.grad(loss_fn, argnums=(1, 2))(params, adapters, head, batch, y)
+      up_enc, opt_enc = tx_head.update(g_enc, opt_enc)
+      adapters = optax.apply_updates(adapters, up_enc)
+    up_head, opt_head = tx_head.update(g_head, opt_head)
+    return params, adapters, optax.apply_updates(head, up_head), opt_enc, opt_head
 
-  params = encoder.params
-  opt_enc, opt_head = tx_enc.init(params), tx_head.init(head)
+  opt_enc = tx_enc.init(params) if adapters is None else tx_head.init(adapters)
+  opt_head = tx_head.init(head)
   with jax.set_mesh(mesh):
-    for i in range(ctx.config.eval.finetune_steps):
+    for i in range(cfg.finetune_steps):
       j = i % len(batches)
       g = pipeline.to_global({**batches[j], "stage": labelled[j]}, batch_sh)
-      params, head, opt_enc, opt_head = step(params, head, opt_enc, opt_head, g, g["stage"])
-  return params, jax.device_get(head)
+      params, adapters, head, opt_enc, opt_head = step(params, adapters, head, opt_enc, opt_head,
+                                                       g, g["stage"])
+  return params, jax.device_get(head), adapters
 
 
 def _run(ctx, init: str, freeze_tokenizers: bool, name: str) -> dict:
   sites = ctx.site_sides()
-  out = {"init": init, "freeze_tokenizers": freeze_tokenizers,
-         "steps": ctx.config.eval.finetune_steps}
+  cfg = ctx.config.eval
+  lora_rank = cfg.finetune_lora_rank if init == "pretrained" else 0
+  out = {"init": init, "freeze_tokenizers": freeze_tokenizers, "steps": cfg.finetune_steps,
+         "lora": ({"rank": lora_rank, "alpha": cfg.finetune_lora_alpha,
+                   "targets": list(cfg.finetune_lora_targets)} if lora_rank else None)}
   for variant, train_sites, test_sites in (("in_site", None, None), ("cross_site", *sites)):
     if variant == "cross_site" and sites[0] is None:
       continue
@@ -114,8 +144,11 @@ def _run(ctx, init: str, freeze_tokenizers: bool, name: str) -> dict:
       runs = []
       for seed in ctx.config.eval.finetune_seeds:
         enc = ctx.encoder(init)
-        params, head = train_head(ctx, enc, freeze_tokenizers=freeze_tokenizers, fraction=fraction,
-                                  seed=seed, sites=train_sites)
+        params, head, adapters = train_head(ctx, enc, freeze_tokenizers=freeze_tokenizers,
+                                            fraction=fraction, seed=seed, sites=train_sites,
+                                            lora_rank=lora_rank)
+        if adapters is not None:  # evaluated as a plain model: the merged weights
+          params = lora_lib.merge(params, adapters, cfg.finetune_lora_alpha, lora_rank)
         tuned = dataclasses.replace(enc, name=f"{name}/{variant}/{fraction}/{seed}", params=params)
         test = ctx.embed_with(tuned, ctx.split("test"))
         rows = (None if test_sites is None else
@@ -136,7 +169,8 @@ def supervised(ctx) -> dict:
 
 
 def finetune(ctx) -> dict:
-  """Pretrained encoder fine-tuned with its tokenizers frozen, plus a linear stage head."""
+  """Pretrained encoder fine-tuned with its tokenizers frozen (or, `eval.finetune_lora_rank` > 0,
+  frozen whole with LoRA adapters), plus a linear stage head."""
   return _run(ctx, "pretrained", True, "finetune")
 
 

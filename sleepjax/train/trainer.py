@@ -129,9 +129,9 @@ def _resume_plan(config, ckpt: str, step: int):
   return segments, meta
 
 
-def _batches(config, manifest, modalities, mesh) -> prefetch.DevicePrefetch:
+def batches(config, manifest, modalities, mesh, pair_share=None) -> prefetch.DevicePrefetch:
   """The training batches, read and copied to the devices in a background thread while the step
-  runs."""
+  runs. `pair_share`: see `pipeline.make_dataset` (`sleepjax adapt`)."""
   batch_sh = sharding.batch_sharding(mesh)
   return prefetch.DevicePrefetch(iter(pipeline.make_dataset(
       manifest, "train", list(modalities), window=config.data.window_epochs,
@@ -142,7 +142,8 @@ def _batches(config, manifest, modalities, mesh) -> prefetch.DevicePrefetch:
       process_index=jax.process_index(), process_count=jax.process_count(),
       read_threads=config.data.read_threads, prefetch=config.data.prefetch,
       workers=config.data.workers, verify=config.data.verify_shards,
-      subject_fraction=config.data.subject_fraction, fields=_fields(config))),
+      subject_fraction=config.data.subject_fraction, fields=_fields(config),
+      pair_share=pair_share)),
       lambda local: pipeline.to_global(local, batch_sh),
       depth=config.data.device_prefetch)
 
@@ -224,7 +225,7 @@ def train(config, workdir: str) -> dict:
   config = config.copy_and_resolve_references()  # the checkpoint's config names what is encoded
   with config.unlocked():
     config.data.modalities = tuple(modalities)
-  it = _batches(config, manifest, modalities, mesh)
+  it = batches(config, manifest, modalities, mesh)
   ckpt = checkpoint_dir(workdir)
   manager = checkpoint.make_manager(ckpt, config)
   state, graphdef, state_sh, tx, schedule, segments, meta = _restore_or_init(
