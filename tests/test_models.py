@@ -223,7 +223,7 @@ def test_scanned_blocks_match_the_loop():
 
   q = nnx.state(scan.blocks, nnx.Param)["attn"]["q"]
   assert q.shape == (3, 16, 2, 8) and q.out_sharding == ("layers", "embed", "heads", "kv")
-  mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "tensor": 2})
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "tensor": 2, "dcn_data": -1})
   spec = sharding.logical_to_mesh(nnx.state(scan.blocks, nnx.Param), mesh)["attn"]["q"].spec
   assert tuple(spec) == (None, "fsdp", "tensor", None)
 
