@@ -85,7 +85,7 @@ def test_dash_matches_float64_reference(case):
   assert abs(float(loss) - ref) / abs(ref) <= 1e-5
   valid = rng.random((len(age), 4)) < 0.7
   valid[0] = True
-  loss_v = dash_info_nce(za, zb, w, h, 0.2, 0.1, valid_BxL=valid)
+  loss_v = dash_info_nce(za, zb, w, h, 0.2, 0.1, valid_BxW=valid)
   ref_v = reference_loss(za, zb, w_ref, h_ref, 0.2, 0.1, valid)
   assert abs(float(loss_v) - ref_v) / abs(ref_v) <= 1e-5
 

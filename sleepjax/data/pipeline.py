@@ -106,9 +106,9 @@ class _Decoded:
       raise ValueError(f"records lack {name!r} (prepared for other modalities?)")
     return a.dtype, a.shape
 
-  def read(self, name: str, j_P, e0_P, e1_P, out: np.ndarray, dst_P):
+  def read(self, name: str, j_Z, e0_Z, e1_Z, out: np.ndarray, dst_Z):
     flat = out.reshape(-1).view(np.uint8)
-    for j, e0, e1, dst in zip(j_P.tolist(), e0_P.tolist(), e1_P.tolist(), dst_P.tolist()):
+    for j, e0, e1, dst in zip(j_Z.tolist(), e0_Z.tolist(), e1_Z.tolist(), dst_Z.tolist()):
       x = self.decoded[j][0][name][e0:e1].reshape(-1).view(np.uint8)
       flat[dst:dst + len(x)] = x
 
@@ -178,13 +178,13 @@ class ReadBatch(grain.transforms.RandomMap):
     names += [(f"masks/{m}", f"mask/{m}") for m in modalities]
     names += [(f, f) for f in _PER_EPOCH if f in self.fields]
     flat = [(b, *p) for b, row in enumerate(pieces) for p in row]
-    b_P, j_P, e0_P, e1_P, at_P = (np.asarray(c, np.int64) for c in zip(*flat))
+    b_Z, j_Z, e0_Z, e1_Z, at_Z = (np.asarray(c, np.int64) for c in zip(*flat))
     out = {}
     alloc = grain.multiprocessing.SharedMemoryArray if self.shared_memory else _recycled
     for key, name in names:
       dtype, shape = reader.array(pieces[0][0][0], name)
       x = out[key] = alloc((B, W, *shape[1:]), dtype)
-      reader.read(name, j_P, e0_P, e1_P, x, (b_P * W + at_P) * (x.nbytes // (B * W)))
+      reader.read(name, j_Z, e0_Z, e1_Z, x, (b_Z * W + at_Z) * (x.nbytes // (B * W)))
     if "epoch_index" in self.fields:
       out["epoch_index"] = start_B.astype(np.int32)[:, None] + np.arange(W, dtype=np.int32)
     if "age" in self.fields:

@@ -152,26 +152,26 @@ class Shards:
       cached = self._placements[name] = np.asarray(offsets, np.int64), sizes.pop() if sizes else 0
     return cached
 
-  def read(self, name: str, j_P: np.ndarray, e0_P: np.ndarray, e1_P: np.ndarray,
-           out: np.ndarray, dst_P: np.ndarray):
-    """For each piece p: epochs [e0_P[p], e1_P[p]) of array `name` of record j_P[p] into the bytes
-    of `out` (C-contiguous) from byte dst_P[p] on. One `preadv` per piece: the block headers
+  def read(self, name: str, j_Z: np.ndarray, e0_Z: np.ndarray, e1_Z: np.ndarray,
+           out: np.ndarray, dst_Z: np.ndarray):
+    """For each piece p: epochs [e0_Z[p], e1_Z[p]) of array `name` of record j_Z[p] into the bytes
+    of `out` (C-contiguous) from byte dst_Z[p] on. One `preadv` per piece: the block headers
     inside a range land in a scratch buffer."""
-    offset_L, per_epoch = self._placement(name)
-    off_P = offset_L[self._rows[j_P, 1]]
-    if (off_P < 0).any():
+    offset_per_layout, per_epoch = self._placement(name)
+    off_Z = offset_per_layout[self._rows[j_Z, 1]]
+    if (off_Z < 0).any():
       raise ValueError(f"records lack {name!r} (prepared for other modalities?)")
-    d_P = self._rows[j_P, 0] + off_P + e0_P * per_epoch
-    n_P = (e1_P - e0_P) * per_epoch
-    first_P = np.minimum(n_P, PAYLOAD - d_P % PAYLOAD)  # bytes before the first block header
-    pos_P = (d_P // PAYLOAD) * BLOCK + HEADER + d_P % PAYLOAD
+    d_Z = self._rows[j_Z, 0] + off_Z + e0_Z * per_epoch
+    n_Z = (e1_Z - e0_Z) * per_epoch
+    first_Z = np.minimum(n_Z, PAYLOAD - d_Z % PAYLOAD)  # bytes before the first block header
+    pos_Z = (d_Z // PAYLOAD) * BLOCK + HEADER + d_Z % PAYLOAD
     self._fd(0)
-    fd_P = np.asarray(self._fds)[self._shard[j_P]]
+    fd_Z = np.asarray(self._fds)[self._shard[j_Z]]
     buf = memoryview(out).cast("B")
-    if (dst_P + n_P).max(initial=0) > buf.nbytes:
+    if (dst_Z + n_Z).max(initial=0) > buf.nbytes:
       raise ValueError(f"{name}: reads past the end of the batch array")
-    for fd, pos, n, first, dst in zip(fd_P.tolist(), pos_P.tolist(), n_P.tolist(),
-                                      first_P.tolist(), dst_P.tolist()):
+    for fd, pos, n, first, dst in zip(fd_Z.tolist(), pos_Z.tolist(), n_Z.tolist(),
+                                      first_Z.tolist(), dst_Z.tolist()):
       iov, want = [buf[dst:dst + first]], first
       done = first
       while done < n:  # the rest of the range continues after each block header

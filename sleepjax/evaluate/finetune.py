@@ -72,7 +72,7 @@ def train_head(ctx, encoder, *, freeze_tokenizers: bool, fraction: float, seed: 
   batches = ctx.batches(ctx.split("train"))
   labelled = [_thin(ctx, b, fraction, seed, sites) for b in batches]
   counts = np.bincount(np.concatenate([y.reshape(-1) for y in labelled]) + 1, minlength=K + 1)[1:]
-  weight_K = jnp.asarray(np.where(counts > 0, counts.sum() / (K * np.maximum(counts, 1)), 0.0))
+  weight_Y = jnp.asarray(np.where(counts > 0, counts.sum() / (K * np.maximum(counts, 1)), 0.0))
   D = jax.eval_shape(lambda p, b: embed(nnx.merge(graphdef, p), b)["epoch"], encoder.params,
                      pipeline.nest(batches[0])).shape[-1]
   head = {"w": 0.01 * jax.random.normal(jax.random.key(seed), (D, K)), "b": jnp.zeros(K)}
@@ -102,7 +102,7 @@ def train_head(ctx, encoder, *, freeze_tokenizers: bool, fraction: float, seed: 
     x = embed(nnx.merge(graphdef, params), batch)["epoch"].astype(jnp.float32)
     logits = x @ head["w"] + head["b"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
-    w = jnp.where(y >= 0, weight_K[jnp.maximum(y, 0)], 0.0)
+    w = jnp.where(y >= 0, weight_Y[jnp.maximum(y, 0)], 0.0)
     return (ce * w).sum() / jnp.maximum(w.sum(), 1e-6)
 
   @jax.jit

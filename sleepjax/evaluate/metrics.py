@@ -17,9 +17,9 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
   """[true, predicted] counts over the labelled entries."""
   y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
   keep = y_true >= 0
-  cm_KxK = np.zeros((n_classes, n_classes), np.int64)
-  np.add.at(cm_KxK, (y_true[keep], y_pred[keep]), 1)
-  return cm_KxK
+  cm_YxY = np.zeros((n_classes, n_classes), np.int64)
+  np.add.at(cm_YxY, (y_true[keep], y_pred[keep]), 1)
+  return cm_YxY
 
 
 def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -121,21 +121,21 @@ def auroc(y_true: np.ndarray, score: np.ndarray) -> float:
   return float(greater / (len(pos) * len(neg)))
 
 
-def recall_at_k(sim_QxK: np.ndarray, ks=(1, 5, 10)) -> dict:
+def recall_at_k(sim_QxN: np.ndarray, ks=(1, 5, 10)) -> dict:
   """Query i's match is candidate i; R@k = fraction of queries whose match ranks in the top k
   (ties count against the query: the rank is 1 + the number of candidates scoring >= the match,
   excluding the match itself)."""
-  sim = np.asarray(sim_QxK, float)
+  sim = np.asarray(sim_QxN, float)
   match = np.diag(sim)
   rank = (sim >= match[:, None]).sum(1)  # 1-based; the match itself counts once
   return {f"R@{k}": float((rank <= k).mean()) for k in ks}
 
 
-def recall_at_k_sets(sim_QxC: np.ndarray, correct_QxC: np.ndarray, ks=(1, 5, 10)) -> dict:
+def recall_at_k_sets(sim_QxN: np.ndarray, correct_QxN: np.ndarray, ks=(1, 5, 10)) -> dict:
   """R@k when several candidates are right (e.g. identical caption texts): a query's rank is 1 +
   the number of wrong candidates scoring >= its best right one (queries with no right candidate
   are skipped). With one right candidate per query this is `recall_at_k`."""
-  sim, correct = np.asarray(sim_QxC, float), np.asarray(correct_QxC, bool)
+  sim, correct = np.asarray(sim_QxN, float), np.asarray(correct_QxN, bool)
   has = correct.any(1)
   sim, correct = sim[has], correct[has]
   best = np.where(correct, sim, -np.inf).max(1)

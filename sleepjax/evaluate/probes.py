@@ -42,13 +42,13 @@ def fit_linear_probe(x_NxD: np.ndarray, y_N: np.ndarray, n_classes: int, *, step
   keep = y_N >= 0
   x_NxD, y_N = x_NxD[keep], y_N[keep]
   norm = _standardise(x_NxD)
-  counts_K = np.bincount(y_N, minlength=n_classes)
-  weight_K = jnp.asarray(np.where(counts_K > 0, len(y_N) / (n_classes * np.maximum(counts_K, 1)), 0))
+  counts_Y = np.bincount(y_N, minlength=n_classes)
+  weight_Y = jnp.asarray(np.where(counts_Y > 0, len(y_N) / (n_classes * np.maximum(counts_Y, 1)), 0))
   xs, ys = jnp.asarray(norm(x_NxD)), jnp.asarray(y_N)
 
   def loss_fn(p):
     ce = optax.softmax_cross_entropy_with_integer_labels(xs @ p["w"] + p["b"], ys)
-    return (ce * weight_K[ys]).sum() / weight_K[ys].sum() + l2 * jnp.sum(p["w"] ** 2)
+    return (ce * weight_Y[ys]).sum() / weight_Y[ys].sum() + l2 * jnp.sum(p["w"] ** 2)
 
   params = _fit_adam(loss_fn, (x_NxD.shape[1], n_classes), steps=steps, lr=lr, seed=seed)
 
@@ -64,21 +64,21 @@ def fit_linear_probe(x_NxD: np.ndarray, y_N: np.ndarray, n_classes: int, *, step
   return predict
 
 
-def fit_sigmoid_probe(x_NxD: np.ndarray, y_NxK: np.ndarray, *, steps: int, lr: float, l2: float,
+def fit_sigmoid_probe(x_NxD: np.ndarray, y_NxY: np.ndarray, *, steps: int, lr: float, l2: float,
                       seed: int = 0):
   """Independent logistic outputs (multi-label, positives re-weighted to balance each output);
-  returns scores(x) -> probabilities [N, K]."""
+  returns scores(x) -> probabilities [N, Y]."""
   norm = _standardise(x_NxD)
-  xs, ys = jnp.asarray(norm(x_NxD)), jnp.asarray(y_NxK, jnp.float32)
-  pos_K = jnp.asarray(np.clip(y_NxK.mean(0), 1e-3, 1 - 1e-3), jnp.float32)
-  w_pos, w_neg = 0.5 / pos_K, 0.5 / (1 - pos_K)
+  xs, ys = jnp.asarray(norm(x_NxD)), jnp.asarray(y_NxY, jnp.float32)
+  pos_Y = jnp.asarray(np.clip(y_NxY.mean(0), 1e-3, 1 - 1e-3), jnp.float32)
+  w_pos, w_neg = 0.5 / pos_Y, 0.5 / (1 - pos_Y)
 
   def loss_fn(p):
     z = xs @ p["w"] + p["b"]
     bce = -(ys * w_pos * jax.nn.log_sigmoid(z) + (1 - ys) * w_neg * jax.nn.log_sigmoid(-z))
     return bce.mean() + l2 * jnp.sum(p["w"] ** 2)
 
-  params = _fit_adam(loss_fn, (x_NxD.shape[1], y_NxK.shape[1]), steps=steps, lr=lr, seed=seed)
+  params = _fit_adam(loss_fn, (x_NxD.shape[1], y_NxY.shape[1]), steps=steps, lr=lr, seed=seed)
   return lambda x: np.asarray(jax.nn.sigmoid(norm(x) @ params["w"] + params["b"]))
 
 

@@ -90,7 +90,7 @@ def fit(ctx, train: dict, val: dict | None, seed: int):
   real = train["x"][train["mask"]]
   mu, sd = real.mean(0), real.std(0) + 1e-6
   counts = np.bincount(train["stage"][train["stage"] >= 0], minlength=K)
-  weight_K = jnp.asarray(np.where(counts > 0, counts.sum() / (K * np.maximum(counts, 1)), 0.0))
+  weight_Y = jnp.asarray(np.where(counts > 0, counts.sum() / (K * np.maximum(counts, 1)), 0.0))
   model = SequenceHead(train["x"].shape[-1], K, width=ctx.config.eval.sequence_width,
                        conv_layers=ctx.config.eval.sequence_conv_layers,
                        attention_layers=ctx.config.eval.sequence_attention_layers,
@@ -104,7 +104,7 @@ def fit(ctx, train: dict, val: dict | None, seed: int):
   def loss_fn(params, x, y, mask, length):
     logits = nnx.merge(graphdef, params)(x, mask, length)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
-    w = jnp.where(y >= 0, weight_K[jnp.maximum(y, 0)], 0.0)
+    w = jnp.where(y >= 0, weight_Y[jnp.maximum(y, 0)], 0.0)
     return (ce * w).sum() / jnp.maximum(w.sum(), 1e-6)
 
   @jax.jit

@@ -107,9 +107,9 @@ def stage_classifier(model, tokenizer, max_len: int) -> np.ndarray:
   return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
 
 
-def zero_shot_stage(signal_NxP: np.ndarray, classifier_KxP: np.ndarray) -> np.ndarray:
+def zero_shot_stage(signal_NxP: np.ndarray, classifier_YxP: np.ndarray) -> np.ndarray:
   """Predicted stage per epoch: argmax cosine similarity against the stage prompts."""
-  return np.argmax(np.asarray(signal_NxP) @ classifier_KxP.T, -1)
+  return np.argmax(np.asarray(signal_NxP) @ classifier_YxP.T, -1)
 
 
 def text_retrieval(ctx, model, tokenizer, rows) -> dict:

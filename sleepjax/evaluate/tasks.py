@@ -227,9 +227,9 @@ def _with_neighbours(table: dict) -> np.ndarray:
   return x.reshape(-1, x.shape[-1])
 
 
-def night_rasters(table: dict, flags_NxS: np.ndarray) -> np.ndarray:
+def night_rasters(table: dict, flags_per_second: np.ndarray) -> np.ndarray:
   """Per-second rasters of all rows joined in table order, one False second between recordings."""
-  per_row = flags_NxS.reshape(len(table["recording"]), -1)
+  per_row = flags_per_second.reshape(len(table["recording"]), -1)
   pieces = []
   for i, row in enumerate(per_row):
     if i and table["recording"][i] != table["recording"][i - 1]:

@@ -60,9 +60,9 @@ def draw_pair(model: Sleep2Vec, batch: dict, rng: jax.Array) -> dict:
     return batch
   present_MxBxW = jnp.stack([batch["masks"][m].any(-1) for m in names])
   pairs = list(itertools.combinations(range(len(names)), 2))
-  together_P = jnp.stack([(present_MxBxW[a] & present_MxBxW[b]).any() for a, b in pairs])
-  logits_P = jnp.where(together_P | ~together_P.any(), 0.0, -jnp.inf)
-  pair_2 = jnp.asarray(pairs, jnp.int32)[jax.random.categorical(rng, logits_P)]
+  together_A = jnp.stack([(present_MxBxW[a] & present_MxBxW[b]).any() for a, b in pairs])
+  logits_A = jnp.where(together_A | ~together_A.any(), 0.0, -jnp.inf)
+  pair_2 = jnp.asarray(pairs, jnp.int32)[jax.random.categorical(rng, logits_A)]
   B = present_MxBxW.shape[1]
   return {**batch, "pair": jnp.broadcast_to(pair_2, (B, 2))}
 

@@ -47,7 +47,7 @@ def build(config, modalities: dict[str, tuple[int, int]], rngs: nnx.Rngs) -> Sle
 
 
 def flat_inputs(model: SleepLM, batch: dict) -> tuple[jax.Array, jax.Array]:
-  """-> x [N, K, S] z-scored 64 Hz channels, present [N, K]; N = B * W epochs."""
+  """-> x [N, C, S] z-scored 64 Hz channels, present [N, C]; N = B * W epochs."""
   x, present = model.inputs(batch["signals"], batch["masks"])
   B, W, K, S = x.shape
   return x.reshape(B * W, K, S), present.reshape(B * W, K)

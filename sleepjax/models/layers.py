@@ -184,27 +184,27 @@ def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, bias_HxK: jax.Array | Non
 
 
 # ------------------------------------------------------------------------------------- attention
-def softmax_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxTxS=None, *,
+def softmax_attention(q_BxTxHxK, k_BxUxHxK, v_BxUxHxK, mask_BxHxTxU=None, *,
                       dropout_rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
   """Softmax attention written out: float32 logits and softmax, inverted dropout on the
   probabilities (with `rng`), values in v's dtype. `mask` True = may attend, broadcastable to
   [B, H, T, S]; a row with no key allowed averages all values (its output is unused)."""
-  logits_BxHxTxS = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxSxHxK,
+  logits_BxHxTxU = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxUxHxK,
                               preferred_element_type=jnp.float32) * q_BxTxHxK.shape[-1] ** -0.5
-  if mask_BxHxTxS is not None:
-    logits_BxHxTxS = jnp.where(mask_BxHxTxS, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
-  probs_BxHxTxS = dropout(jax.nn.softmax(logits_BxHxTxS, axis=-1), dropout_rate, rng)
-  return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+  if mask_BxHxTxU is not None:
+    logits_BxHxTxU = jnp.where(mask_BxHxTxU, logits_BxHxTxU, jnp.finfo(jnp.float32).min)
+  probs_BxHxTxU = dropout(jax.nn.softmax(logits_BxHxTxU, axis=-1), dropout_rate, rng)
+  return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxU.astype(v_BxUxHxK.dtype), v_BxUxHxK)
 
 
-def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxTxS=None, *, implementation: str | None,
+def attend(q_BxTxHxK, k_BxUxHxK, v_BxUxHxK, mask_BxHxTxU=None, *, implementation: str | None,
            dropout_rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
   """jax.nn.dot_product_attention under `implementation` (`attention_implementation`'s answer),
   or `softmax_attention` when dropout acts (the fused kernels take none)."""
   if rng is None or dropout_rate == 0:
-    return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_BxHxTxS,
+    return jax.nn.dot_product_attention(q_BxTxHxK, k_BxUxHxK, v_BxUxHxK, mask=mask_BxHxTxU,
                                         implementation=implementation)
-  return softmax_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxTxS,
+  return softmax_attention(q_BxTxHxK, k_BxUxHxK, v_BxUxHxK, mask_BxHxTxU,
                            dropout_rate=dropout_rate, rng=rng)
 
 

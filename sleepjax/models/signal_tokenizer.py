@@ -63,8 +63,8 @@ class PatchSignalTokenizer(nnx.Module):
     del rng  # no dropout in this stem (`model.dropout` acts in the transformer only)
     B, W, C, S = x_BxWxCxS.shape
     x_BxWxCxS = jnp.where(present_BxWxC[..., None], x_BxWxCxS.astype(self.dtype), 0)
-    x_BxWxCxNxL = x_BxWxCxS.reshape(B, W, C, S // self.patch, self.patch)
-    h = jax.nn.gelu(self.patch_in(x_BxWxCxNxL))
+    x_BxWxCxJxS = x_BxWxCxS.reshape(B, W, C, S // self.patch, self.patch)
+    h = jax.nn.gelu(self.patch_in(x_BxWxCxJxS))
     h = jax.nn.gelu(self.patch_mid(h)).astype(jnp.float32)
     # Mean and log-variance over patches: average energy and how bursty it is within the epoch.
     mean_BxWxCxF = h.mean(axis=3)

@@ -63,44 +63,44 @@ def _unit(z):
   return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
 
-def dash_info_nce_with_accuracy(za_BxLxP, zb_BxLxP, w_BxB, h_BxB, temperature: float,
-                                hard_scale: float, valid_BxL=None) -> tuple[jax.Array, jax.Array]:
+def dash_info_nce_with_accuracy(za_BxWxP, zb_BxWxP, w_BxB, h_BxB, temperature: float,
+                                hard_scale: float, valid_BxW=None) -> tuple[jax.Array, jax.Array]:
   """(loss, top-1 retrieval accuracy from the cosines, mean of a->b and b->a); see
   `dash_info_nce`."""
-  za, zb = _unit(za_BxLxP), _unit(zb_BxLxP)
-  B, L, _ = za.shape
+  za, zb = _unit(za_BxWxP), _unit(zb_BxWxP)
+  B, W, _ = za.shape
   w = jnp.asarray(w_BxB, jnp.float32)
-  valid_LxB = (jnp.ones((L, B), bool) if valid_BxL is None else jnp.asarray(valid_BxL, bool).T)
+  valid_WxB = (jnp.ones((W, B), bool) if valid_BxW is None else jnp.asarray(valid_BxW, bool).T)
   # A zero weight removes the column (an excluded negative), exactly.
   log_w = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), _NEG)
   bias_BxB = log_w - (hard_scale / temperature) * jnp.asarray(h_BxB, jnp.float32)
-  cos_LxBxB = jnp.einsum("ilp,jlp->lij", za, zb)
-  cols_LxBxB = valid_LxB[:, None, :] & jnp.ones((1, B, 1), bool)
-  logits_ab = jnp.where(cols_LxBxB, cos_LxBxB / temperature + bias_BxB, _NEG)
-  logits_ba = jnp.where(cols_LxBxB, jnp.swapaxes(cos_LxBxB, 1, 2) / temperature + bias_BxB, _NEG)
+  cos_WxBxB = jnp.einsum("iwp,jwp->wij", za, zb)
+  cols_WxBxB = valid_WxB[:, None, :] & jnp.ones((1, B, 1), bool)
+  logits_ab = jnp.where(cols_WxBxB, cos_WxBxB / temperature + bias_BxB, _NEG)
+  logits_ba = jnp.where(cols_WxBxB, jnp.swapaxes(cos_WxBxB, 1, 2) / temperature + bias_BxB, _NEG)
   diag_ab = jnp.diagonal(logits_ab, axis1=1, axis2=2)
   diag_ba = jnp.diagonal(logits_ba, axis1=1, axis2=2)
-  ce_LxB = 0.5 * ((jax.nn.logsumexp(logits_ab, -1) - diag_ab)
+  ce_WxB = 0.5 * ((jax.nn.logsumexp(logits_ab, -1) - diag_ab)
                   + (jax.nn.logsumexp(logits_ba, -1) - diag_ba))
-  n = jnp.maximum(valid_LxB.sum(), 1)
-  loss = jnp.where(valid_LxB, ce_LxB, 0.0).sum() / n
+  n = jnp.maximum(valid_WxB.sum(), 1)
+  loss = jnp.where(valid_WxB, ce_WxB, 0.0).sum() / n
   # Retrieval is read off the plain similarities, both directions (as the reference logs it):
   # the DAS-H weights and hard marks shape the loss, not which candidate is nearest.
-  sim_LxBxB = jnp.where(cols_LxBxB, cos_LxBxB, _NEG)
-  sim_t_LxBxB = jnp.where(cols_LxBxB, jnp.swapaxes(cos_LxBxB, 1, 2), _NEG)
+  sim_WxBxB = jnp.where(cols_WxBxB, cos_WxBxB, _NEG)
+  sim_t_WxBxB = jnp.where(cols_WxBxB, jnp.swapaxes(cos_WxBxB, 1, 2), _NEG)
   rows_B = jnp.arange(B)[None]
-  hit_LxB = 0.5 * ((jnp.argmax(sim_LxBxB, -1) == rows_B).astype(jnp.float32)
-                   + (jnp.argmax(sim_t_LxBxB, -1) == rows_B).astype(jnp.float32))
-  return loss, jnp.where(valid_LxB, hit_LxB, 0.0).sum() / n
+  hit_WxB = 0.5 * ((jnp.argmax(sim_WxBxB, -1) == rows_B).astype(jnp.float32)
+                   + (jnp.argmax(sim_t_WxBxB, -1) == rows_B).astype(jnp.float32))
+  return loss, jnp.where(valid_WxB, hit_WxB, 0.0).sum() / n
 
 
-def dash_info_nce(za_BxLxP, zb_BxLxP, w_BxB, h_BxB, temperature: float, hard_scale: float,
-                  valid_BxL=None) -> jax.Array:
-  """DAS-H InfoNCE with per-time-step negatives: at each of the L epoch positions, a B x B
+def dash_info_nce(za_BxWxP, zb_BxWxP, w_BxB, h_BxB, temperature: float, hard_scale: float,
+                  valid_BxW=None) -> jax.Array:
+  """DAS-H InfoNCE with per-time-step negatives: at each of the W epoch positions, a B x B
   similarity between modality a's and b's projections (rows i of za and zb are positives).
 
-  `valid_BxL` (optional, bool): tokens present in both modalities; invalid tokens are neither
+  `valid_BxW` (optional, bool): tokens present in both modalities; invalid tokens are neither
   rows nor negatives. A weight of exactly 0 excludes that negative.
   """
-  return dash_info_nce_with_accuracy(za_BxLxP, zb_BxLxP, w_BxB, h_BxB, temperature, hard_scale,
-                                     valid_BxL)[0]
+  return dash_info_nce_with_accuracy(za_BxWxP, zb_BxWxP, w_BxB, h_BxB, temperature, hard_scale,
+                                     valid_BxW)[0]

@@ -111,7 +111,7 @@ def contrastive_loss(z_BxMxWxP: jax.Array, present_BxMxW: jax.Array, batch: dict
       terms.append(pair(z_BxMxWxP[:, m], rest_BxWxP, present_BxMxW[:, m] & (others_BxW > 0)))
   else:
     raise ValueError(f"objective.pair_strategy={strategy!r}; choose from {STRATEGIES}")
-  loss_K, acc_K = jnp.stack([t[0] for t in terms]), jnp.stack([t[1] for t in terms])
-  usable_K = jnp.stack([t[2] for t in terms]).astype(jnp.float32)
-  denom = jnp.maximum(usable_K.sum(), 1.0)
-  return (loss_K * usable_K).sum() / denom, {"retrieval_top1": (acc_K * usable_K).sum() / denom}
+  loss_A, acc_A = jnp.stack([t[0] for t in terms]), jnp.stack([t[1] for t in terms])
+  usable_A = jnp.stack([t[2] for t in terms]).astype(jnp.float32)
+  denom = jnp.maximum(usable_A.sum(), 1.0)
+  return (loss_A * usable_A).sum() / denom, {"retrieval_top1": (acc_A * usable_A).sum() / denom}

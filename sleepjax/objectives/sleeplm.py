@@ -79,10 +79,10 @@ def caption_loss(logits_NxLxV: jax.Array, tokens_NxL: jax.Array, valid_NxL: jax.
   return jnp.where(weight, nll, 0.0).sum() / n, acc.sum() / n
 
 
-def recon_loss(pred_NxKxS: jax.Array, target_NxKxS: jax.Array, present_NxK: jax.Array) -> jax.Array:
+def recon_loss(pred_NxCxS: jax.Array, target_NxCxS: jax.Array, present_NxC: jax.Array) -> jax.Array:
   """Mean squared error over the samples of present channels only."""
-  se = ((pred_NxKxS.astype(jnp.float32) - target_NxKxS.astype(jnp.float32)) ** 2).mean(-1)
-  return jnp.where(present_NxK, se, 0.0).sum() / jnp.maximum(present_NxK.sum(), 1)
+  se = ((pred_NxCxS.astype(jnp.float32) - target_NxCxS.astype(jnp.float32)) ** 2).mean(-1)
+  return jnp.where(present_NxC, se, 0.0).sum() / jnp.maximum(present_NxC.sum(), 1)
 
 
 def combine(terms: dict, lambdas: dict) -> jax.Array:

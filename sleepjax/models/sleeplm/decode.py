@@ -108,10 +108,10 @@ def beam_search(model, memory_NxMxD, group_N, max_len: int, beams: int,
 
 
 @functools.partial(nnx.jit, static_argnames=("max_len", "beams"))
-def caption(model, x_NxKxS, present_NxK, group_N, *, max_len: int, beams: int = 1) -> jax.Array:
+def caption(model, x_NxCxS, present_NxC, group_N, *, max_len: int, beams: int = 1) -> jax.Array:
   """Signals (the model's input stage output) -> caption tokens [N, max_len] for each epoch's
   `group_N` (greedy when beams == 1)."""
-  memory = model.encode_signal(x_NxKxS, present_NxK)["memory"]
+  memory = model.encode_signal(x_NxCxS, present_NxC)["memory"]
   if beams == 1:
     return greedy(model, memory, group_N, max_len)
   return beam_search(model, memory, group_N, max_len, beams)[0]

@@ -45,23 +45,23 @@ class MultiHeadAttention(nnx.Module):
   def split(self, x):
     return x.reshape(*x.shape[:-1], self.heads, self.head_dim)
 
-  def kv(self, x_BxSxD: jax.Array, angle=None) -> tuple[jax.Array, jax.Array]:
-    k, v = self.split(self.k(x_BxSxD)), self.split(self.v(x_BxSxD))
+  def kv(self, x_BxUxD: jax.Array, angle=None) -> tuple[jax.Array, jax.Array]:
+    k, v = self.split(self.k(x_BxUxD)), self.split(self.v(x_BxUxD))
     return (k if angle is None else rotate(k, angle, interleaved=True)), v
 
-  def __call__(self, x_BxTxD: jax.Array, kv_BxSxD: jax.Array | None = None, mask=None,
+  def __call__(self, x_BxTxD: jax.Array, kv_BxUxD: jax.Array | None = None, mask=None,
                angle=None, cache: tuple | None = None, cache_index=None):
     """Self-attention (kv None) or cross-attention; `mask` True = may attend, broadcastable to
-    [B, T, S]. With `cache` = (k [B, S, H, K], v, ...), the new keys/values are written at
+    [B, T, U]. With `cache` = (k [B, U, H, K], v, ...), the new keys/values are written at
     `cache_index` and attention runs over the whole cache (the caller's mask hides unwritten
     slots); returns (y, new cache)."""
     q = self.split(self.q(x_BxTxD))
     if angle is not None:
       q = rotate(q, angle, interleaved=True)
-    if isinstance(kv_BxSxD, tuple):  # keys and values computed once (cross-attention decoding)
-      k, v = kv_BxSxD
+    if isinstance(kv_BxUxD, tuple):  # keys and values computed once (cross-attention decoding)
+      k, v = kv_BxUxD
     else:
-      k, v = self.kv(x_BxTxD if kv_BxSxD is None else kv_BxSxD, angle)
+      k, v = self.kv(x_BxTxD if kv_BxUxD is None else kv_BxUxD, angle)
     if cache is not None:
       k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, 1)
       v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, 1)
@@ -79,11 +79,11 @@ class AttentionalPooler(nnx.Module):
     self.query = nnx.Param(init(rngs.params(), (n_query, d)))
     self.attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x_BxSxD: jax.Array, valid_BxS: jax.Array | None) -> jax.Array:
-    B = x_BxSxD.shape[0]
-    q = jnp.broadcast_to(self.query[...].astype(x_BxSxD.dtype), (B, *self.query.shape))
-    mask = None if valid_BxS is None else valid_BxS[:, None, :]
-    return self.attn(q, x_BxSxD, mask)
+  def __call__(self, x_BxUxD: jax.Array, valid_BxU: jax.Array | None) -> jax.Array:
+    B = x_BxUxD.shape[0]
+    q = jnp.broadcast_to(self.query[...].astype(x_BxUxD.dtype), (B, *self.query.shape))
+    mask = None if valid_BxU is None else valid_BxU[:, None, :]
+    return self.attn(q, x_BxUxD, mask)
 
 
 class ResidualBlock(nnx.Module):
@@ -108,6 +108,6 @@ class ResidualBlock(nnx.Module):
     x = x + self.mlp(self.ln_2(x).astype(self.dtype))
     return x if cache is None else (x, cache)
 
-  def cross_kv(self, memory_BxSxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def cross_kv(self, memory_BxUxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values of the memory, for decoding steps that reuse them."""
-    return self.attn.kv(self.ln_kv(memory_BxSxD).astype(self.dtype))
+    return self.attn.kv(self.ln_kv(memory_BxUxD).astype(self.dtype))

@@ -59,8 +59,8 @@ class SleepLM(nnx.Module):
     """-> x [B, W, K, rate*30] z-scored, present [B, W, K]."""
     return inputs.assemble(signals, masks, self.channels, self.rate)
 
-  def encode_signal(self, x_NxKxS, present_NxK) -> dict:
-    return self.signal(x_NxKxS, present_NxK)
+  def encode_signal(self, x_NxCxS, present_NxC) -> dict:
+    return self.signal(x_NxCxS, present_NxC)
 
   def encode_text(self, tokens_NxL, valid_NxL) -> dict:
     return self.text(tokens_NxL, valid_NxL)

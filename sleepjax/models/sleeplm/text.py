@@ -53,8 +53,8 @@ class TextTower(nnx.Module):
     x = jnp.concatenate([x, jnp.broadcast_to(cls, (N, 1, x.shape[-1]))], 1)
     pos = jnp.arange(L + 1)
     # Text rows are causal (pads come after the text); the CLS row sees the real tokens and itself.
-    key_ok_Nx1xK = jnp.concatenate([valid_NxL, jnp.ones((N, 1), bool)], 1)[:, None, :]
-    mask = causal_mask(pos, pos)[None] & ((pos < L)[None, :, None] | key_ok_Nx1xK)
+    key_ok_Nx1xT = jnp.concatenate([valid_NxL, jnp.ones((N, 1), bool)], 1)[:, None, :]
+    mask = causal_mask(pos, pos)[None] & ((pos < L)[None, :, None] | key_ok_Nx1xT)
     for block in self.blocks:
       x = block(x, mask)
     latent = self.proj(self.ln_final(x[:, -1]).astype(self.dtype)).astype(jnp.float32)
