@@ -79,6 +79,91 @@ def caption_loss(logits_NxLxV: jax.Array, tokens_NxL: jax.Array, valid_NxL: jax.
   return jnp.where(weight, nll, 0.0).sum() / n, acc.sum() / n
 
 
+# f32 logits per chunk of the vocabulary projection: 256 MiB (1,280 tokens at a 49,408 vocabulary).
+_CHUNK_LOGITS_BYTES = 2**28
+
+
+def _chunk_logits(h_CxD, kernel_DxV):
+  """bf16 (the compute dtype) matmul, float32 accumulation and result."""
+  return jnp.dot(h_CxD, kernel_DxV.astype(h_CxD.dtype), preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _projected_nll(h_BxCxD, kernel_DxV, target_BxC, weight_BxC):
+  """(sum of weight * -log softmax(h @ kernel)[target], sum of weight * argmax hits) over B chunks
+  of C tokens, one chunk's logits alive at a time."""
+  return _projected_nll_fwd(h_BxCxD, kernel_DxV, target_BxC, weight_BxC)[0]
+
+
+def _chunk_stats(kernel_DxV, h_CxD, target_C):
+  logits_CxV = _chunk_logits(h_CxD, kernel_DxV)
+  lse_C = jax.nn.logsumexp(logits_CxV, -1)
+  hit_C = jnp.argmax(logits_CxV, -1) == target_C
+  return logits_CxV, lse_C, hit_C
+
+
+def _projected_nll_fwd(h_BxCxD, kernel_DxV, target_BxC, weight_BxC):
+  def body(carry, xs):
+    h_CxD, target_C, weight_C = xs
+    logits_CxV, lse_C, hit_C = _chunk_stats(kernel_DxV, h_CxD, target_C)
+    picked_C = jnp.take_along_axis(logits_CxV, target_C[:, None], -1)[:, 0]
+    nll = jnp.sum(weight_C * (lse_C - picked_C))
+    return (carry[0] + nll, carry[1] + jnp.sum(weight_C * hit_C)), lse_C
+
+  zero = jnp.zeros((), jnp.float32)
+  sums, lse_BxC = jax.lax.scan(body, (zero, zero), (h_BxCxD, target_BxC, weight_BxC))
+  return sums, (h_BxCxD, kernel_DxV, target_BxC, weight_BxC, lse_BxC)
+
+
+def _projected_nll_bwd(res, g):
+  """Recomputes each chunk's logits: d logits = (softmax - onehot) * weight * g, in the compute
+  dtype for both matmuls; the kernel's gradient accumulates in float32."""
+  h_BxCxD, kernel_DxV, target_BxC, weight_BxC, lse_BxC = res
+  g_nll = g[0]
+
+  def body(dkernel_DxV, xs):
+    h_CxD, target_C, weight_C, lse_C = xs
+    logits_CxV = _chunk_logits(h_CxD, kernel_DxV)
+    p_CxV = jnp.exp(logits_CxV - lse_C[:, None])
+    onehot_CxV = jax.nn.one_hot(target_C, p_CxV.shape[-1], dtype=p_CxV.dtype)
+    d_CxV = ((p_CxV - onehot_CxV) * (g_nll * weight_C)[:, None]).astype(h_CxD.dtype)
+    k = kernel_DxV.astype(h_CxD.dtype)
+    dh_CxD = jnp.dot(d_CxV, k.T, preferred_element_type=jnp.float32).astype(h_CxD.dtype)
+    dkernel_DxV += jnp.dot(h_CxD.T, d_CxV, preferred_element_type=jnp.float32)
+    return dkernel_DxV, dh_CxD
+
+  dkernel, dh_BxCxD = jax.lax.scan(body, jnp.zeros(kernel_DxV.shape, jnp.float32),
+                                   (h_BxCxD, target_BxC, weight_BxC, lse_BxC))
+  return dh_BxCxD, dkernel.astype(kernel_DxV.dtype), None, None
+
+
+_projected_nll.defvjp(_projected_nll_fwd, _projected_nll_bwd)
+
+
+def projected_caption_loss(h_NxLxD: jax.Array, kernel_DxV: jax.Array, tokens_NxL: jax.Array,
+                           valid_NxL: jax.Array, row_N: jax.Array | None = None,
+                           chunk_tokens: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """`caption_loss(h @ kernel, ...)` without the [N, L, V] logits: the vocabulary projection and
+  the cross-entropy run over chunks of `chunk_tokens` tokens (default: 256 MiB of float32 logits)
+  in one scan, forward and backward (the backward recomputes each chunk's logits). bf16 inputs
+  give a bf16 matmul with float32 logits (the plain path rounds its logits to bf16 first)."""
+  N, L, D = h_NxLxD.shape
+  V = kernel_DxV.shape[1]
+  target, weight = tokens_NxL[:, 1:], valid_NxL[:, 1:]
+  if row_N is not None:
+    weight = weight & row_N[:, None]
+  T = N * (L - 1)
+  C = min(T, chunk_tokens or max(128, _CHUNK_LOGITS_BYTES // (4 * V) // 128 * 128))
+  B = -(-T // C)
+  pad = lambda x: jnp.pad(x.reshape(T, *x.shape[2:]), [(0, B * C - T)] + [(0, 0)] * (x.ndim - 2))
+  h = pad(h_NxLxD[:, :-1]).reshape(B, C, D)
+  t = pad(target).reshape(B, C)
+  w = pad(weight).reshape(B, C).astype(jnp.float32)
+  nll, hits = _projected_nll(h, kernel_DxV, t, w)
+  n = jnp.maximum(weight.sum(), 1)
+  return nll / n, hits / n
+
+
 def recon_loss(pred_NxKxS: jax.Array, target_NxKxS: jax.Array, present_NxK: jax.Array) -> jax.Array:
   """Mean squared error over the samples of present channels only."""
   se = ((pred_NxKxS.astype(jnp.float32) - target_NxKxS.astype(jnp.float32)) ** 2).mean(-1)
