@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sleepjax.families import sleeplm as family
+from sleepjax.models import layers
 from sleepjax.objectives import sleeplm as objectives
 from tests.test_sleeplm import build, config, make_batch
 
@@ -84,3 +85,31 @@ def test_sleeplm_caption_loss_equals_the_plain_logits_loss():
   np.testing.assert_allclose(metrics["caption_token_acc"], metrics_p["caption_token_acc"])
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_p)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _rotate_before(x, angle, interleaved):
+  """`layers.rotate` as it was (slices + stack, split + concatenate)."""
+  x32 = x.astype(jnp.float32)
+  cos, sin = jnp.cos(angle)[:, None], jnp.sin(angle)[:, None]
+  if interleaved:
+    x1, x2 = x32[..., 0::2], x32[..., 1::2]
+    y = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).reshape(x.shape)
+  else:
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    y = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+  return y.astype(x.dtype)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_rotate_without_concatenation_is_bit_identical(interleaved, dtype):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 3, 8)), dtype)
+  angle = layers.rope_angles(jnp.arange(9), 8)
+  rot = lambda x: layers.rotate(x, angle, interleaved)
+  before = lambda x: _rotate_before(x, angle, interleaved)
+  np.testing.assert_array_equal(rot(x), before(x))
+  np.testing.assert_array_equal(jax.jit(rot)(x), jax.jit(before)(x))
+  vjp = lambda f: jax.vjp(lambda x: f(x, angle, interleaved), x)[1](x)[0]
+  np.testing.assert_allclose(vjp(layers.rotate).astype(jnp.float32),
+                             vjp(_rotate_before).astype(jnp.float32), rtol=1e-6, atol=1e-6)

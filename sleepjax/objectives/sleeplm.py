@@ -84,8 +84,8 @@ _CHUNK_LOGITS_BYTES = 2**28
 
 
 def _chunk_logits(h_CxD, kernel_DxV):
-  """bf16 (the compute dtype) matmul, float32 accumulation and result."""
-  return jnp.dot(h_CxD, kernel_DxV.astype(h_CxD.dtype), preferred_element_type=jnp.float32)
+  """The compute dtype's matmul (kernel cast once, before the scan), float32 accumulation."""
+  return jnp.dot(h_CxD, kernel_DxV, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
@@ -95,18 +95,17 @@ def _projected_nll(h_BxCxD, kernel_DxV, target_BxC, weight_BxC):
   return _projected_nll_fwd(h_BxCxD, kernel_DxV, target_BxC, weight_BxC)[0]
 
 
-def _chunk_stats(kernel_DxV, h_CxD, target_C):
-  logits_CxV = _chunk_logits(h_CxD, kernel_DxV)
-  lse_C = jax.nn.logsumexp(logits_CxV, -1)
-  hit_C = jnp.argmax(logits_CxV, -1) == target_C
-  return logits_CxV, lse_C, hit_C
-
-
 def _projected_nll_fwd(h_BxCxD, kernel_DxV, target_BxC, weight_BxC):
+  k_DxV = kernel_DxV.astype(h_BxCxD.dtype)
+
   def body(carry, xs):
     h_CxD, target_C, weight_C = xs
-    logits_CxV, lse_C, hit_C = _chunk_stats(kernel_DxV, h_CxD, target_C)
-    picked_C = jnp.take_along_axis(logits_CxV, target_C[:, None], -1)[:, 0]
+    logits_CxV = _chunk_logits(h_CxD, k_DxV)
+    lse_C = jax.nn.logsumexp(logits_CxV, -1)
+    hit_C = jnp.argmax(logits_CxV, -1) == target_C
+    # The target's logit from its kernel column (C x D), not a third pass over the C x V logits.
+    k_DxC = jnp.take(k_DxV, target_C, axis=1).astype(jnp.float32)
+    picked_C = jnp.sum(h_CxD.astype(jnp.float32) * k_DxC.T, -1)
     nll = jnp.sum(weight_C * (lse_C - picked_C))
     return (carry[0] + nll, carry[1] + jnp.sum(weight_C * hit_C)), lse_C
 
@@ -120,15 +119,15 @@ def _projected_nll_bwd(res, g):
   dtype for both matmuls; the kernel's gradient accumulates in float32."""
   h_BxCxD, kernel_DxV, target_BxC, weight_BxC, lse_BxC = res
   g_nll = g[0]
+  k_DxV = kernel_DxV.astype(h_BxCxD.dtype)
 
   def body(dkernel_DxV, xs):
     h_CxD, target_C, weight_C, lse_C = xs
-    logits_CxV = _chunk_logits(h_CxD, kernel_DxV)
+    logits_CxV = _chunk_logits(h_CxD, k_DxV)
     p_CxV = jnp.exp(logits_CxV - lse_C[:, None])
     onehot_CxV = jax.nn.one_hot(target_C, p_CxV.shape[-1], dtype=p_CxV.dtype)
     d_CxV = ((p_CxV - onehot_CxV) * (g_nll * weight_C)[:, None]).astype(h_CxD.dtype)
-    k = kernel_DxV.astype(h_CxD.dtype)
-    dh_CxD = jnp.dot(d_CxV, k.T, preferred_element_type=jnp.float32).astype(h_CxD.dtype)
+    dh_CxD = jnp.dot(d_CxV, k_DxV.T, preferred_element_type=jnp.float32).astype(h_CxD.dtype)
     dkernel_DxV += jnp.dot(h_CxD.T, d_CxV, preferred_element_type=jnp.float32)
     return dkernel_DxV, dh_CxD
 
