@@ -83,57 +83,56 @@ def caption_loss(logits_NxLxV: jax.Array, tokens_NxL: jax.Array, valid_NxL: jax.
 _CHUNK_LOGITS_BYTES = 2**28
 
 
-def _chunk_logits(h_CxD, kernel_DxV):
-  """The compute dtype's matmul (kernel cast once, before the scan), float32 accumulation."""
-  return jnp.dot(h_CxD, kernel_DxV, preferred_element_type=jnp.float32)
+def _scan_chunks(h_BxCxD, kernel_DxV, target_BxC, weight_BxC, grads: bool):
+  """Sums over B chunks of C tokens, one chunk's logits alive at a time: (sum of weight *
+  -log softmax(h @ kernel)[target], sum of weight * argmax hits), and with `grads` their
+  gradients (d h float32, d kernel accumulated in float32). The loss is a sum, so its gradient is
+  known in the forward pass: the backward only scales it, no chunk's logits are computed twice."""
+  k_DxV = kernel_DxV.astype(h_BxCxD.dtype)  # cast once, not per chunk
+
+  def body(carry, xs):
+    h_CxD, target_C, weight_C = xs
+    logits_CxV = jnp.dot(h_CxD, k_DxV, preferred_element_type=jnp.float32)
+    lse_C = jax.nn.logsumexp(logits_CxV, -1)
+    hit_C = jnp.argmax(logits_CxV, -1) == target_C
+    # The target's logit from its kernel column (C x D), not another pass over the C x V logits.
+    k_DxC = jnp.take(k_DxV, target_C, axis=1).astype(jnp.float32)
+    picked_C = jnp.sum(h_CxD.astype(jnp.float32) * k_DxC.T, -1)
+    nll_C = weight_C * (lse_C - picked_C)
+    sums = (carry[0] + jnp.sum(nll_C), carry[1] + jnp.sum(weight_C * hit_C))
+    if not grads:
+      return sums, None
+    # d nll / d logits = (softmax - onehot) * weight, in the compute dtype for both matmuls.
+    p_CxV = jnp.exp(logits_CxV - lse_C[:, None])
+    onehot_CxV = jax.nn.one_hot(target_C, p_CxV.shape[-1], dtype=p_CxV.dtype)
+    d_CxV = ((p_CxV - onehot_CxV) * weight_C[:, None]).astype(h_CxD.dtype)
+    dh_CxD = jnp.dot(d_CxV, k_DxV.T, preferred_element_type=jnp.float32)
+    dkernel_DxV = carry[2] + jnp.dot(h_CxD.T, d_CxV, preferred_element_type=jnp.float32)
+    return (*sums, dkernel_DxV), dh_CxD
+
+  zero = jnp.zeros((), jnp.float32)
+  if not grads:
+    return jax.lax.scan(body, (zero, zero), (h_BxCxD, target_BxC, weight_BxC))[0]
+  dk = jnp.zeros(kernel_DxV.shape, jnp.float32)
+  (nll, hits, dk), dh_BxCxD = jax.lax.scan(body, (zero, zero, dk),
+                                           (h_BxCxD, target_BxC, weight_BxC))
+  return (nll, hits), (dh_BxCxD, dk)
 
 
 @jax.custom_vjp
 def _projected_nll(h_BxCxD, kernel_DxV, target_BxC, weight_BxC):
-  """(sum of weight * -log softmax(h @ kernel)[target], sum of weight * argmax hits) over B chunks
-  of C tokens, one chunk's logits alive at a time."""
-  return _projected_nll_fwd(h_BxCxD, kernel_DxV, target_BxC, weight_BxC)[0]
+  return _scan_chunks(h_BxCxD, kernel_DxV, target_BxC, weight_BxC, grads=False)
 
 
 def _projected_nll_fwd(h_BxCxD, kernel_DxV, target_BxC, weight_BxC):
-  k_DxV = kernel_DxV.astype(h_BxCxD.dtype)
-
-  def body(carry, xs):
-    h_CxD, target_C, weight_C = xs
-    logits_CxV = _chunk_logits(h_CxD, k_DxV)
-    lse_C = jax.nn.logsumexp(logits_CxV, -1)
-    hit_C = jnp.argmax(logits_CxV, -1) == target_C
-    # The target's logit from its kernel column (C x D), not a third pass over the C x V logits.
-    k_DxC = jnp.take(k_DxV, target_C, axis=1).astype(jnp.float32)
-    picked_C = jnp.sum(h_CxD.astype(jnp.float32) * k_DxC.T, -1)
-    nll = jnp.sum(weight_C * (lse_C - picked_C))
-    return (carry[0] + nll, carry[1] + jnp.sum(weight_C * hit_C)), lse_C
-
-  zero = jnp.zeros((), jnp.float32)
-  sums, lse_BxC = jax.lax.scan(body, (zero, zero), (h_BxCxD, target_BxC, weight_BxC))
-  return sums, (h_BxCxD, kernel_DxV, target_BxC, weight_BxC, lse_BxC)
+  sums, (dh, dk) = _scan_chunks(h_BxCxD, kernel_DxV, target_BxC, weight_BxC, grads=True)
+  # Zero-size arrays carry the inputs' dtypes (residuals are arrays).
+  return sums, (dh, dk, jnp.zeros((0,), h_BxCxD.dtype), jnp.zeros((0,), kernel_DxV.dtype))
 
 
 def _projected_nll_bwd(res, g):
-  """Recomputes each chunk's logits: d logits = (softmax - onehot) * weight * g, in the compute
-  dtype for both matmuls; the kernel's gradient accumulates in float32."""
-  h_BxCxD, kernel_DxV, target_BxC, weight_BxC, lse_BxC = res
-  g_nll = g[0]
-  k_DxV = kernel_DxV.astype(h_BxCxD.dtype)
-
-  def body(dkernel_DxV, xs):
-    h_CxD, target_C, weight_C, lse_C = xs
-    logits_CxV = _chunk_logits(h_CxD, k_DxV)
-    p_CxV = jnp.exp(logits_CxV - lse_C[:, None])
-    onehot_CxV = jax.nn.one_hot(target_C, p_CxV.shape[-1], dtype=p_CxV.dtype)
-    d_CxV = ((p_CxV - onehot_CxV) * (g_nll * weight_C)[:, None]).astype(h_CxD.dtype)
-    dh_CxD = jnp.dot(d_CxV, k_DxV.T, preferred_element_type=jnp.float32).astype(h_CxD.dtype)
-    dkernel_DxV += jnp.dot(h_CxD.T, d_CxV, preferred_element_type=jnp.float32)
-    return dkernel_DxV, dh_CxD
-
-  dkernel, dh_BxCxD = jax.lax.scan(body, jnp.zeros(kernel_DxV.shape, jnp.float32),
-                                   (h_BxCxD, target_BxC, weight_BxC, lse_BxC))
-  return dh_BxCxD, dkernel.astype(kernel_DxV.dtype), None, None
+  dh, dk, h_like, k_like = res
+  return (g[0] * dh).astype(h_like.dtype), (g[0] * dk).astype(k_like.dtype), None, None
 
 
 _projected_nll.defvjp(_projected_nll_fwd, _projected_nll_bwd)
@@ -144,7 +143,7 @@ def projected_caption_loss(h_NxLxD: jax.Array, kernel_DxV: jax.Array, tokens_NxL
                            chunk_tokens: int | None = None) -> tuple[jax.Array, jax.Array]:
   """`caption_loss(h @ kernel, ...)` without the [N, L, V] logits: the vocabulary projection and
   the cross-entropy run over chunks of `chunk_tokens` tokens (default: 256 MiB of float32 logits)
-  in one scan, forward and backward (the backward recomputes each chunk's logits). bf16 inputs
+  in one scan that also forms the gradients (the backward scales them). bf16 inputs
   give a bf16 matmul with float32 logits (the plain path rounds its logits to bf16 first)."""
   N, L, D = h_NxLxD.shape
   V = kernel_DxV.shape[1]
