@@ -56,26 +56,21 @@ def test_projected_caption_loss_in_bfloat16_matches_float32_reference():
   np.testing.assert_allclose(dk, dk_p, atol=5e-3 * np.abs(dk_p).max())
 
 
-def test_sleeplm_caption_loss_equals_the_plain_logits_loss():
+def test_sleeplm_caption_loss_equals_the_plain_logits_loss(monkeypatch):
   """The family's loss (chunked projection) against caption_loss over the decoder's logits."""
   c = config()
   c.objective.lambda_con = c.objective.lambda_rec = 0.0  # the caption term alone
   model, batch, key = build(c), make_batch(c), jax.random.key(0)
 
+  def plain_group_terms(m, sig, tokens, valid, group, row):
+    logits = m.decoder(m.encode_text(tokens, valid)["states"], group, sig["memory"])
+    cap, acc = objectives.caption_loss(logits, tokens, valid, row)
+    return {"con": 0.0, "retrieval_top1": 0.0, "cap": cap, "caption_token_acc": acc}
+
   def plain_loss(model):
-    terms = {}
-
-    def group_terms(m, sig, tokens, valid, group, row):
-      logits = m.decoder(m.encode_text(tokens, valid)["states"], group, sig["memory"])
-      terms["cap"], terms["caption_token_acc"] = objectives.caption_loss(logits, tokens, valid, row)
-      return {"con": 0.0, "retrieval_top1": 0.0, **terms}
-
-    original = family.group_terms
-    family.group_terms = group_terms
-    try:
+    with monkeypatch.context() as patch:
+      patch.setattr(family, "group_terms", plain_group_terms)
       return family.loss(model, batch, key)
-    finally:
-      family.group_terms = original
 
   graphdef, params = nnx.split(model)
   grad = lambda f: jax.jit(jax.value_and_grad(lambda p: f(nnx.merge(graphdef, p)), has_aux=True))
