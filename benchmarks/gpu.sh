@@ -3,7 +3,9 @@
 #   1. the sleep2vec dense train step at batch 128 x 120 epochs, pair-first, bf16 (`bench step`):
 #      as configured (with a 3-step device profile), and with the float32 residual stream the
 #      presets had before (the bf16 stream's measured effect);
-#   2. an end-to-end `train` at that shape on prepared synthetic data (MFU, epochs/s, data wait).
+#   2. the SleepLM-Base train step at 128 epochs (batch 64 x 2), as configured;
+#   3. an end-to-end `train` at the dense shape on prepared synthetic data (MFU, epochs/s, data
+#      wait).
 # Then one table. Run from the checkout root with a Python that imports sleepjax:
 #   benchmarks/gpu.sh OUT_DIR [TRAIN_STEPS]          (PYTHON=python3 by default)
 #   MODE=check benchmarks/gpu.sh OUT_DIR              only validates every command's config flags
@@ -40,6 +42,8 @@ part() {  # name, timeout (s), sleepjax command and flags
 part step_default 300 bench step "${dense[@]}" --workdir="$out/step_default" --profile_steps=3
 part step_residual_f32 300 bench step "${dense[@]}" --workdir="$out/step_residual_f32" \
     --config.model.residual_dtype=float32
+part step_sleeplm_base 400 bench step --config=configs/sleeplm.py:base --config.data.global_batch=64 \
+    --workdir="$out/step_sleeplm_base"
 part e2e_synth 300 synth "${dense[@]}" "${cohort[@]}" --workdir="$out/e2e"
 part e2e_prep 300 prep "${dense[@]}" "${cohort[@]}" --workdir="$out/e2e"
 part e2e_train 600 train "${dense[@]}" "${train[@]}" --workdir="$out/e2e"

@@ -26,6 +26,8 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, 
           "u32": 4, "f64": 8, "s64": 8, "u64": 8}
 _SHAPE = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([\d,]*)\]")
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = (\([^=]*?\)|\S+) ([\w\-]+)\((.*?)\)(.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
+_WHILE_BODY = re.compile(r"body=%([\w.\-]+).*known_trip_count\":\{\"n\":\"(\d+)\"")
 
 
 def _nbytes(text: str) -> int:
@@ -73,14 +75,36 @@ def _sources(text: str):
   return where
 
 
+def _runs(loops: dict[str, list[tuple[str, int]]]):
+  """computation -> times one call of the program runs it: a while body (a `lax.scan`) runs its
+  known trip count times per run of the computation holding the loop."""
+  body_of = {body: (parent, n) for parent, bodies in loops.items() for body, n in bodies}
+
+  def runs(computation: str, depth: int = 0) -> int:
+    if computation not in body_of or depth > 64:
+      return 1
+    parent, n = body_of[computation]
+    return n * runs(parent, depth + 1)
+
+  return runs
+
+
 def traffic(text: str) -> dict:
-  """{"total_bytes", "kernels", "by_source": [(source, bytes), ...] largest first}."""
-  sizes, kernels = {}, []
+  """{"total_bytes", "kernels", "by_source": [(source, bytes), ...] largest first}; a kernel in a
+  loop body counts once per iteration."""
+  sizes, kernels, loops, computation = {}, [], collections.defaultdict(list), None
   for line in text.splitlines():
-    m = _INSTRUCTION.match(line)
+    c = _COMPUTATION.match(line)
+    if c:
+      computation = c.group(1)
+      continue
+    m = _INSTRUCTION.match(re.sub(r"/\*index=\d+\*/", "", line))  # long tuples' comments
     if not m:
       continue
     name, type_, op, args, rest = m.groups()
+    w = _WHILE_BODY.search(rest) if op == "while" else None
+    if w:
+      loops[computation].append((w.group(1), int(w.group(2))))
     sizes[name] = _nbytes(type_)
     if type_.startswith("("):  # tuple outputs: "%name#k" operands read element k
       for k, part in enumerate(_SHAPE.finditer(type_)):
@@ -92,8 +116,9 @@ def traffic(text: str) -> dict:
     operands = re.findall(r"%([\w.\-]+(?:#\d+)?)", args)
     frame = re.search(r"stack_frame_id=(\d+)", rest)
     kernels.append((sizes[name] + sum(sizes.get(o, 0) for o in operands),
-                    int(frame.group(1)) if frame else None))
-  where, by_source = _sources(text), collections.Counter()
+                    int(frame.group(1)) if frame else None, computation))
+  where, runs, by_source = _sources(text), _runs(loops), collections.Counter()
+  kernels = [(nbytes * runs(computation), frame) for nbytes, frame, computation in kernels]
   for nbytes, frame in kernels:
     by_source[where(frame) if frame is not None else "?"] += nbytes
   return {"total_bytes": sum(b for b, _ in kernels), "kernels": len(kernels),

@@ -86,3 +86,33 @@ def test_gpu_traffic_counts_non_matmul_kernels_by_source():
   reduce = 4 * 4 + 64 * 4  # writes f32[4], reads the f32 tuple element
   assert r["kernels"] == 2 and r["total_bytes"] == loop + reduce
   assert dict(r["by_source"]) == {"models/layers.py:80 gelu": loop + reduce}
+
+
+LOOP_HLO = """HloModule jit_train_step, is_scheduled=true
+
+%body (arg: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %arg = (s32[], f32[8]{0}) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%arg), index=1
+  %loop_fusion.1 = f32[8]{0} fusion(%x), kind=kLoop, calls=%f
+  ROOT %t = (s32[], f32[8]{0}) tuple(%i, %loop_fusion.1)
+}
+
+ENTRY %main (p0: f32[8]) -> f32[8] {
+  %p0 = f32[8]{0} parameter(0)
+  %loop_fusion.2 = (f32[8]{0}, f32[8]{0}, f32[8]{0}, f32[8]{0}, f32[8]{0}, /*index=5*/f32[8]{0}) fusion(%p0), kind=kLoop, calls=%g
+  %while.3 = (s32[], f32[8]{0}, f32[8]{0}, f32[8]{0}, f32[8]{0}, /*index=5*/f32[8]{0}) while(%t0), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  ROOT %r = f32[8]{0} get-tuple-element(%while.3), index=1
+}
+"""
+
+
+def test_gpu_traffic_counts_a_loop_body_per_iteration():
+  """A kernel in a while body (a `lax.scan`) counts trip-count times; a tuple with more than five
+  elements (XLA writes /*index=5*/ in it) is parsed."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("gpu_traffic", REPO / "benchmarks" / "gpu_traffic.py")
+  gpu_traffic = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gpu_traffic)
+  r = gpu_traffic.traffic(LOOP_HLO)
+  assert r["kernels"] == 2
+  assert r["total_bytes"] == 3 * (32 + 32) + (6 * 32 + 32)

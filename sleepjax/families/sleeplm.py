@@ -60,10 +60,12 @@ def available_groups(caption_mask_NxGxL: jax.Array) -> jax.Array:
 
 def group_terms(model: SleepLM, sig: dict, tokens_NxL, valid_NxL, group_N, row_N) -> dict:
   text = model.encode_text(tokens_NxL, valid_NxL)
-  logits = model.decoder(text["states"], group_N, sig["memory"])
+  decoder = model.decoder
+  h_NxLxD = decoder.features(decoder.hidden(text["states"], group_N, sig["memory"]))
   con, top1 = objectives.clip_loss(sig["latent"], text["latent"], row_N, model.log_scale(),
                                    objectives.same_caption(tokens_NxL))
-  cap, acc = objectives.caption_loss(logits, tokens_NxL, valid_NxL, row_N)
+  cap, acc = objectives.projected_caption_loss(h_NxLxD, decoder.out.kernel[...], tokens_NxL,
+                                               valid_NxL, row_N)
   return {"con": con, "cap": cap, "retrieval_top1": top1, "caption_token_acc": acc}
 
 

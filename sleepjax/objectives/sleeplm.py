@@ -79,6 +79,90 @@ def caption_loss(logits_NxLxV: jax.Array, tokens_NxL: jax.Array, valid_NxL: jax.
   return jnp.where(weight, nll, 0.0).sum() / n, acc.sum() / n
 
 
+# f32 logits per chunk of the vocabulary projection: 256 MiB (1,280 tokens at a 49,408 vocabulary).
+_CHUNK_LOGITS_BYTES = 2**28
+
+
+def _scan_chunks(h_XxLxD, kernel_DxV, target_XxL, weight_XxL, grads: bool):
+  """Sums over X chunks of L caption tokens, one chunk's logits alive at a time: (sum of weight *
+  -log softmax(h @ kernel)[target], sum of weight * argmax hits), and with `grads` their
+  gradients (d h float32, d kernel accumulated in float32). The loss is a sum, so its gradient is
+  known in the forward pass: the backward only scales it, no chunk's logits are computed twice."""
+  k_DxV = kernel_DxV.astype(h_XxLxD.dtype)  # cast once, not per chunk
+
+  def body(carry, xs):
+    h_LxD, target_L, weight_L = xs
+    logits_LxV = jnp.dot(h_LxD, k_DxV, preferred_element_type=jnp.float32)
+    lse_L = jax.nn.logsumexp(logits_LxV, -1)
+    hit_L = jnp.argmax(logits_LxV, -1) == target_L
+    # The target's logit from its kernel column (D x L), not another pass over the L x V logits.
+    k_DxL = jnp.take(k_DxV, target_L, axis=1).astype(jnp.float32)
+    picked_L = jnp.sum(h_LxD.astype(jnp.float32) * k_DxL.T, -1)
+    nll_L = weight_L * (lse_L - picked_L)
+    sums = (carry[0] + jnp.sum(nll_L), carry[1] + jnp.sum(weight_L * hit_L))
+    if not grads:
+      return sums, None
+    # d nll / d logits = (softmax - onehot) * weight, in the compute dtype for both matmuls.
+    p_LxV = jnp.exp(logits_LxV - lse_L[:, None])
+    onehot_LxV = jax.nn.one_hot(target_L, p_LxV.shape[-1], dtype=p_LxV.dtype)
+    d_LxV = ((p_LxV - onehot_LxV) * weight_L[:, None]).astype(h_LxD.dtype)
+    dh_LxD = jnp.dot(d_LxV, k_DxV.T, preferred_element_type=jnp.float32)
+    dkernel_DxV = carry[2] + jnp.dot(h_LxD.T, d_LxV, preferred_element_type=jnp.float32)
+    return (*sums, dkernel_DxV), dh_LxD
+
+  zero = jnp.zeros((), jnp.float32)
+  if not grads:
+    return jax.lax.scan(body, (zero, zero), (h_XxLxD, target_XxL, weight_XxL))[0]
+  dk = jnp.zeros(kernel_DxV.shape, jnp.float32)
+  (nll, hits, dk), dh_XxLxD = jax.lax.scan(body, (zero, zero, dk),
+                                           (h_XxLxD, target_XxL, weight_XxL))
+  return (nll, hits), (dh_XxLxD, dk)
+
+
+@jax.custom_vjp
+def _projected_nll(h_XxLxD, kernel_DxV, target_XxL, weight_XxL):
+  return _scan_chunks(h_XxLxD, kernel_DxV, target_XxL, weight_XxL, grads=False)
+
+
+def _projected_nll_fwd(h_XxLxD, kernel_DxV, target_XxL, weight_XxL):
+  sums, (dh, dk) = _scan_chunks(h_XxLxD, kernel_DxV, target_XxL, weight_XxL, grads=True)
+  # Zero-size arrays carry the inputs' dtypes (residuals are arrays).
+  return sums, (dh, dk, jnp.zeros((0,), h_XxLxD.dtype), jnp.zeros((0,), kernel_DxV.dtype))
+
+
+def _projected_nll_bwd(res, g):
+  dh, dk, h_like, k_like = res
+  return (g[0] * dh).astype(h_like.dtype), (g[0] * dk).astype(k_like.dtype), None, None
+
+
+_projected_nll.defvjp(_projected_nll_fwd, _projected_nll_bwd)
+
+
+def projected_caption_loss(h_NxLxD: jax.Array, kernel_DxV: jax.Array, tokens_NxL: jax.Array,
+                           valid_NxL: jax.Array, row_N: jax.Array | None = None,
+                           chunk_tokens: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """`caption_loss(h @ kernel, ...)` without the [N, L, V] logits: the vocabulary projection and
+  the cross-entropy run over chunks of `chunk_tokens` tokens (default: 256 MiB of float32 logits)
+  in one scan that also forms the gradients (the backward scales them). bf16 inputs
+  give a bf16 matmul with float32 logits (the plain path rounds its logits to bf16 first)."""
+  N, L, D = h_NxLxD.shape
+  V = kernel_DxV.shape[1]
+  target, weight = tokens_NxL[:, 1:], valid_NxL[:, 1:]
+  if row_N is not None:
+    weight = weight & row_N[:, None]
+  total = N * (L - 1)
+  chunk = min(total, chunk_tokens or max(128, _CHUNK_LOGITS_BYTES // (4 * V) // 128 * 128))
+  X = -(-total // chunk)
+  pad = lambda x: jnp.pad(x.reshape(total, *x.shape[2:]),
+                          [(0, X * chunk - total)] + [(0, 0)] * (x.ndim - 2))
+  h = pad(h_NxLxD[:, :-1]).reshape(X, chunk, D)
+  t = pad(target).reshape(X, chunk)
+  w = pad(weight).reshape(X, chunk).astype(jnp.float32)
+  nll, hits = _projected_nll(h, kernel_DxV, t, w)
+  n = jnp.maximum(weight.sum(), 1)
+  return nll / n, hits / n
+
+
 def recon_loss(pred_NxCxS: jax.Array, target_NxCxS: jax.Array, present_NxC: jax.Array) -> jax.Array:
   """Mean squared error over the samples of present channels only."""
   se = ((pred_NxCxS.astype(jnp.float32) - target_NxCxS.astype(jnp.float32)) ** 2).mean(-1)

@@ -90,18 +90,27 @@ class CaptionDecoder(nnx.Module):
     self.prefix_len, self.dtype = c.prefix_len, dtype
 
   def logits(self, x):
-    return self.out(self.ln_final(x).astype(self.dtype)).astype(jnp.float32)
+    return self.out(self.features(x)).astype(jnp.float32)
+
+  def features(self, x):
+    """The vocabulary projection's input: logits = features @ self.out.kernel."""
+    return self.ln_final(x).astype(self.dtype)
 
   def __call__(self, states_NxLxD, group_N, memory_NxMxD) -> jax.Array:
     """Logits [N, L, V]: position i predicts token i + 1."""
-    P, L = self.prefix_len, states_NxLxD.shape[1]
+    return self.logits(self.hidden(states_NxLxD, group_N, memory_NxMxD))
+
+  def hidden(self, states_NxLxD, group_N, memory_NxMxD) -> jax.Array:
+    """The text positions' last hidden states [N, L, D] (before `features`)."""
+    P = self.prefix_len
+    L = states_NxLxD.shape[1]
     prefix = jnp.take(self.prefix[...], group_N, 0).astype(self.dtype)
     x = jnp.concatenate([prefix, states_NxLxD.astype(self.dtype)], 1)
     pos = jnp.arange(P + L)
     mask = causal_mask(pos, pos, P)[None]
     for s, c in zip(self.self_blocks, self.cross_blocks):
       x = c(s(x, mask), kv=memory_NxMxD)
-    return self.logits(x[:, P:])
+    return x[:, P:]
 
   def cross_kv(self, memory_NxMxD):
     return [c.cross_kv(memory_NxMxD) for c in self.cross_blocks]
