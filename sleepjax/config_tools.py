@@ -154,27 +154,48 @@ RENAMED = {("model", "tokenizer"): "signal_tokenizer",
            ("model", "tokenizer_width"): "signal_tokenizer_width"}
 
 
+# (family, key) -> the value that reproduces what a checkpoint saved before `key` existed did, where
+# its preset's default may say otherwise: a new key's default may change behaviour (a better
+# default for new runs), a checkpoint that predates the key must keep the behaviour it trained with.
+PREDATED = {
+    # SleepLM's decoders read the pooled signal tokens alone before the choice existed.
+    ("sleeplm", "model.signal.decoder_memory"): "pooled",
+}
+
+
 def from_dict(d: dict) -> ml_collections.ConfigDict:
   """A config saved as JSON (a checkpoint's) -> ConfigDict; JSON lists become tuples. Keys a config
-  saved before they existed lacks come from the shared base, so old checkpoints still restore."""
+  saved before they existed lacks come from its family's preset (`preset`), so old checkpoints
+  restore with the behaviour they trained with."""
   d = json_tuples(d)
   for (section, old), new in RENAMED.items():
     if old in d.get(section, {}):
       d[section][new] = d[section].pop(old)
   config = ml_collections.ConfigDict(d)
-  known = "model" in config and "family" in config.model
-  _fill(config, base(config.model.family if known else "sleep2vec"))
+  _fill(config, preset(config))
   return config
 
 
-def base(family: str) -> ml_collections.ConfigDict:
-  """configs/common.py's base; for another family than the base's, only the model keys all
-  families share (its model and objective sections are its own)."""
-  from sleepjax.configs import common  # pylint: disable=g-import-not-at-top
+def preset(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a saved `config`'s family builds now: configs/sleeplm.py at the saved size for
+  SleepLM, configs/common.py's base otherwise (for a family the base does not describe, only its
+  model keys all families share), with `PREDATED`'s values for the keys the family's checkpoints
+  predate."""
+  from sleepjax.configs import common, sleeplm  # pylint: disable=g-import-not-at-top
   c = common.get_config()
-  if family != c.model.family:
+  family = config.model.family if "model" in config and "family" in config.model else c.model.family
+  if family == "sleeplm":
+    c = sleeplm.get_config(config.model.size)  # every SleepLM config has saved its size
+  elif family != c.model.family:
     c.model = {k: c.model[k] for k in common.SHARED_MODEL}
     c.objective = {}
+  for (f, key), value in PREDATED.items():
+    if f == family:
+      *sections, name = key.split(".")
+      node = c
+      for s in sections:
+        node = node[s]
+      node[name] = value
   return c
 
 

@@ -1,6 +1,7 @@
 """Every key the code reads exists in every preset (they all build on configs/common.py), no
 `.get(key, default)` papers over a key the base defines, and a checkpoint's config saved before a
-key existed still restores (the key comes from the base)."""
+key existed still restores (the key comes from its family's preset, with the value that keeps the
+behaviour it trained with)."""
 
 import pathlib
 import re
@@ -113,6 +114,53 @@ def test_an_older_checkpoint_config_gains_the_new_keys_from_the_base(spec):
   restored = config_tools.from_dict(checkpoint._normalise(saved))  # pylint: disable=protected-access
   assert config_tools.flatten(restored) == config_tools.flatten(config)
   assert checkpoint.config_diff(restored.to_dict(), config.to_dict()) == {}
+
+
+def _old_sleeplm() -> tuple[dict, dict]:
+  """A SleepLM tiny config as saved before `model.signal.decoder_memory` and
+  `objective.caption_groups` existed, and the preset itself (both JSON-normalised)."""
+  config = config_tools.load_config("configs/sleeplm.py:tiny")
+  saved = checkpoint._normalise(config.to_dict())  # pylint: disable=protected-access
+  del saved["model"]["signal"]["decoder_memory"], saved["objective"]["caption_groups"]
+  return saved, config
+
+
+def test_an_older_sleeplm_config_gains_its_familys_keys():
+  """Keys only SleepLM's preset has come from configs/sleeplm.py (the shared base has none)."""
+  saved, config = _old_sleeplm()
+  restored = config_tools.from_dict(saved)
+  assert restored.model.signal.decoder_memory == "pooled"
+  assert restored.objective.caption_groups == "random"
+  assert config_tools.flatten(restored) == config_tools.flatten(config)
+
+
+def test_an_older_sleeplm_config_keeps_its_behaviour_when_the_default_moves(monkeypatch):
+  """A preset default that changes after checkpoints were saved does not change them: the pooled
+  memory was the only one before `decoder_memory` existed (config_tools.PREDATED)."""
+  from sleepjax.configs import sleeplm  # pylint: disable=g-import-not-at-top
+  preset = sleeplm.get_config
+
+  def moved(arg="smoke"):
+    c = preset(arg)
+    c.model.signal.decoder_memory = "pooled+tokens"
+    return c
+
+  monkeypatch.setattr(sleeplm, "get_config", moved)
+  saved, _ = _old_sleeplm()
+  assert config_tools.from_dict(saved).model.signal.decoder_memory == "pooled"
+  saved["model"]["signal"]["decoder_memory"] = "pooled+channels"  # a saved choice is kept
+  assert config_tools.from_dict(saved).model.signal.decoder_memory == "pooled+channels"
+
+
+def test_an_older_sleeplm_checkpoint_evaluates_with_its_own_memory(monkeypatch, tmp_path):
+  """`sleepjax eval` with a preset whose memory differs reads the old checkpoint's (pooled), not
+  the command line's: the command line fills only keys the checkpoint's family does not have."""
+  saved, _ = _old_sleeplm()
+  monkeypatch.setattr(checkpoint, "_read_json", lambda *_: saved)
+  command_line = config_tools.load_config("configs/sleeplm.py:tiny")
+  command_line.model.signal.decoder_memory = "pooled+tokens"
+  merged = checkpoint.config_for_eval(command_line, str(tmp_path), 3)
+  assert merged.model.signal.decoder_memory == "pooled"
 
 
 def test_a_checkpoint_config_with_renamed_keys_restores_under_the_new_names():

@@ -254,7 +254,7 @@ def _read_json(directory, step: int, item: str) -> dict | None:
 
 def saved_config(directory, step: int) -> dict | None:
   """The config dict saved with checkpoint `step` (None for checkpoints that carry none); keys an
-  older checkpoint lacks filled from the shared base (`config_tools.from_dict`)."""
+  older checkpoint lacks filled from its family's preset (`config_tools.from_dict`)."""
   saved = _read_json(directory, step, "config")
   return None if saved is None else config_tools.from_dict(saved).to_dict()
 

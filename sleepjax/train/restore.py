@@ -46,9 +46,6 @@ def _saved_config(directory, step: int) -> ml_collections.ConfigDict:
   if not config.data.modalities:  # older checkpoints: the modalities prep wrote
     with config.unlocked():
       config.data.modalities = tuple(config.prep.modalities)
-  if config.model.family == "sleeplm" and "decoder_memory" not in config.model.signal:
-    with config.unlocked():  # older SleepLM checkpoints: the pooled memory they were trained with
-      config.model.signal.decoder_memory = "pooled"
   return config
 
 
