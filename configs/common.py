@@ -10,8 +10,9 @@ default family's (sleep2vec) keys; another family replaces both sections with it
 
 import ml_collections
 
-# model keys the family-independent code reads (families, train state, eval reports).
-SHARED_MODEL = ("family", "dtype", "param_dtype")
+# model keys every family has: those the family-independent code reads (families, train state,
+# eval reports), and how the shared stack (sleepjax/models/layers.py) runs every family's blocks.
+SHARED_MODEL = ("family", "dtype", "param_dtype", "attention", "remat", "scan_blocks")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -86,7 +86,8 @@ def test_remat_policies_give_the_same_gradients():
   """Every named remat policy recomputes, never changes, the gradients (float32, 1e-5)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from sleepjax.models.transformer import REMAT_POLICIES, Transformer  # pylint: disable=g-import-not-at-top
+  from sleepjax.models.layers import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
+  from sleepjax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 32)), jnp.float32)
   mask = jnp.ones((2, 8), bool).at[1, 5:].set(False)
   grads = {}

@@ -106,6 +106,54 @@ def test_parameter_count_matches_architecture(size):
       assert abs(got[key] - ref) / ref < 0.01, (key, got[key])
 
 
+def stacked(tree):
+  """A looped model's pure state with each list of blocks ({0: ..., 1: ...}) stacked on a leading
+  layers axis: the scanned model's layout."""
+  if isinstance(tree, dict) and tree and all(isinstance(k, int) for k in tree):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[stacked(tree[i]) for i in sorted(tree)])
+  if isinstance(tree, dict):
+    return {k: stacked(v) for k, v in tree.items()}
+  return tree
+
+
+def scanned_copy(c, loop):
+  """`loop` (built from `c`) as a model with model.scan_blocks: the same parameters, stacked."""
+  c = c.copy_and_resolve_references()
+  c.model.scan_blocks = True
+  scan = build(c)
+  state = nnx.state(scan)
+  nnx.replace_by_pure_dict(state, stacked(nnx.to_pure_dict(nnx.state(loop))))
+  nnx.update(scan, state)
+  return scan
+
+
+def test_scanned_towers_match_the_loop():
+  """model.scan_blocks: every tower's blocks (signal dual blocks, text, caption decoder layers,
+  reconstruction decoder) with the loop's parameters stacked on a `layers` axis give the loop's
+  loss and gradients under nnx.scan, remat inside; the looped tree is the one checkpoints hold."""
+  c = deep_config()
+  c.model.signal.depth, c.model.remat = 2, "full"
+  loop = build(c)
+  paths = {p for p, _ in nnx.to_flat_state(nnx.state(loop, nnx.Param))}
+  assert {("decoder", "self_blocks", 1, "attn", "q", "kernel"),
+          ("signal", "blocks", 1, "temporal_attn", "q", "kernel"),
+          ("text", "blocks", 1, "ln_1", "scale"),
+          ("recon", "blocks", 1, "mlp", "up", "bias")} <= paths
+  scan = scanned_copy(c, loop)
+  q = nnx.state(scan.decoder.cross_blocks, nnx.Param)["attn"]["q"]["kernel"]
+  assert q.shape == (2, 32, 32) and q.out_sharding == ("layers", "embed", "heads")
+  batch = make_batch(c)
+  grad_fn = nnx.jit(nnx.value_and_grad(lambda m: family.loss(m, batch, jax.random.key(1)),
+                                       has_aux=True))
+  (loss_l, metrics_l), grad_l = grad_fn(loop)
+  (loss_s, metrics_s), grad_s = grad_fn(scan)
+  np.testing.assert_allclose(loss_s, loss_l, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6),
+               metrics_l, metrics_s)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6),
+               stacked(nnx.to_pure_dict(grad_l)), nnx.to_pure_dict(grad_s))
+
+
 def test_groups_match_captions():
   from data_prep.captions import GROUPS  # pylint: disable=g-import-not-at-top
   from sleepjax.models.sleeplm.model import GROUPS as MODEL_GROUPS  # pylint: disable=g-import-not-at-top

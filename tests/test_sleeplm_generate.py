@@ -13,7 +13,7 @@ from flax import nnx
 from sleepjax.families import sleeplm as family
 from sleepjax.models.sleeplm import decode
 from sleepjax.caption_tokenizer import BOS_ID, EOS_ID, PAD_ID
-from tests.test_sleeplm import build, caption_logits, deep_config, make_batch
+from tests.test_sleeplm import build, caption_logits, deep_config, make_batch, scanned_copy
 
 
 def _setup():
@@ -69,3 +69,19 @@ def test_beam_search():
       live[n, ends[0] + 1:] = False
   want = (per_tok * live).sum(1) / live.sum(1)
   np.testing.assert_allclose(score, want, rtol=1e-3, atol=1e-3)
+
+
+def test_scanned_towers_decode_like_the_loop():
+  """model.scan_blocks: the caches stacked on a layers axis (a beam's pick on the batch axis
+  behind it) decode as the looped towers' per-layer caches do."""
+  model, _, _, _, memory = _setup()
+  scan = scanned_copy(deep_config(), model)
+  group = jnp.array([0, 1, 3])
+  search = nnx.jit(decode.beam_search, static_argnames=("max_len", "beams"))
+  tokens, score = search(model, memory, group, max_len=8, beams=3)
+  tokens_s, score_s = search(scan, memory, group, max_len=8, beams=3)
+  np.testing.assert_array_equal(tokens_s, tokens)
+  np.testing.assert_allclose(score_s, score, rtol=1e-5, atol=1e-6)
+  cached = nnx.jit(decode.cached_logits)
+  np.testing.assert_allclose(cached(scan, memory, group, tokens),
+                             cached(model, memory, group, tokens), rtol=1e-5, atol=1e-5)

@@ -1,10 +1,12 @@
 """Building blocks both families share, with logical axis names on every parameter: dense and
-norm layers, dropout, GELU, MLPs, rotary embeddings and the attention core.
+norm layers, dropout, GELU, MLPs, rotary embeddings, the attention core and stacks of blocks
+(looped, or under `nnx.scan` with each block rematerialised inside).
 
 Parameters are created float32 (the optimiser's master copy; `model.param_dtype=bfloat16` only
 casts them for the step); matmuls run in the module's `dtype` (bfloat16 on accelerators); norm
 statistics, softmax and RoPE in float32. sleep2vec's transformer is `models/transformer.py`,
-SleepLM's attention modules `models/sleeplm/layers.py`.
+SleepLM's attention modules `models/sleeplm/layers.py`; both attend through `attend` and stack
+their blocks with `stack` / `run_stack`.
 """
 
 import jax
@@ -220,3 +222,51 @@ def key_mask(present_BxT: jax.Array) -> jax.Array:
   nothing, and changes nothing for a present query, whose own key is present."""
   T = present_BxT.shape[1]
   return (present_BxT[:, None, None, :] | jnp.eye(T, dtype=bool)[None, None])
+
+
+# -------------------------------------------------------------------------------- stacks of blocks
+# model.remat: what a block keeps for the backward pass (the rest is recomputed).
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation: fastest, most memory
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+    "save_attn_proj": jax.checkpoint_policies.save_only_these_names("attn_proj"),  # q, k, v, out
+}
+# The leading axis of scanned blocks' parameters (sharding.RULES maps it to no mesh axis).
+LAYERS = {nnx.PARTITION_NAME: "layers"}
+
+
+def check_remat(name: str):
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {name!r}")
+
+
+def rematted(fn, remat: str):
+  """`fn` (a block's call, the block its first argument) rematerialised under `remat`'s policy."""
+  check_remat(remat)
+  return fn if remat == "none" else nnx.remat(fn, policy=REMAT_POLICIES[remat])
+
+
+def stack(make_block, depth: int, rngs: nnx.Rngs, scan: bool):
+  """`depth` blocks `make_block(rngs)`: a list (parameters `0/...`, `1/...`), or with `scan`
+  (`model.scan_blocks`) one block whose parameters are stacked on a leading `layers` axis, which
+  `run_stack` runs under `nnx.scan` so that compile time does not grow with depth."""
+  if scan:
+    return nnx.split_rngs(splits=depth)(
+        nnx.vmap(make_block, in_axes=0, out_axes=0, transform_metadata=LAYERS))(rngs)
+  return nnx.List([make_block(rngs) for _ in range(depth)])
+
+
+def run_stack(body, carry, stacks: tuple, xs: tuple = (), *, scan: bool):
+  """Threads `carry` through the layers of `stacks` (`stack`s of one depth, run side by side):
+  `body(carry, *the layer's blocks, *the layer's xs) -> (carry, y)`. `xs`: per-layer inputs, each
+  a list over layers (looped) or leaves with a leading layers axis (scanned), or None (none).
+  -> (carry, ys), the ys as the xs are."""
+  if scan:
+    return nnx.scan(body, in_axes=(nnx.Carry,) + (0,) * (len(stacks) + len(xs)),
+                    out_axes=(nnx.Carry, 0), transform_metadata=LAYERS)(carry, *stacks, *xs)
+  ys = []
+  for i in range(len(stacks[0])):
+    carry, y = body(carry, *(s[i] for s in stacks), *(None if x is None else x[i] for x in xs))
+    ys.append(y)
+  return carry, ys

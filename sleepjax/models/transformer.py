@@ -8,19 +8,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from sleepjax.models.layers import (ACT, attend, attention_implementation, check_dropout, dense,
-                                    dropout, key_mask, layer_norm, mlp, param, rope)
+from sleepjax.models.layers import (ACT, attend, attention_implementation, check_dropout,
+                                    check_remat, dense, dropout, key_mask, layer_norm, mlp, param,
+                                    rematted, rope, run_stack, stack)
 from sleepjax.sharding import constrain
-
-# model.remat: what a block keeps for the backward pass (the rest is recomputed).
-REMAT_POLICIES = {
-    "none": None,  # no rematerialisation: fastest, most memory
-    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
-    "save_attn_proj": jax.checkpoint_policies.save_only_these_names("attn_proj"),  # q, k, v, out
-}
-# The leading axis of scanned blocks' parameters (sharding.RULES maps it to no mesh axis).
-LAYERS = {nnx.PARTITION_NAME: "layers"}
 
 
 def _saved(x):
@@ -129,10 +120,10 @@ class Transformer(nnx.Module):
   start with one on their input (the reference's embedding LayerNorm) and their blocks already end
   in one, so both have the same parameters.
 
-  `remat`: a name in REMAT_POLICIES (each block rematerialised under that policy, or not at all);
-  `scan`: the blocks' parameters stacked on a leading `layers` axis and the blocks run under
-  `nnx.scan`, so compile time does not grow with depth (a parameter tree other than the loop's
-  `blocks/0`, `blocks/1`, ...); `attention`: see
+  `remat`: a name in `layers.REMAT_POLICIES` (each block rematerialised under that policy, or not
+  at all); `scan`: the blocks' parameters stacked on a leading `layers` axis and the blocks run
+  under `nnx.scan`, so compile time does not grow with depth (a parameter tree other than the
+  loop's `blocks/0`, `blocks/1`, ...; `layers.stack`); `attention`: see
   `attention_implementation`; `residual_dtype`: the residual stream's and the LayerNorm outputs'
   dtype (statistics stay float32). float32 by default; the compute dtype halves the memory traffic
   of the norms and residual adds, which the H200 profile put at several ms of the sleep2vec dense
@@ -145,8 +136,7 @@ class Transformer(nnx.Module):
                norm: str = "pre", remat: str = "none", attention: str = "xla",
                residual_dtype=jnp.float32, norm_eps: float = 1e-6, dropout: float = 0.0,
                attention_dropout: float = 0.0, scan: bool = False):
-    if remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    check_remat(remat)
     self.remat, self.residual_dtype, self.dropout_rate = remat, residual_dtype, dropout
     self.depth, self.scan = depth, scan
 
@@ -155,21 +145,14 @@ class Transformer(nnx.Module):
                    residual_dtype=residual_dtype, norm_eps=norm_eps, dropout=dropout,
                    attention_dropout=attention_dropout)
 
-    if scan:
-      make_blocks = nnx.split_rngs(splits=depth)(
-          nnx.vmap(make_block, in_axes=0, out_axes=0, transform_metadata=LAYERS))
-      self.blocks = make_blocks(rngs)
-    else:
-      self.blocks = nnx.List([make_block(rngs) for _ in range(depth)])
+    self.blocks = stack(make_block, depth, rngs, scan)
     make_norm = lambda: layer_norm(d, rngs=rngs, dtype=residual_dtype, eps=norm_eps)
     self.input_norm = make_norm() if norm == "post" else None
     self.norm = make_norm() if norm == "pre" else None
 
   def __call__(self, x_BxTxD: jax.Array, mask_BxT: jax.Array | None = None,
                rng: jax.Array | None = None) -> jax.Array:
-    call = _call_block
-    if self.remat != "none":
-      call = nnx.remat(_call_block, policy=REMAT_POLICIES[self.remat])
+    call = rematted(_call_block, self.remat)
     rngs = [None] * (self.depth + 1)
     if rng is not None:  # one key per block: a remat's recompute draws the same masks again
       rngs = list(jax.random.split(rng, self.depth + 1))
@@ -177,16 +160,11 @@ class Transformer(nnx.Module):
     if self.input_norm is not None:
       x_BxTxD = self.input_norm(x_BxTxD)
     x_BxTxD = dropout(x_BxTxD, self.dropout_rate, rngs[0])
-    if self.scan:
-      block_rngs = None if rng is None else jnp.stack(rngs[1:])
+    block_rngs = None if rng is None else jnp.stack(rngs[1:]) if self.scan else rngs[1:]
 
-      def body(x_BxTxD, block, block_rng):
-        return call(block, x_BxTxD, mask_BxT, block_rng)
+    def body(x_BxTxD, block, block_rng):
+      return call(block, x_BxTxD, mask_BxT, block_rng), None
 
-      x_BxTxD = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry,
-                         transform_metadata=LAYERS)(x_BxTxD, self.blocks, block_rngs)
-    else:
-      for block, block_rng in zip(self.blocks, rngs[1:]):
-        x_BxTxD = call(block, x_BxTxD, mask_BxT, block_rng)
+    x_BxTxD, _ = run_stack(body, x_BxTxD, (self.blocks,), (block_rngs,), scan=self.scan)
     return x_BxTxD if self.norm is None else self.norm(x_BxTxD)
 

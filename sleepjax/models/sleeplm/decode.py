@@ -27,7 +27,11 @@ def _start(model, memory_NxMxD, group_N, max_len: int):
   return model.text.init_cache(n, max_len), dec_cache, cross
 
 
-def _next_logits(model, token_N, t, text_cache, dec_cache, cross):
+def _next_logits(pure, token_N, t, text_cache, dec_cache, cross):
+  """One token through the towers; `pure` = nnx.split(model). The model is merged inside the loop
+  body as new Variables (`copy`): a scanned tower's nnx.scan refuses Variables of the trace
+  outside the loop."""
+  model = nnx.merge(*pure, copy=True)
   states, text_cache = model.text.step(token_N[:, None], t, text_cache)
   logits, dec_cache = model.decoder.step(states, t, dec_cache, cross)
   return logits[:, 0], text_cache, dec_cache
@@ -38,10 +42,11 @@ def cached_logits(model, memory_NxMxD, group_N, tokens_NxL) -> jax.Array:
   `model.caption_logits` on the whole sequence; the tests check it)."""
   L = tokens_NxL.shape[1]
   text_cache, dec_cache, cross = _start(model, memory_NxMxD, group_N, L)
+  pure = nnx.split(model)
 
   def body(carry, t):
     text_cache, dec_cache = carry
-    logits, text_cache, dec_cache = _next_logits(model, tokens_NxL[:, t], t, text_cache,
+    logits, text_cache, dec_cache = _next_logits(pure, tokens_NxL[:, t], t, text_cache,
                                                  dec_cache, cross)
     return (text_cache, dec_cache), logits
 
@@ -53,11 +58,12 @@ def greedy(model, memory_NxMxD, group_N, max_len: int) -> jax.Array:
   """Most likely token at every step, until EOS (then pad). -> tokens [N, max_len]."""
   n = memory_NxMxD.shape[0]
   text_cache, dec_cache, cross = _start(model, memory_NxMxD, group_N, max_len)
+  pure = nnx.split(model)
   tokens = jnp.full((n, max_len), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
 
   def body(t, carry):
     tokens, text_cache, dec_cache, done = carry
-    logits, text_cache, dec_cache = _next_logits(model, tokens[:, t], t, text_cache, dec_cache,
+    logits, text_cache, dec_cache = _next_logits(pure, tokens[:, t], t, text_cache, dec_cache,
                                                  cross)
     nxt = jnp.where(done, PAD_ID, jnp.argmax(logits, -1).astype(jnp.int32))
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, nxt[:, None], t + 1, 1)
@@ -77,13 +83,14 @@ def beam_search(model, memory_NxMxD, group_N, max_len: int, beams: int,
   n, K = memory_NxMxD.shape[0], beams
   memory = jnp.repeat(memory_NxMxD, K, 0)
   text_cache, dec_cache, cross = _start(model, memory, jnp.repeat(group_N, K, 0), max_len)
+  pure = nnx.split(model)
   tokens = jnp.full((n * K, max_len), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
   scores = jnp.tile(jnp.where(jnp.arange(K) == 0, 0.0, _NEG), (n, 1))  # one live beam at first
   only_pad = jnp.where(jnp.arange(model.decoder.out.out_features) == PAD_ID, 0.0, _NEG)
 
   def body(t, carry):
     tokens, text_cache, dec_cache, scores, done, length = carry
-    logits, text_cache, dec_cache = _next_logits(model, tokens[:, t], t, text_cache, dec_cache,
+    logits, text_cache, dec_cache = _next_logits(pure, tokens[:, t], t, text_cache, dec_cache,
                                                  cross)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     logp = jnp.where(done[:, None], only_pad[None], logp)
@@ -94,7 +101,9 @@ def beam_search(model, memory_NxMxD, group_N, max_len: int, beams: int,
     token = (index % V).reshape(-1).astype(jnp.int32)
     pick = lambda x: jnp.take(x, parent, 0)
     tokens, done, length = pick(tokens), pick(done), pick(length)
-    text_cache, dec_cache = jax.tree.map(pick, (text_cache, dec_cache))
+    # Cache leaves are [(layers,) N, length, H, K]: a scanned tower stacks its layers first.
+    text_cache, dec_cache = jax.tree.map(lambda x: jnp.take(x, parent, x.ndim - 4),
+                                         (text_cache, dec_cache))
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], t + 1, 1)
     length = length + (~done)
     return tokens, text_cache, dec_cache, scores, done | (token == EOS_ID), length

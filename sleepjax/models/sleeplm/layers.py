@@ -1,6 +1,7 @@
 """SleepLM's attention modules on the shared primitives (`models/layers.py`): multi-head attention
-(self / cross, interleaved RoPE, KV cache), learnable-frequency RoPE, attentional pooler, pre-LN
-residual blocks.
+(self / cross, interleaved RoPE, KV cache) through the shared attention core (`layers.attend`:
+jax.nn.dot_product_attention under `model.attention`, as sleep2vec's), learnable-frequency RoPE,
+attentional pooler, pre-LN residual blocks.
 
 Parameters carry logical axis names (see `sleepjax.sharding.RULES`); norms, softmax and RoPE run
 in float32, matmuls in the configured dtype.
@@ -10,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleepjax.models.layers import MLP, dense, gelu, layer_norm, rotate, softmax_attention
+from sleepjax.models.layers import (MLP, attend, attention_implementation, dense, gelu, layer_norm,
+                                    rotate)
 
 
 class LearnedRope(nnx.Module):
@@ -28,15 +30,17 @@ class MultiHeadAttention(nnx.Module):
   """Separate q / k / v / out projections (self- or cross-attention).
 
   `qkv_bias`: the encoder's attention has no q/k/v bias (out has one); torch-style
-  nn.MultiheadAttention (poolers, text, decoder) has biases everywhere.
+  nn.MultiheadAttention (poolers, text, decoder) has biases everywhere. `attention`:
+  `model.attention` (`layers.attention_implementation`).
   """
 
   def __init__(self, d: int, heads: int, *, dtype, rngs: nnx.Rngs, qkv_bias: bool = True,
-               d_kv: int | None = None):
+               d_kv: int | None = None, attention: str = "xla"):
     if d % heads:
       raise ValueError(f"width {d} not divisible by {heads} heads")
     d_kv = d_kv or d
     self.heads, self.head_dim = heads, d // heads
+    self.implementation = attention_implementation(attention, dtype)
     self.q = dense(d, d, ("embed", "heads"), dtype=dtype, rngs=rngs, use_bias=qkv_bias)
     self.k = dense(d_kv, d, ("embed", "heads"), dtype=dtype, rngs=rngs, use_bias=qkv_bias)
     self.v = dense(d_kv, d, ("embed", "heads"), dtype=dtype, rngs=rngs, use_bias=qkv_bias)
@@ -66,7 +70,7 @@ class MultiHeadAttention(nnx.Module):
       k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, 1)
       v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, 1)
       cache = (k, v)
-    y = softmax_attention(q, k, v, None if mask is None else mask[:, None])
+    y = attend(q, k, v, None if mask is None else mask[:, None], implementation=self.implementation)
     y = self.out(y.reshape(*y.shape[:-2], -1))
     return y if cache is None else (y, cache)
 
@@ -74,10 +78,11 @@ class MultiHeadAttention(nnx.Module):
 class AttentionalPooler(nnx.Module):
   """n learned queries attend over a token sequence (CoCa's task-specific pooling)."""
 
-  def __init__(self, d: int, heads: int, n_query: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, d: int, heads: int, n_query: int, *, dtype, rngs: nnx.Rngs,
+               attention: str = "xla"):
     init = nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed"))
     self.query = nnx.Param(init(rngs.params(), (n_query, d)))
-    self.attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs)
+    self.attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs, attention=attention)
 
   def __call__(self, x_BxUxD: jax.Array, valid_BxU: jax.Array | None) -> jax.Array:
     B = x_BxUxD.shape[0]
@@ -90,10 +95,10 @@ class ResidualBlock(nnx.Module):
   """Pre-LN block: x + attn(ln(x)) [self or cross], then x + mlp(ln(x)) (open_clip style)."""
 
   def __init__(self, d: int, heads: int, mlp: int, *, dtype, rngs: nnx.Rngs, cross: bool = False,
-               act=gelu):
+               act=gelu, attention: str = "xla"):
     self.ln_1 = layer_norm(d, rngs=rngs)
     self.ln_kv = layer_norm(d, rngs=rngs) if cross else None
-    self.attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs)
+    self.attn = MultiHeadAttention(d, heads, dtype=dtype, rngs=rngs, attention=attention)
     self.ln_2 = layer_norm(d, rngs=rngs)
     self.mlp = MLP(d, mlp, dtype=dtype, rngs=rngs, act=act)
     self.dtype = dtype

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sleepjax.models.layers import DTYPES
+from sleepjax.models.layers import DTYPES, check_remat
 from sleepjax.models.sleeplm import inputs
 from sleepjax.models.sleeplm.signal import ReconDecoder, SignalEncoder
 from sleepjax.models.sleeplm.text import CaptionDecoder, TextTower
@@ -39,15 +39,19 @@ def raw_log_scale(scale: float) -> float:
 class SleepLM(nnx.Module):
   def __init__(self, c, vocab: int, *, rngs: nnx.Rngs):
     """c: config.model (signal, text, decoder, recon sub-configs; see configs/sleeplm.py)."""
+    check_remat(c.remat)
     dtype = DTYPES[c.dtype]
     self.channels = inputs.parse_channels(c.channels)
     self.rate = c.rate
     n = len(self.channels)
-    self.signal = SignalEncoder(n, c.signal, c.embed_dim, dtype=dtype, rngs=rngs)
-    self.text = TextTower(vocab, c.text, c.embed_dim, dtype=dtype, rngs=rngs)
-    self.decoder = CaptionDecoder(vocab, c.decoder, len(GROUPS), dtype=dtype, rngs=rngs)
+    # Every tower's attention through model.attention, its blocks looped or scanned, rematerialised
+    # under model.remat (the loop's parameter tree is the one checkpoints before scan_blocks hold).
+    kw = dict(dtype=dtype, rngs=rngs, attention=c.attention, scan=c.scan_blocks, remat=c.remat)
+    self.signal = SignalEncoder(n, c.signal, c.embed_dim, **kw)
+    self.text = TextTower(vocab, c.text, c.embed_dim, **kw)
+    self.decoder = CaptionDecoder(vocab, c.decoder, len(GROUPS), **kw)
     self.recon = (ReconDecoder(c.signal.width, c.signal.heads, c.recon_depth, n,
-                               c.rate * EPOCH_SECONDS, dtype=dtype, rngs=rngs)
+                               c.rate * EPOCH_SECONDS, **kw)
                   if c.recon_depth else None)
     self.logit_scale = nnx.Param(jnp.asarray(raw_log_scale(1 / 0.07), jnp.float32))
 
