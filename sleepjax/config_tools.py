@@ -32,52 +32,9 @@ class ConfigError(ValueError):
 
 # The shared base (its keys' meanings are the comments on their lines there).
 BASE = CONFIGS / "common.py"
-# Sections a sweep file adds (sleepjax/sweep.py builds them): their keys' meanings.
-SWEEP_DESCRIPTIONS = {
-    "launch.eval": "sweeps: also run `sleepjax eval` (linear probe) after each run",
-    "launch.stop_after_steps": "sweeps: train at most this many steps per job, then requeue (0 = all)",
-    "launch.local.cpu_devices": "local runner: simulated CPU devices per run",
-    "launch.local.gpus": "local runner: GPUs shared out among parallel runs",
-    "launch.local.max_runs": "local runner: start at most this many runs in this invocation (0 = all)",
-    "launch.local.parallel": "local runner: runs at once, each on its share of the devices",
-    "launch.local.processes": "local runner: JAX processes per run (launch/local.py)",
-    "launch.slurm.account": "SLURM --account",
-    "launch.slurm.cpus_per_task": "SLURM --cpus-per-task",
-    "launch.slurm.gpus_per_node": "SLURM GPUs per node (one JAX process per GPU)",
-    "launch.slurm.jax_platforms": "the job's own JAX_PLATFORMS (the submitting shell's is replaced)",
-    "launch.slurm.job_name": "SLURM --job-name",
-    "launch.slurm.max_concurrent": "SLURM array throttle (%N: runs at once; 0 = no limit)",
-    "launch.slurm.mem": "SLURM --mem",
-    "launch.slurm.nodes": "SLURM nodes per run",
-    "launch.slurm.partition": "SLURM --partition",
-    "launch.slurm.qos": "SLURM --qos",
-    "launch.slurm.setup": "shell lines run before srun (modules, venv activation)",
-    "launch.slurm.tasks_per_node": "SLURM tasks (JAX processes) per node: one per GPU",
-    "launch.slurm.time": "SLURM --time limit per array task",
-    "launch.slurm.xla_flags": "the job's own XLA_FLAGS (the submitting shell's are replaced)",
-    "launch.xpk.base_docker_image": "base of the image workloads.sh builds once (launch/Dockerfile)",
-    "launch.xpk.cluster": "xpk GKE cluster name",
-    "launch.xpk.docker_image": "xpk --docker-image: a prebuilt image (nothing is built)",
-    "launch.xpk.image_repository": "where the built image is pushed (\"\": gcr.io/<project>/sleepjax)",
-    "launch.xpk.image_setup": "shell lines run in the container before sleepjax",
-    "launch.xpk.max_restarts": "xpk restarts of a workload that exits 42 (unfinished) or is preempted",
-    "launch.xpk.num_slices": "TPU slices per run (multislice)",
-    "launch.xpk.priority": "xpk workload priority",
-    "launch.xpk.termination_grace_s": "xpk --termination-grace-period-seconds: SIGTERM to kill, for the last save",
-    "launch.xpk.project": "Google Cloud project",
-    "launch.xpk.tpu_name": "TPU VM name (tpu_vm.sh: gcloud ... tpu-vm ssh --worker=all)",
-    "launch.xpk.tpu_type": "TPU slice type, e.g. v5p-128",
-    "launch.xpk.vm_setup": "shell lines run on each TPU VM worker before sleepjax",
-    "launch.xpk.workload_prefix": "prefix of xpk workload names (\"\": the workdir's name)",
-    "launch.xpk.zone": "Google Cloud zone",
-    "sweep.budgets_flops": "FLOP budgets; a run's steps = budget / analytic FLOPs per step",
-    "sweep.modalities": "modalities the subsets are drawn from",
-    "sweep.modality_counts": "modality-subset sizes swept",
-    "sweep.seeds": "seeds per configuration",
-    "sweep.sizes": "rows of the family's size table swept",
-    "sweep.subject_fractions": "fractions of training subjects swept (data scaling)",
-    "sweep.subsets_per_count": "deterministic modality subsets per count",
-}
+# The sections a sweep file adds (`launch`, `sweep`): their keys' meanings are the comments on their
+# lines there (read as text, not imported).
+SWEEP_SECTIONS = pathlib.Path(__file__).resolve().parent / "sweep" / "sections.py"
 
 
 def shipped_configs() -> list[str]:
@@ -354,7 +311,7 @@ def _target(line: list[tokenize.TokenInfo]) -> str | None:
 
 def descriptions() -> dict[str, str]:
   """{key: meaning} of every key of the base and of the sweep sections."""
-  return {**SWEEP_DESCRIPTIONS, **comments(BASE)}
+  return {**comments(SWEEP_SECTIONS), **comments(BASE)}
 
 
 def describe_keys(config, path: str | os.PathLike | None = None, sections=None) -> list[str]:

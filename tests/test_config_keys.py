@@ -15,7 +15,7 @@ from sleepjax.train import checkpoint
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for d in ("sleepjax", "data_prep", "launch") for p in (ROOT / d).rglob("*.py")
                  if "configs" not in p.relative_to(ROOT).parts)
-# Sections only sweep files have (sleepjax/sweep.py builds them).
+# Sections only sweep files have (sleepjax/sweep/sections.py builds them).
 SWEEP_SECTIONS = ("launch", "sweep")
 # Sections each family defines for itself (the base holds sleep2vec's).
 FAMILY_SECTIONS = ("model", "objective")

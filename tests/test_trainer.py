@@ -116,8 +116,10 @@ def test_nan_skipped_then_named_error_and_refused_resume(prepared, tiny_config, 
 
 def test_val_loss_every_n_steps_is_the_eval_mode_family_loss(prepared, tiny_config, tmp_path):
   """val_loss at the steps train.val_every names, equal to the family's loss (dropout off) of the
-  step's parameters on the first validation batches with keys 0, 1, ... computed by hand."""
+  step's parameters on the first validation batches with keys 0, 1, ... computed by hand; a sweep
+  scores a run the same way (`sweep.val_loss`: the newest checkpoint's EMA parameters)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
+  from sleepjax import sweep  # pylint: disable=g-import-not-at-top
   from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sleepjax.families import get_family  # pylint: disable=g-import-not-at-top
   from sleepjax.train import checkpoint, hooks, trainer  # pylint: disable=g-import-not-at-top
@@ -130,24 +132,35 @@ def test_val_loss_every_n_steps_is_the_eval_mode_family_loss(prepared, tiny_conf
   events.Reload()
   logged = {e.step: e.value for e in events.Scalars("val_loss")}
   assert set(logged) == {2, 4}, logged
+  swept = sweep.val_loss(config, str(workdir), max_batches=2)
 
   mesh, manifest, modalities, tx, _ = trainer.setup(config, str(workdir))
   _, abstract, _ = state_lib.abstract_state(config, modalities, tx, mesh, config.seed)
   ckpt = trainer.checkpoint_dir(str(workdir))
-  params = jax.device_get(checkpoint.restore(checkpoint.make_manager(ckpt, config), 4,
-                                             abstract).params)
+  state = lambda step: jax.device_get(checkpoint.restore(checkpoint.make_manager(ckpt, config),
+                                                         step, abstract))
   # The tiny cohort has no validation records: the test split stands in (as sweeps score it).
   split = "val" if manifest["splits"]["val"]["records"] else config.eval.test_split
   assert hooks.val_split(manifest, config) == split
-  it = iter(pipeline.make_dataset(
-      manifest, split, list(modalities), window=config.data.window_epochs,
-      local_batch=config.data.global_batch, seed=0, train=True, sampling="all"))
   config.model.dropout = 0.0
-  model = nnx.merge(nnx.graphdef(state_lib.build_model(config, modalities, 0)), params)
+  graphdef = nnx.graphdef(state_lib.build_model(config, modalities, 0))
   family = get_family(config)
-  by_hand = np.mean([float(family.loss(model, pipeline.nest(next(it)), jax.random.key(i))[0])
-                     for i in range(2)])
-  assert abs(logged[4] - by_hand) <= 1e-4 * abs(by_hand), (logged[4], by_hand)
+
+  def by_hand(params, batches):
+    it = iter(pipeline.make_dataset(
+        manifest, split, list(modalities), window=config.data.window_epochs,
+        local_batch=config.data.global_batch, seed=0, train=True, sampling="all"))
+    model = nnx.merge(graphdef, params)
+    return np.mean([float(family.loss(model, pipeline.nest(next(it)), jax.random.key(i))[0])
+                    for i in range(batches)])
+
+  want = by_hand(state(4).params, 2)
+  assert abs(logged[4] - want) <= 1e-4 * abs(want), (logged[4], want)
+  assert swept["step"] == 5 and swept["loss_split"] == split
+  # A sweep reads at most as many batches as the split holds (here one or two).
+  batches = min(2, -(-manifest["splits"][split]["records"] // config.data.global_batch))
+  want = by_hand(state(5).ema_params, batches)
+  assert abs(swept["val_loss"] - want) <= 1e-4 * abs(want), (swept["val_loss"], want)
 
 
 def test_eval_config_comes_from_the_checkpoint(prepared, tiny_config, tmp_path, monkeypatch):

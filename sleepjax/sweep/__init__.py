@@ -37,6 +37,7 @@ import ml_collections
 from sleepjax import config_tools
 from sleepjax.config_tools import storage_path
 from sleepjax.sweep.layout import RESULT, RUNS, status  # pylint: disable=unused-import  (API)
+from sleepjax.sweep.sections import launch_config, sweep_section  # pylint: disable=unused-import
 
 REPO_ENV = "SLEEPJAX_REPO"  # the checkout the cluster scripts `cd` into / build the image from
 SWEEP_ONLY = ("sweep", "launch")  # config sections that describe the sweep, not a run
@@ -72,45 +73,6 @@ def repo_dir(package_parent: pathlib.Path = pathlib.Path(__file__).resolve().par
       "there> (or use --runner=local)")
 
 
-def launch_config() -> ml_collections.ConfigDict:
-  """Runner settings a sweep file puts under `config.launch` (all overridable from the CLI)."""
-  return ml_collections.ConfigDict(dict(
-      # every runner
-      stop_after_steps=0,  # > 0: each job trains at most this many steps, then requeues / resumes
-      eval=False,  # also run `sleepjax eval` (linear probe -> eval/report.json) after training
-      local=dict(
-          parallel=1,  # runs at once, each on its own slice of the devices
-          gpus=0,  # GPUs on this machine to split between parallel runs (0: CPU)
-          cpu_devices=0,  # CPU: simulated devices per run (0: inherit XLA_FLAGS)
-          processes=1,  # > 1: each run as that many JAX processes via launch/local.py
-          max_runs=0,  # > 0: start at most this many runs in this invocation
-      ),
-      slurm=dict(
-          job_name="sleepjax-sweep", partition="", account="", qos="", time="24:00:00",
-          # one JAX process per GPU: on SLURM, jax.distributed gives process i of a node the GPU
-          # SLURM_LOCALID=i (tasks_per_node = gpus_per_node)
-          nodes=1, gpus_per_node=8, tasks_per_node=8, cpus_per_task=8, mem="0",
-          jax_platforms="cuda",  # the job's JAX_PLATFORMS (not the submitting shell's)
-          xla_flags="",  # the job's XLA_FLAGS (not the submitting shell's)
-          max_concurrent=0,  # array throttle (%N); 0 = no limit
-          setup=("source .venv/bin/activate",),  # shell lines run before training, in the repo
-      ),
-      xpk=dict(
-          cluster="my-cluster", project="my-project", zone="us-central2-b", tpu_type="v5p-32",
-          num_slices=1, docker_image="", base_docker_image="python:3.11", priority="medium",
-          max_restarts=20,  # restarts of a workload that exits 42 (unfinished); each resumes
-          termination_grace_s=300,  # SIGTERM -> kill: time for the final checkpoint save
-          workload_prefix="",  # workload names: <prefix>-<hash of the workdir>-<index>; "": the workdir's name
-          image_repository="",  # where the image built once is pushed ("": gcr.io/<project>/sleepjax)
-          tpu_name="",  # for the plain `gcloud ... tpu-vm ssh --worker=all` variant
-          # shell steps before training: inside the workload's image (built once by
-          # workloads.sh from launch/Dockerfile, pinned by requirements.lock) and on each TPU VM
-          image_setup=(),
-          vm_setup=("cd ~/sleepjax", "source .venv/bin/activate"),
-      ),
-  ))
-
-
 def load_module(path: str | os.PathLike):
   """Imports a config / sweep file by path (it may import its neighbours through __file__)."""
   path = os.fspath(path).partition(":")[0]
@@ -139,16 +101,6 @@ def modality_subsets(modalities, count: int, n: int, seed: int = 0) -> list[tupl
   order = sorted(range(len(combos)), key=lambda i: hashlib.sha256(
       f"{seed}:{'+'.join(combos[i])}".encode()).hexdigest())
   return [combos[i] for i in sorted(order[:n])]
-
-
-def sweep_section(**axes) -> ml_collections.ConfigDict:
-  """`config.sweep` for `grid`: sizes x modality subsets x subject fractions x budgets x seeds."""
-  section = dict(sizes=(), modality_counts=(), subsets_per_count=1, modalities=(),
-                 subject_fractions=(1.0,), budgets_flops=(), seeds=(0,))
-  unknown = set(axes) - set(section)
-  if unknown:
-    raise KeyError(f"sweep_section: unknown axes {sorted(unknown)}")
-  return ml_collections.ConfigDict({**section, **axes})
 
 
 def grid(config, sizes: dict):
@@ -334,42 +286,25 @@ def _write(path, text: str):
 
 
 def val_loss(config, workdir: str, max_batches: int = 16) -> dict:
-  """Mean loss of the latest checkpoint on the validation split (the test split where val is
-  empty: loss_split says which), fixed crops and RNG: every run of a sweep is scored on the same
-  windows. Returns val_loss, loss_split, step (of the checkpoint), params, ..."""
+  """The validation loss of the latest checkpoint's parameters, as training logs it
+  (`hooks.ValLoss`: the family's loss in evaluation mode on the first batches of the validation
+  split, or of the test split where val is empty: loss_split says which; fixed crops and keys), so
+  every run of a sweep is scored on the same windows. Returns val_loss, loss_split, step (of the
+  checkpoint), params, ..."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from sleepjax import families, sharding  # pylint: disable=g-import-not-at-top
-  from sleepjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from sleepjax.train import restore  # pylint: disable=g-import-not-at-top
-  from sleepjax.train.trainer import check_batch, checkpoint_dir  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import hooks, restore  # pylint: disable=g-import-not-at-top
+  from sleepjax.train.trainer import checkpoint_dir  # pylint: disable=g-import-not-at-top
 
   r = restore.restore(checkpoint_dir(workdir), config, workdir=workdir)
-  config, mesh, manifest, modalities, graphdef, params = (
-      r.config, r.mesh, r.manifest, r.modalities, r.graphdef, r.params)
-  family = families.get_family(config)
-  local_batch = check_batch(config.data.global_batch, mesh)
-  split = "val" if manifest["splits"].get("val", {}).get("records") else config.eval.test_split
-  n = min(max_batches, max(1, math.ceil(manifest["splits"][split]["records"]
-                                        / config.data.global_batch)))
-  it = iter(pipeline.make_dataset(
-      manifest, split, list(modalities), window=config.data.window_epochs, local_batch=local_batch,
-      seed=0, train=True, sampling="all", caption_len=config.data.caption_len,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      read_threads=config.data.read_threads, verify=config.data.verify_shards))
-  batch_sh = sharding.batch_sharding(mesh)
-  loss_fn = jax.jit(lambda p, b, rng: family.loss(nnx.merge(graphdef, p), b, rng)[0],
-                    out_shardings=sharding.replicated(mesh))
-  losses = []
-  with jax.set_mesh(mesh):
-    for i in range(n):
-      batch = pipeline.to_global(next(it), batch_sh)
-      losses.append(float(loss_fn(params, batch, jax.random.key(i))))
-  return {"val_loss": float(np.mean(losses)), "loss_split": split, "step": r.step,
-          "params": int(sum(x.size for x in jax.tree.leaves(params))),
-          "train_subjects": _train_subjects(manifest, config), "modalities": list(modalities)}
+  records = r.manifest["splits"][hooks.val_split(r.manifest, r.config)]["records"]
+  n = min(max_batches, max(1, math.ceil(records / r.config.data.global_batch)))
+  val = hooks.ValLoss(r.config, r.manifest, r.modalities, r.mesh, every=0, batches=n)
+  with jax.set_mesh(r.mesh):
+    loss = val.evaluate(r.params)
+  return {"val_loss": loss, "loss_split": val.split, "step": r.step,
+          "params": int(sum(x.size for x in jax.tree.leaves(r.params))),
+          "train_subjects": _train_subjects(r.manifest, r.config), "modalities": list(r.modalities)}
 
 
 def latest_step(workdir: str) -> int:
