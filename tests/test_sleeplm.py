@@ -155,7 +155,7 @@ def test_scanned_towers_match_the_loop():
                metrics_l, metrics_s)
 
 
-@pytest.mark.slow  # 85-343 s on the shared 2-core machine under load (two SleepLM backward compiles)
+@pytest.mark.slow  # 85-343 s on the shared 2-core machine under load (two backward compiles)
 def test_scanned_towers_match_the_loop_gradients_under_remat():
   """The scanned towers' gradients, each block rematerialised inside the scan, are the loop's."""
   c, loop, scan = _loop_and_scan("full")
