@@ -118,8 +118,8 @@ def describe(stages_E, present_E, searches: dict, *, stager: str, scored_E=None,
                    "d", f"annotations: top moments' epochs with any second of {kind}")
       count = w.num(f"{kind}_annotated_epochs", int(truth.sum()), "d",
                     f"annotations: present epochs with any second of {kind}")
-      sentence += (f"; {hits} of these are annotated {kind.replace('_', ' ')} ({count} annotated "
-                   "epochs in the night)")
+      sentence += (f"; annotated {kind.replace('_', ' ')}: {hits} of these, {count} epochs in "
+                   "the night")
     w.say(sentence + ".")
   return Description(w.sentences, w.numbers, stages, stager, dict(searches))
 
