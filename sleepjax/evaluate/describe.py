@@ -93,9 +93,9 @@ def describe(stages_E, present_E, searches: dict, *, stager: str, scored_E=None,
     parts.append(f"{s} {m} min")
   w.say(f"By stage: {', '.join(parts)}.")
 
-  scored = None if scored_E is None else np.asarray(scored_E)
-  if scored is not None and (scored >= 0).any():
-    ok = present & (scored >= 0)
+  scored = np.full(len(stages), -1) if scored_E is None else np.asarray(scored_E)
+  ok = present & (scored >= 0)
+  if ok.any():
     total = w.num("scored_sleep_min", (scored[ok] > 0).sum() * EPOCH_MIN, ".1f",
                   "annotations: scored N1-REM epochs x 0.5 min")
     agree = w.num("agreement_pct", 100 * (stages[ok] == scored[ok]).mean(), ".1f",
