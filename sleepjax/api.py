@@ -9,6 +9,7 @@
     model.stage("night.edf").stages       # [E] W/N1/N2/N3/REM codes from the staging head of eval
     model.caption("night.edf")            # SleepLM checkpoints: generated text
     model.search("night.edf", "oxygen desaturation").moments   # SleepLM: where, in words
+    model.describe("night.edf").text      # SleepLM: the night in sentences, numbers traceable
 
 A night runs through the same reading, channel mapping, QC, filtering, resampling and per-night
 normalisation as `sleepjax prep` (`data_prep`), in memory, with the checkpoint's own prep config;
@@ -32,9 +33,10 @@ from flax import nnx
 from data_prep import annotations as annotations_lib
 from data_prep import channels, edf, harmonise, qc
 from sleepjax import families, generate, sharding
+from sleepjax.evaluate import describe as describe_lib
 from sleepjax.evaluate import search as search_lib
 from sleepjax.evaluate import sleeplm as sleeplm_eval
-from sleepjax.modalities import CANONICAL, EPOCH_SECONDS, STAGES
+from sleepjax.modalities import CANONICAL, EPOCH_SECONDS, EVENTS, STAGES
 from sleepjax.train import restore
 
 STAGING_HEAD = os.path.join("eval", "staging_head.npz")  # under the workdir; see `save_staging_head`
@@ -53,6 +55,7 @@ class Night:
   signal: np.ndarray | None = None  # [E, P] unit signal embeddings in the text space (SleepLM)
   start: datetime.datetime | None = None  # the recording's start (EDF header), for clock times
   stages: np.ndarray | None = None  # [E] scored stages (-1 unscored), with an annotation file
+  events: np.ndarray | None = None  # [E, 30] per-second annotated events (bit k: EVENTS[k])
   qc: list = dataclasses.field(default_factory=list)  # data_prep.qc.ChannelQC per channel
   verdict: str = "ok"  # what prep would decide (`skip` nights are still embedded here)
   reasons: list[str] = dataclasses.field(default_factory=list)
@@ -90,7 +93,7 @@ class Model:
     self.modalities = tuple(config.data.modalities)
     self.family = families.get_family(config)
     self._forward = jax.jit(self._embed_batch)
-    self._head = self._tokenizer = None
+    self._head = self._tokenizer = self._classifier = None
 
   # ----------------------------------------------------------------------------- embeddings
   def _embed_batch(self, params, batch):
@@ -180,7 +183,9 @@ class Model:
             channel_map: str | os.PathLike | None = None) -> Staging:
     """Sleep stages per 30-s epoch from the staging head fitted by `sleepjax eval`."""
     h = self.staging_head(head)
-    emb = self.embed(night, annotations, channel_map=channel_map)
+    return self._stage_with(h, self.embed(night, annotations, channel_map=channel_map))
+
+  def _stage_with(self, h: dict, emb: Night) -> Staging:
     if h["w"].shape[0] != emb.epoch.shape[1]:
       raise ValueError(f"staging head expects {h['w'].shape[0]}-d embeddings, this model gives "
                        f"{emb.epoch.shape[1]}; the head belongs to another checkpoint")
@@ -224,6 +229,40 @@ class Model:
     return search_lib.search(emb.signal, emb.present.any(1), self.embed_text([text])[0], text,
                              k=k, gap=gap, start=emb.start)
 
+  def stage_zero_shot(self, night: Night) -> np.ndarray:
+    """[E] stage per epoch without a head (SleepLM): the stage whose prompts' mean text embedding
+    is nearest (cosine) to the epoch's signal embedding (the `sleeplm` eval task's zero-shot);
+    -1 where nothing is present."""
+    self._sleeplm("stage_zero_shot")
+    if self._classifier is None:
+      if self._tokenizer is None:
+        self._tokenizer = generate.tokenizer_of(self.config, self.workdir)
+      model = nnx.merge(self.graphdef, jax.device_get(self.params))
+      self._classifier = sleeplm_eval.stage_classifier(model, self._tokenizer,
+                                                       int(self.config.data.caption_len))
+    stages = sleeplm_eval.zero_shot_stage(night.signal, self._classifier)
+    return np.where(night.present.any(1), stages, -1)
+
+  def describe(self, night, annotations: str | os.PathLike | None = None, *,
+               stager: str = "zero_shot", head: str | os.PathLike | None = None, k: int = 3,
+               events: tuple[str, ...] = EVENTS) -> describe_lib.Description:
+    """The night in sentences (SleepLM): time with signal, minutes per stage, sleep efficiency and
+    onset from the model's stages (`stager`: "zero_shot", or "head": eval's staging head), and for
+    each of `events` the top `k` moments of `search` with its prompt (`search.PROMPTS`); the
+    scored hypnogram and annotated events beside them when the night has them. Every stated
+    number is in `.numbers` with its source. `night`: what `embed` takes, or a `Night`."""
+    self._sleeplm("describe")
+    emb = night if isinstance(night, Night) else self.embed(night, annotations)
+    if stager == "zero_shot":
+      stages = self.stage_zero_shot(emb)
+    elif stager == "head":
+      stages = self._stage_with(self.staging_head(head), emb).stages
+    else:
+      raise ValueError(f"describe: stager={stager!r} (zero_shot or head)")
+    found = {e: self.search(emb, search_lib.PROMPTS[e], k=k) for e in events}
+    return describe_lib.describe(stages, emb.present.any(1), found, stager=stager,
+                                 scored_E=emb.stages, events_ExS=emb.events, start=emb.start)
+
 
 # ------------------------------------------------------------------------------- loading
 def load(path: str | os.PathLike, *, step: int | None = None) -> Model:
@@ -247,14 +286,14 @@ def _read_night(path: pathlib.Path, annotation_path, modalities, prep, channel_m
   info = {"stages": None, "reasons": [], "start": rec.start}
   qc_config = qc.QCConfig(min_duration_s=prep.min_duration_s)
   lengths = None
-  stages = None
+  stages = events = None
   issues = []
   if annotation_path is not None:
-    stages, _ = annotations_lib.read_annotations(annotation_path, n_epochs,
-                                                 recording_start=rec.start, issues=issues)
+    stages, events = annotations_lib.read_annotations(annotation_path, n_epochs,
+                                                      recording_start=rec.start, issues=issues)
   elif annotations_lib.has_stages(rec.annotations):  # as prep: the EDF+'s own hypnogram
-    stages, _ = annotations_lib.from_edf_annotations(path, rec.annotations, n_epochs,
-                                                     issues=issues)
+    stages, events = annotations_lib.from_edf_annotations(path, rec.annotations, n_epochs,
+                                                          issues=issues)
   if stages is not None:
     scored = np.flatnonzero(stages >= 0)
     lengths = qc.check_lengths(n_epochs, int(scored[-1]) + 1 if len(scored) else n_epochs,
@@ -262,6 +301,8 @@ def _read_night(path: pathlib.Path, annotation_path, modalities, prep, channel_m
     n_epochs = lengths.n_epochs
     stages = stages[:n_epochs]
     info["stages"] = stages
+    if events is not None:
+      info["events"] = annotations_lib.event_raster(events, n_epochs)
   resolved = channels.resolve_channels(rec, channel_map or prep.channel_map)
   h = harmonise.harmonise(resolved, n_epochs, list(modalities), config=qc_config)
   verdict, reasons = qc.recording_verdict(h.qc, duration_s=rec.duration_s, stages=stages,
@@ -310,8 +351,9 @@ def prepare_night(night, modalities, prep, *, annotations=None, channel_map=None
     h = harmonise.harmonise(sigs, n_epochs, list(modalities))
     info = {"stages": None, "verdict": "ok", "reasons": []}
     if annotations is not None:
-      stages, _ = annotations_lib.read_annotations(annotations, n_epochs)
+      stages, events = annotations_lib.read_annotations(annotations, n_epochs)
       info["stages"] = stages[:n_epochs]
+      info["events"] = annotations_lib.event_raster(events, n_epochs)
   else:
     path = pathlib.Path(night)
     if not path.is_file():

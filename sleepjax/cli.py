@@ -12,7 +12,8 @@ Commands:
   bench      `sleepjax bench prep|read|data|step|ssl`: measurements as JSON in <workdir>/bench
   config     print the resolved config (`--diff`: only what differs from the preset)
   caption    SleepLM: generated captions per epoch of --recording=ID beside the references
-  query      SleepLM: where in --recording=ID --text="..." is: top moments, a PNG in <workdir>/query
+  query      SleepLM: where in --recording=ID --text="..." is: top moments, a PNG in
+             <workdir>/query; --describe: the recording in sentences
   sweep      expand a sweep file (configs/sweeps/*.py) into <workdir>/runs/<name>/ and run it:
              --runner=local (here), slurm (sbatch array script) or xpk (TPU slices); resumable
   sweep-run  train one sweep member (resuming), then its validation loss -> <workdir>/result.json
@@ -43,6 +44,8 @@ _RECORDING = flags.DEFINE_string("recording", None, "`caption`, `query`: the rec
                                  "(default: the first test recording).")
 _TEXT = flags.DEFINE_string("text", None, "`query`: what to look for in the night, in words.")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "`query`: how many moments to print.")
+_DESCRIBE = flags.DEFINE_bool("describe", False, "`query`: the recording in sentences "
+                              "(`api.Model.describe`; --top_k moments per event kind).")
 _RUNNER = flags.DEFINE_enum("runner", "local", ["local", "slurm", "xpk"],
                             "`sweep`: run here, write a SLURM array script, or write xpk commands.")
 _SUBMIT = flags.DEFINE_bool("submit", False, "`sweep --runner=slurm`: also submit the array with "
@@ -187,13 +190,18 @@ def cmd_caption(config, workdir: str):
 
 
 def cmd_query(config, workdir: str):
-  """SleepLM: where in --recording=ID --text="..." is: top moments, a PNG in <workdir>/query."""
+  """SleepLM: where in --recording=ID --text="..." is: top moments, a PNG in <workdir>/query;
+  --describe: the recording in sentences."""
   from sleepjax import query  # pylint: disable=g-import-not-at-top
-  if not _TEXT.value:
-    raise ValueError("query needs --text=\"what to look for\"")
+  if not _TEXT.value and not _DESCRIBE.value:
+    raise ValueError("query needs --text=\"what to look for\" or --describe")
   del config  # the checkpoint's own config decides
-  print(query.format_query(query.query_recording(workdir, _RECORDING.value, _TEXT.value,
-                                                 k=_TOP_K.value)))
+  if _DESCRIBE.value:
+    print(query.format_description(query.describe_recording(workdir, _RECORDING.value,
+                                                            k=_TOP_K.value)))
+  if _TEXT.value:
+    print(query.format_query(query.query_recording(workdir, _RECORDING.value, _TEXT.value,
+                                                   k=_TOP_K.value)))
 
 
 def cmd_config(config, workdir: str | None = None):

@@ -96,10 +96,13 @@ def search(signal_ExP, present_E, text_P, text: str, *, k: int = 5, gap: int = 1
 def targets(stage_N: np.ndarray, events_NxS: np.ndarray) -> dict[str, np.ndarray]:
   """target -> [N] bool (stage targets: the scored stage; event targets: any second of the epoch
   annotated), over STAGES and EVENTS."""
-  out = {s: stage_N == k for k, s in enumerate(STAGES)}
+  return {**{s: stage_N == k for k, s in enumerate(STAGES)}, **event_epochs(events_NxS)}
+
+
+def event_epochs(events_NxS: np.ndarray) -> dict[str, np.ndarray]:
+  """event kind -> [N] bool: any second of the epoch annotated (EVENTS bits of the raster)."""
   ev = np.asarray(events_NxS).astype(np.int64)
-  out.update({e: ((ev >> b) & 1).any(-1) for b, e in enumerate(EVENTS)})
-  return out
+  return {e: ((ev >> b) & 1).any(-1) for b, e in enumerate(EVENTS)}
 
 
 def target_aurocs(signal_NxP, text_unit, names: list[str], truth: dict, keep_N) -> dict:
