@@ -105,6 +105,8 @@ def test_eval_modalities_mask_the_others(checkpoint, tiny_config):
   for enc in ("pretrained", "random_init"):
     row = next(r for r in full["tasks"]["robustness"][enc] if r["subset"] == "ecg+spo2")
     assert subset["tasks"]["staging"][enc]["macro_f1"] == pytest.approx(row["macro_f1"], abs=1e-9)
+  assert "(at evaluation only ecg, spo2)" in run.format_report(subset)
+  assert "(at evaluation only" not in run.format_report(full)
   config.eval.modalities = ("eog",)
   with pytest.raises(ValueError, match=r"eval.modalities: \['eog'\] not among"):
     run.evaluate(config, str(checkpoint))
