@@ -170,6 +170,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.test_sites = ()  # site task: test sites (empty = every other site)
   c.eval.robustness_max_subsets = 32  # 2^k - 1 subsets up to this many, else a seeded sample
   c.eval.robustness_seed = 0  # robustness task: seed of the sampled subsets
+  c.eval.modalities = ()  # modalities present at evaluation time, the others masked as absent in every split's embeddings (e.g. cardio-respiratory only: ecg, spo2, airflow, resp_effort); empty: all the checkpoint's
   c.eval.event_kinds = ("apnea", "hypopnea", "desaturation", "arousal")  # events task kinds
   c.eval.event_min_iou = 0.2  # events task: overlap that makes a predicted event a hit
   c.eval.event_thresholds = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # events task: detector thresholds (chosen on val)

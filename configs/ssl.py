@@ -16,10 +16,19 @@ modality encoded and all pairs the site becomes decodable at 0.99 and pretrainin
 encoder on the held-out site; pair-first sampling gives most of the gain, the restriction the rest.
 
 `configs/ssl.py:tiny` is the size the tests use (seconds per stage, numbers meaningless).
+
+`configs/ssl.py:scaling` is also a sweep file (big_vision style: `sweep(config)` below): the
+scaling curve, pretraining nights (fractions of the train split's subjects) x seeds at the
+recipe's steps, each run evaluated (held-out-site probe at 1 % and all labels, pretrained and
+random init), on the data `sleepjax bench ssl` prepared:
+
+  sleepjax sweep --config=configs/ssl.py:scaling --workdir=W/scaling --config.data.dir=W/ssl/data
+  sleepjax sweep-report --workdir=W/scaling
 """
 
 import ml_collections
 
+from sleepjax import sweep as sweep_lib
 from sleepjax.configs import common
 
 ELECTRODE = ("eeg", "eog", "emg", "ecg")
@@ -49,6 +58,21 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval.fractions = (0.1, 1.0)
     c.eval.seeds = (0,)
     c.ssl.pretrain_seeds = (0, 1)
+  elif arg == "scaling":
+    c.eval.tasks, c.eval.fractions = ("site",), (0.01, 1.0)
+    c.sweep = sweep_lib.sweep_section(subject_fractions=(0.25, 0.5, 1.0), seeds=(0, 1))
+    c.launch = sweep_lib.launch_config()
+    c.launch.eval = True  # the probes are the curve; the sweep's val loss is a side column
   elif arg:
-    raise ValueError(f"configs/ssl.py: unknown arg {arg!r} (use '' or 'tiny')")
+    raise ValueError(f"configs/ssl.py: unknown arg {arg!r} (use '', 'tiny' or 'scaling')")
   return c
+
+
+def sweep(c):
+  """The `scaling` runs, seed by seed (a finished seed is a whole curve): one per fraction of the
+  train split's subjects pretrained on, the recipe's steps each."""
+  if "sweep" not in c:
+    raise ValueError("the sweep is configs/ssl.py:scaling")
+  for seed in c.sweep.seeds:
+    for fraction in map(float, c.sweep.subject_fractions):
+      yield {"name": f"nights{fraction:g}-s{seed}", "data.subject_fraction": fraction, "seed": seed}

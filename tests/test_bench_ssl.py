@@ -27,6 +27,24 @@ def test_configs():
     load_config(f"{REPO / 'configs' / 'ssl.py'}:huge")
 
 
+def test_scaling_sweep_expands_seed_by_seed(tmp_path):
+  """configs/ssl.py:scaling is a sweep file: one evaluated run per (seed, night fraction), each
+  the full recipe on the given data with its fraction of the train split's subjects."""
+  from sleepjax import sweep  # pylint: disable=g-import-not-at-top
+  path = str(REPO / "configs" / "ssl.py")
+  config = load_config(f"{path}:scaling")
+  config.data.dir = str(tmp_path / "data")
+  runs = sweep.expand(path, config, str(tmp_path / "w"))
+  assert [r["name"] for r in runs] == [f"nights{f}-s{s}" for s in (0, 1) for f in (0.25, 0.5, 1)]
+  run = sweep.read_run_config(f"{runs[0]['dir']}/config.json")
+  full = load_config(path)
+  assert (run.data.subject_fraction, run.seed, run.data.dir) == (0.25, 0, config.data.dir)
+  assert run.train.steps == full.train.steps and run.data.pair_weights == full.data.pair_weights
+  assert "site" in run.eval.tasks and min(run.eval.fractions) == 0.01 and config.launch.eval
+  with pytest.raises(ValueError, match="configs/ssl.py:scaling"):
+    list(sweep.load_module(path).sweep(full))
+
+
 def test_bandpower_features_find_the_band():
   rate, t = 100.0, np.arange(3000) / 100.0
   x = np.stack([np.sin(2 * np.pi * f * t) for f in (2.0, 10.0, 20.0)])[:, None]  # [3, 1, S]

@@ -91,3 +91,22 @@ def test_two_processes_equal_one(checkpoint, tiny_config, monkeypatch):
     assert sa["confusion"] == sb["confusion"] and sa["hypnogram"] == sb["hypnogram"]
     ca, cb = single["tasks"]["clinical"][enc], multi["tasks"]["clinical"][enc]
     assert ca["age"]["mae"] == pytest.approx(cb["age"]["mae"], rel=1e-4)
+
+
+def test_eval_modalities_mask_the_others(checkpoint, tiny_config):
+  """`eval.modalities`: every table embeds only those modalities, the others absent, so staging
+  with them equals the robustness task's row for the same subset (same probe, same l2)."""
+  config = _eval_config(tiny_config, ("staging", "robustness"))
+  config.eval.robustness_max_subsets = 7  # all of 3 modalities' subsets
+  full = run.evaluate(config, str(checkpoint))
+  config.eval.tasks, config.eval.modalities = ("staging",), ("ecg", "spo2")
+  subset = run.evaluate(config, str(checkpoint))
+  for enc in ("pretrained", "random_init"):
+    row = next(r for r in full["tasks"]["robustness"][enc] if r["subset"] == "ecg+spo2")
+    assert subset["tasks"]["staging"][enc]["macro_f1"] == pytest.approx(row["macro_f1"], abs=1e-9)
+  assert subset["eval_modalities"] == ["ecg", "spo2"] and full["eval_modalities"] == list(MODALITIES)
+  assert "(at evaluation only ecg, spo2)" in run.format_report(subset)
+  assert "(at evaluation only" not in run.format_report(full)
+  config.eval.modalities = ("eog",)
+  with pytest.raises(ValueError, match=r"eval.modalities: \['eog'\] not among"):
+    run.evaluate(config, str(checkpoint))

@@ -49,3 +49,25 @@ def test_subject_fraction_keeps_a_nested_fixed_subset_of_subjects():
   assert (half | fifth).sum() == half.sum()  # smaller fractions are subsets of larger ones
   assert (sampling.subject_subset(manifest, "train", 0.5) == half).all()
   assert sampling.subject_subset(manifest, "train", 0.01).sum() == 3  # at least one subject
+
+
+def test_held_out_site_curve_against_training_subjects(tmp_path):
+  """The self-supervised scaling curve (configs/ssl.py:scaling): the `site` task's fewest-label
+  macro-F1, pretrained and random init, grouped by training subjects over seeds."""
+  for n, seed, pre, rnd in ((5, 0, 0.50, 0.45), (5, 1, 0.60, 0.55), (18, 0, 0.70, 0.50)):
+    run = tmp_path / "runs" / f"n{n}-s{seed}"
+    (run / "eval").mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps(dict(
+        val_loss=1.0, params=1e5, flops=1e12, train_subjects=n, modality_count=7, seed=seed)))
+    curve = {f: {"macro_f1": {"mean": v, "sd": 0.0}} for f, v in (("0.01", 0), ("1.0", 0.9))}
+    site = {"pretrained": {"curve": {**curve, "0.01": {"macro_f1": {"mean": pre, "sd": 0.1}}}},
+            "random_init": {"curve": {**curve, "0.01": {"macro_f1": {"mean": rnd, "sd": 0.1}}}}}
+    (run / "eval" / "report.json").write_text(json.dumps({"tasks": {"site": site}}))
+  result = sweep_report.report(tmp_path, n_boot=10, log=lambda *_: None)
+  five, eighteen = result["site_curve"]
+  assert (five["train_subjects"], five["runs"], five["labels"]) == (5, 2, 0.01)
+  assert np.isclose(five["site_macro_f1"], 0.55) and np.isclose(five["site_random_macro_f1"], 0.50)
+  assert np.isclose(five["site_macro_f1_sd"], np.std([0.5, 0.6], ddof=1))
+  assert eighteen["runs"] == 1 and np.isclose(eighteen["site_macro_f1"], 0.70)
+  md = (tmp_path / "report" / "report.md").read_text()
+  assert "| 5 | 2 | 0.550 ± 0.071 | 0.500 ± 0.071 | +0.050 |" in md

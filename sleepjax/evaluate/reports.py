@@ -95,8 +95,9 @@ def headline_text(report: dict) -> str:
   rows = report["headline"]
   cols = list(dict.fromkeys(k for r in rows for k in r if k != "encoder"))
   width = max(max(len(r["encoder"]) for r in rows), 15) + 2  # room for "0.123 ± 0.045"
-  out = [f"evaluation of checkpoint step {report['checkpoint_step']} ({report['family']}), "
-         f"test subjects {', '.join(report['splits'].get('test', {}).get('subjects', []))}"]
+  test = report["splits"].get("test", {}).get("subjects", [])
+  out = [f"evaluation of checkpoint step {report['checkpoint_step']} ({report['family']})"
+         f"{_present_at_eval(report)}, test subjects {', '.join(test)}"]
   for c in cols:
     out.append(f"  {c:<28}" + "".join(f"{_fmt(r.get(c, '-')) if c in r else '-':>{width}}"
                                       for r in rows))
@@ -108,12 +109,18 @@ def _section(title: str, body: str) -> str:
   return f"\n## {title}\n\n{body}\n"
 
 
+def _present_at_eval(report: dict) -> str:
+  present = report.get("eval_modalities", report["modalities"])
+  return "" if present == report["modalities"] else f" (at evaluation only {', '.join(present)})"
+
+
 def markdown(report: dict, images: dict[str, str]) -> str:
   t = report["tasks"]
   md = [f"# Evaluation report — checkpoint step {report['checkpoint_step']} "
         f"({report['family']})\n",
-        f"Modalities: {', '.join(report['modalities'])}. Choices (probe l2, thresholds, ridge "
-        "alpha) on the val split; every number on the test split.\n"]
+        f"Modalities: {', '.join(report['modalities'])}"
+        + _present_at_eval(report) + ". Choices (probe l2, thresholds, ridge alpha) on the val "
+        "split; every number on the test split.\n"]
   md.append(_section("Headline", markdown_table(report["headline"])))
   md.append(_section("Splits (subject-disjoint)", markdown_table(
       [{"split": k, "subjects": len(v["subjects"]), "recordings": v["recordings"],

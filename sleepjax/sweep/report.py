@@ -2,7 +2,8 @@
 
 For every finished run (`<workdir>/runs/*/result.json`): validation loss, parameters, tokens,
 training FLOPs, training subjects, modality count, and the probe macro-F1 when `eval/report.json`
-exists. For each axis x (model size, compute, data, modality count) with at least 3 distinct
+exists (the staging probe's, and the held-out-site probe's at its fewest labels for the pretrained
+and the random-init encoder: the self-supervised scaling curve, configs/ssl.py:scaling). For each axis x (model size, compute, data, modality count) with at least 3 distinct
 values, the fit is L(x) = a * x^(-alpha) + c on the frontier (the lowest loss at each x; other
 factors vary in a sweep, and the frontier is what the law describes), with 95 % bootstrap
 intervals from resampling the runs. Writes `<workdir>/report/report.md`, `report.json` and one
@@ -34,9 +35,35 @@ def collect(workdir: str | os.PathLike) -> list[dict]:
     row = {"name": path.parent.name, **json.loads(path.read_text())}
     report = path.parent / "eval" / "report.json"
     if report.exists():  # `sleepjax eval`: the staging probe's numbers at the top level
-      row["probe_macro_f1"] = json.loads(report.read_text()).get("pretrained", {}).get("macro_f1")
+      evaluated = json.loads(report.read_text())
+      row["probe_macro_f1"] = evaluated.get("pretrained", {}).get("macro_f1")
+      row.update(held_out_site(evaluated))
     rows.append(row)
   return rows
+
+
+def held_out_site(evaluated: dict) -> dict:
+  """The `site` task's macro-F1 (mean over label draws) at its fewest labels, per encoder."""
+  site = evaluated.get("tasks", {}).get("site", {})
+  out = {}
+  for enc, col in (("pretrained", "site_macro_f1"), ("random_init", "site_random_macro_f1")):
+    if curve := site.get(enc, {}).get("curve"):
+      fewest = min(curve, key=float)
+      out.update({col: curve[fewest]["macro_f1"]["mean"], "site_labels": float(fewest)})
+  return out
+
+
+def site_curve(rows: list[dict]) -> list[dict]:
+  """Held-out-site macro-F1 against training subjects: mean and sd over the runs (seeds) of each."""
+  out = []
+  for n in sorted({r["train_subjects"] for r in rows if "site_macro_f1" in r}):
+    runs = [r for r in rows if r["train_subjects"] == n and "site_macro_f1" in r]
+    row = {"train_subjects": n, "runs": len(runs), "labels": runs[0]["site_labels"]}
+    for col in ("site_macro_f1", "site_random_macro_f1"):
+      v = np.array([r[col] for r in runs if col in r])
+      row[col], row[col + "_sd"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    out.append(row)
+  return out
 
 
 def power_law(x, a, alpha, c):
@@ -107,10 +134,19 @@ def _fmt(v) -> str:
 
 def markdown(rows: list[dict], fits: dict) -> str:
   cols = ["name", "params", "modality_count", "train_subjects", "seed", "step", "tokens", "flops",
-          "val_loss", "probe_macro_f1"]
+          "val_loss", "probe_macro_f1", "site_macro_f1", "site_random_macro_f1"]
   out = ["# Sweep report", "", f"{len(rows)} finished runs.", "",
          "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
   out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+  if curve := site_curve(rows):
+    out += ["", f"## Held-out-site probe (`site` task, {curve[0]['labels']:.0%} labels) against "
+            "training subjects: mean ± sd over runs", "",
+            "| training subjects | runs | pretrained | random init | pretrained - random |",
+            "| --- | --- | --- | --- | --- |"]
+    out += [f"| {c['train_subjects']} | {c['runs']} | {c['site_macro_f1']:.3f} ± "
+            f"{c['site_macro_f1_sd']:.3f} | {c['site_random_macro_f1']:.3f} ± "
+            f"{c['site_random_macro_f1_sd']:.3f} | "
+            f"{c['site_macro_f1'] - c['site_random_macro_f1']:+.3f} |" for c in curve]
   out += ["", "## Power-law fits: val_loss = a * x^(-alpha) + c (frontier, 95 % bootstrap CI)", "",
           "| axis | points | a | alpha | alpha 95 % CI | c | c 95 % CI |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -161,7 +197,7 @@ def report(workdir: str | os.PathLike, n_boot: int = 200, log=print) -> dict:
     if f["points"] >= 2:
       plot(rows, axis, f, out / f"{axis}.png")
       plots[axis] = f"{axis}.png"
-  result = {"runs": rows, "fits": fits, "plots": plots}
+  result = {"runs": rows, "fits": fits, "plots": plots, "site_curve": site_curve(rows)}
   (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
   table = markdown(rows, fits)
   (out / "report.md").write_text(table + "".join(f"\n![{a}]({p})\n" for a, p in plots.items()))
