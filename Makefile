@@ -21,11 +21,15 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 demo: $(VENV)/.installed
 	$(VENV)/bin/sleepjax demo --config=configs/smoke.py --workdir=runs/demo
 
+# Two pytest-xdist workers, a test file each at a time (a file's module fixtures are built once):
+# compiling is the suite's cost and it is single-threaded, so two workers keep both cores busy.
+# The workers share one compilation cache and the session fixtures (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 # Refresh the pinned versions (constraints for every install) from a clean environment.
 lock:

@@ -11,16 +11,20 @@ import tempfile
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 os.environ["XLA_FLAGS"] = " ".join(("--xla_force_host_platform_device_count=8",) + FAST_COMPILE)
 os.environ["JAX_PLATFORMS"] = "cpu"
-# One persistent compilation cache per test session, shared by every test and every subprocess a
-# test starts (CLI runs, multi-process training): most tests compile the same tiny programs, and
-# XLA's compile dominates the suite on a 2-core machine. Fresh per session, so CI and a local run
-# measure the same thing and no stale executable outlives a change to the code.
-_CACHE = tempfile.mkdtemp(prefix="sleepjax-xla-cache-")
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+# One scratch directory per test run, shared by every pytest-xdist worker (the controller makes it
+# before the workers start; they inherit the variable) and every subprocess a test starts. It holds
+# XLA's persistent compilation cache (most tests compile the same tiny programs, and compiling
+# dominates the suite on a 2-core machine) and the session fixtures built once per run below. Fresh
+# per run, so CI and a local run measure the same thing and nothing stale outlives a code change.
+if "SLEEPJAX_TEST_RUN_DIR" not in os.environ:  # `tests.conftest` imports this module a second time
+  os.environ["SLEEPJAX_TEST_RUN_DIR"] = tempfile.mkdtemp(prefix="sleepjax-tests-")
+  atexit.register(shutil.rmtree, os.environ["SLEEPJAX_TEST_RUN_DIR"], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.environ["SLEEPJAX_TEST_RUN_DIR"], "xla")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
+import fcntl  # pylint: disable=wrong-import-position
+import json  # pylint: disable=wrong-import-position
 import pathlib  # pylint: disable=wrong-import-position
 
 import pytest  # pylint: disable=wrong-import-position
@@ -34,35 +38,57 @@ def tiny_config():
   return load_config(f"{REPO / 'configs' / 'smoke.py'}:tiny")
 
 
+def _built_once(name, build):
+  """`build(directory)` once per test run, by whichever xdist worker asks first (the others wait
+  on a lock and read the result): the cohort and the trained presets cost more than the tests
+  that read them. Returns (directory, what build returned, as JSON)."""
+  run_dir = pathlib.Path(os.environ["SLEEPJAX_TEST_RUN_DIR"])
+  directory, result = run_dir / name, run_dir / f"{name}.json"
+  with open(run_dir / f"{name}.lock", "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not result.exists():
+      shutil.rmtree(directory, ignore_errors=True)  # a worker that failed building it
+      directory.mkdir()
+      result.write_text(json.dumps(build(directory), default=float))
+  return directory, json.loads(result.read_text())
+
+
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory, tiny_config):
+def prepared(tiny_config):
   """A tiny synthetic cohort converted to shards: returns the workdir (raw/ and data/ inside)."""
   from data_prep import prep, synthetic  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path_factory.mktemp("run")
-  synthetic.write_cohort(workdir / "raw", **tiny_config.synthetic)
-  prep.prepare(workdir / "raw", workdir / "data", tiny_config.prep)
-  prep.train_caption_tokenizer(workdir / "data", tiny_config.text.vocab_size)
-  return workdir
+
+  def build(workdir):
+    synthetic.write_cohort(workdir / "raw", **tiny_config.synthetic)
+    prep.prepare(workdir / "raw", workdir / "data", tiny_config.prep)
+    prep.train_caption_tokenizer(workdir / "data", tiny_config.text.vocab_size)
+
+  return _built_once("prepared", build)[0]
 
 
 @pytest.fixture(scope="session")
-def sleep2vec_trained(prepared, tiny_config, tmp_path_factory):
+def sleep2vec_trained(prepared, tiny_config):
   """configs/smoke.py:tiny trained once on the shared cohort (6 steps, checkpoints at 3 and 6):
   (workdir, the last step's metrics). Read it only; copy train/ to write beside it."""
   from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path_factory.mktemp("sleep2vec")
-  (workdir / "data").symlink_to(prepared / "data")
-  return workdir, trainer.train(tiny_config.copy_and_resolve_references(), str(workdir))
+
+  def build(workdir):
+    (workdir / "data").symlink_to(prepared / "data")
+    return trainer.train(tiny_config.copy_and_resolve_references(), str(workdir))
+
+  return _built_once("sleep2vec", build)
 
 
 @pytest.fixture(scope="session")
-def sleeplm_trained(prepared, tmp_path_factory):
+def sleeplm_trained(prepared):
   """configs/sleeplm.py:tiny trained once on the shared cohort (checkpoints at steps 3 and 6), for
   the tests that restore, caption or evaluate it: (workdir, the last step's metrics). Read it
   only; a test that writes beside it copies train/ into a workdir of its own."""
   from sleepjax.config_tools import load_config  # pylint: disable=g-import-not-at-top
   from sleepjax.train import trainer  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path_factory.mktemp("sleeplm")
-  (workdir / "data").symlink_to(prepared / "data")
-  last = trainer.train(load_config(f"{REPO / 'configs' / 'sleeplm.py'}:tiny"), str(workdir))
-  return workdir, last
+
+  def build(workdir):
+    (workdir / "data").symlink_to(prepared / "data")
+    return trainer.train(load_config(f"{REPO / 'configs' / 'sleeplm.py'}:tiny"), str(workdir))
+
+  return _built_once("sleeplm", build)

@@ -30,8 +30,10 @@ def _config(prepared, **changes):
 
 def test_a_sweep_member_runs_as_two_processes_resumes_and_is_skipped(prepared, tmp_path,
                                                                     monkeypatch, capfd):
-  """launch/local.py runs one member of the smoke sweep as 2 JAX processes: a 2-step chunk (as a
-  time-limited job would), then the rest, resumed; once finished, running it again does nothing."""
+  """launch/local.py runs one member of the smoke sweep as 2 JAX processes (each owns 4 CPU
+  devices and its data slice): a 2-step chunk (as a time-limited job would), then the rest,
+  resumed; once finished, running it again does nothing. (The repository's one multi-process
+  training test: every 2-process check lives here, so the suite trains 2 processes once.)"""
   monkeypatch.chdir(REPO)
   run = sweep.expand(str(SMOKE), _config(prepared, **{"train.steps": 4,
                                                       "train.checkpoint_every": 2}),
@@ -41,6 +43,15 @@ def test_a_sweep_member_runs_as_two_processes_resumes_and_is_skipped(prepared, t
                               timeout_s=600)
   assert two("--config.train.stop_after_steps=2") == 0
   assert sweep.status(run["dir"]) == "started" and sweep.latest_step(run["dir"]) == 2
+  step = pathlib.Path(run["dir"], "train", "checkpoints", "2")
+  # One Grain iterator state per process, next to the (globally sharded) train state.
+  assert sorted(p.name for p in (step / "data").glob("*.json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+  assert (step / "state").is_dir() and (step / "commit_success.txt").exists()
+  # Resuming those two iterator positions from one process must fail clearly, not silently.
+  one = subprocess.run([sys.executable, "-m", "sleepjax.cli", *member], capture_output=True,
+                       text=True, cwd=REPO, check=False)
+  assert one.returncode == 1 and "saved by 2 processes, this run has 1" in one.stderr, one.stderr
   capfd.readouterr()
   assert two() == 0
   assert "resumed from step 2" in "".join(capfd.readouterr())
