@@ -154,6 +154,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.adapt.new_pair_share_at = (0.25, 0.5, 1.0)  # ... at these fractions of stage 2 (linear between; stage 1: 1.0)
   c.eval = ml_collections.ConfigDict()
   c.eval.checkpoint_step = 0  # > 0: evaluate/caption this step; 0: the newest that restores
+  c.eval.modalities = ()  # the modalities the encoder is shown (the others: absent, as in a night without them); empty = all the model has; one the checkpoint lacks is refused
   c.eval.tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval")  # tasks `sleepjax eval` runs (also: yasa, sleeplm, sequence, supervised, finetune; README: Evaluation)
   c.eval.train_split = "train"  # probes, regressors and heads are fitted here
   c.eval.val_split = "val"  # choices: probe l2, event thresholds, ridge alpha
@@ -209,6 +210,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.ssl = ml_collections.ConfigDict()  # `sleepjax bench ssl` (configs/ssl.py)
   c.ssl.pretrain_seeds = (0,)  # `sleepjax bench ssl`: pretraining runs (W/ssl: the first seed, W/ssl-seed<n>: the others)
+
+  c.wearable = ml_collections.ConfigDict()  # `sleepjax bench wearable` (configs/wearable.py)
+  c.wearable.seeds = (0,)  # `sleepjax bench wearable`: training seeds (pretraining, adaptation, from-scratch runs)
 
   c.bench = ml_collections.ConfigDict()  # `sleepjax bench data`: its synthetic cohort and rows
   c.bench.subjects = 8  # `sleepjax bench data`: synthetic subjects prepared for the benchmark
