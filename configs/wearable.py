@@ -24,6 +24,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
   c.data.modalities = PSG  # pretraining; adaptation and the from-scratch runs set their own
   c.adapt.new_modalities = WEARABLE
+  c.adapt.stage2_steps = 50  # 100 + 50 adaptation steps: what this CPU could run (BENCHMARKS.md)
   c.eval.tasks = ("few_shot",)
   c.eval.modalities = WEARABLE
   if arg == "tiny":

@@ -14,7 +14,8 @@ Every encoder is probed the same way (`few_shot`: linear probes at `eval.fractio
 split's labelled epochs, `eval.seeds` label draws, scored on the test split's subjects), shown only
 `eval.modalities`. Rows: adapted, scratch, random (each run's random init), and for reference the
 PSG model shown its own PSG signals. Each number: the mean over training seeds of the mean over
-label draws; sd over every (training seed, label draw) run.
+label draws; sd over every (training seed, label draw) run. `python -m sleepjax.bench.wearable W
+[seed ...]` prints the same rows from runs trained and evaluated one command at a time.
 """
 
 import os
@@ -100,6 +101,17 @@ def verdict(rows: list[dict]) -> dict:
   return out
 
 
+def saved_reports(workdir: str, seed: int) -> dict:
+  """{run: its few_shot report} from the runs' eval/report.json (the runs trained and evaluated
+  one command at a time: BENCHMARKS.md)."""
+  import json  # pylint: disable=g-import-not-at-top
+  out = {}
+  for run in ("psg", "adapted", "scratch"):
+    with open(os.path.join(workdir, f"{run}-seed{seed}", "eval", "report.json")) as f:
+      out[run] = json.load(f)["tasks"]["few_shot"]
+  return out
+
+
 def format_rows(rows: list[dict]) -> str:
   labels = sorted({r["labels"] for r in rows})
   lines = [f"{'encoder':<30}" + "".join(f"{f'{x:.0%} labels':>16}" for x in labels)]
@@ -128,3 +140,12 @@ def bench_wearable(config, workdir: str) -> dict:
                            + config.adapt.stage2_steps,
           "label_seeds": list(config.eval.seeds), "synthetic": config.synthetic.to_dict(),
           "rows": rows, "verdict": verdict(rows), "reports": reports}
+
+
+if __name__ == "__main__":  # python -m sleepjax.bench.wearable W [seed ...]
+  import sys  # pylint: disable=g-import-not-at-top
+  runs = [saved_reports(sys.argv[1], int(seed)) for seed in sys.argv[2:] or ["0"]]
+  fractions = sorted({float(f) for f in runs[0]["adapted"]["pretrained"]})
+  table = summarise(runs, fractions)
+  print(format_rows(table))
+  print(verdict(table))
