@@ -155,6 +155,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.adapt.new_pair_share_at = (0.25, 0.5, 1.0)  # ... at these fractions of stage 2 (linear between; stage 1: 1.0)
   c.eval = ml_collections.ConfigDict()
   c.eval.checkpoint_step = 0  # > 0: evaluate/caption this step; 0: the newest that restores
+  c.eval.modalities = ()  # the modalities the encoder is shown, the others absent as in a night without them, in every task and split (e.g. cardio-respiratory only: ecg, spo2, airflow, resp_effort); empty: all the checkpoint's; one it lacks is refused
   c.eval.tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval")  # tasks `sleepjax eval` runs (also: yasa, sleeplm, sequence, supervised, finetune; README: Evaluation)
   c.eval.train_split = "train"  # probes, regressors and heads are fitted here
   c.eval.val_split = "val"  # choices: probe l2, event thresholds, ridge alpha
@@ -170,7 +171,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.test_sites = ()  # site task: test sites (empty = every other site)
   c.eval.robustness_max_subsets = 32  # 2^k - 1 subsets up to this many, else a seeded sample
   c.eval.robustness_seed = 0  # robustness task: seed of the sampled subsets
-  c.eval.modalities = ()  # modalities present at evaluation time, the others masked as absent in every split's embeddings (e.g. cardio-respiratory only: ecg, spo2, airflow, resp_effort); empty: all the checkpoint's
   c.eval.event_kinds = ("apnea", "hypopnea", "desaturation", "arousal")  # events task kinds
   c.eval.event_min_iou = 0.2  # events task: overlap that makes a predicted event a hit
   c.eval.event_thresholds = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # events task: detector thresholds (chosen on val)
@@ -211,6 +211,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.ssl = ml_collections.ConfigDict()  # `sleepjax bench ssl` (configs/ssl.py)
   c.ssl.pretrain_seeds = (0,)  # `sleepjax bench ssl`: pretraining runs (W/ssl: the first seed, W/ssl-seed<n>: the others)
+
+  c.wearable = ml_collections.ConfigDict()  # `sleepjax bench wearable` (configs/wearable.py)
+  c.wearable.seeds = (0,)  # `sleepjax bench wearable`: training seeds (pretraining, adaptation, from-scratch runs)
 
   c.bench = ml_collections.ConfigDict()  # `sleepjax bench data`: its synthetic cohort and rows
   c.bench.subjects = 8  # `sleepjax bench data`: synthetic subjects prepared for the benchmark

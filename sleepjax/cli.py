@@ -9,7 +9,7 @@ Commands:
   train      train (or resume) in <workdir>/train: Orbax checkpoints and TensorBoard logs
   eval       restore the latest checkpoint; linear-probe staging report in <workdir>/eval
   demo       synth -> prep -> caption-tokenizer -> train -> eval (in a separate process), smoke config
-  bench      `sleepjax bench prep|read|data|step|ssl`: measurements as JSON in <workdir>/bench
+  bench      `sleepjax bench prep|read|data|step|ssl|wearable`: measurements as JSON in <workdir>/bench
   config     print the resolved config (`--diff`: only what differs from the preset)
   caption    SleepLM: generated captions per epoch of --recording=ID beside the references
   query      SleepLM: where in --recording=ID --text="..." is: top moments, a PNG in

@@ -131,7 +131,7 @@ def test_adapted_checkpoint_restores_and_embeds_a_wearable_night(adapted):
   pretrained, workdir, config, last = adapted
   assert np.isfinite(last["loss"])
   ckpt = trainer.checkpoint_dir(str(workdir))
-  assert checkpoint.all_steps(ckpt) == [2, 4]
+  assert checkpoint.all_steps(ckpt) == [2, 3, 4]  # stage ends and train.checkpoint_every (3)
   model = api.load(workdir)
   assert model.modalities[-2:] == ("ppg", "actigraphy") and model.step == 4
   subj = synthetic.SubjectSpec("sub-9", "site-a-9", "site-a", 40, "F", 25.0, 5.0, ())
@@ -167,7 +167,27 @@ def test_adapt_resumes_after_stage1_to_the_same_model(adapted, tmp_path):
   ckpt = trainer.checkpoint_dir(str(tmp_path))
   shutil.copytree(f"{trainer.checkpoint_dir(str(workdir))}/2", f"{ckpt}/2")
   last = adapt.adapt(config, str(tmp_path))  # stage 2 only
-  assert np.isfinite(last["loss"]) and checkpoint.all_steps(ckpt) == [2, 4]
+  assert np.isfinite(last["loss"]) and checkpoint.all_steps(ckpt) == [2, 3, 4]
+  from sleepjax.train import restore as restore_lib  # pylint: disable=g-import-not-at-top
+  once = restore_lib.restore(trainer.checkpoint_dir(str(workdir)), step=4)
+  resumed = restore_lib.restore(ckpt, step=4)
+  for k, x in _leaves(once.params).items():
+    assert _leaves(resumed.params)[k].tobytes() == x.tobytes(), k
+
+
+def test_adapt_resumes_inside_each_stage_to_the_same_model(adapted, tmp_path):
+  """Stopped after step 1 (inside stage 1), then after step 3 (inside stage 2), then run to the
+  end: each rerun continues from its checkpoint's step, optimizer state and batches, and the
+  model equals the uninterrupted run's bitwise."""
+  _, workdir, config, _ = adapted
+  (tmp_path / "data").symlink_to(workdir / "data")
+  ckpt = trainer.checkpoint_dir(str(tmp_path))
+  for budget, reached in ((1, [1]), (2, [1, 2, 3]), (0, [1, 2, 3, 4])):
+    c = config.copy_and_resolve_references()
+    c.train.stop_after_steps = budget
+    c.train.keep_checkpoints = 5
+    assert np.isfinite(adapt.adapt(c, str(tmp_path))["loss"])
+    assert checkpoint.all_steps(ckpt) == reached
   from sleepjax.train import restore as restore_lib  # pylint: disable=g-import-not-at-top
   once = restore_lib.restore(trainer.checkpoint_dir(str(workdir)), step=4)
   resumed = restore_lib.restore(ckpt, step=4)

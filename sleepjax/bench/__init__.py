@@ -10,6 +10,9 @@
   ssl    self-supervised benchmark (`--config=configs/ssl.py`): synth, prep, pretraining, then
          pretrained vs random-init vs EEG band-power probes at few labels, in-site and on a
          held-out site, and the representation audit over checkpoints (`sleepjax/bench/ssl.py`)
+  wearable  staging from PPG + actigraphy alone (`--config=configs/wearable.py`): a PSG model
+         adapted to the wearables (`sleepjax adapt`) vs the same network from scratch on them vs
+         random encoders, at few labels on held-out subjects (`sleepjax/bench/wearable.py`)
 
   Every benchmark lives in this package, above the layers it measures: `step.py` (`bench step`),
   `pair_first.py` (pair-first vs all-modality loss compute: `python -m sleepjax.bench.pair_first`),
@@ -297,8 +300,15 @@ def bench_ssl(config, workdir: str) -> dict:
   return ssl.bench_ssl(config, workdir)
 
 
+def bench_wearable(config, workdir: str) -> dict:
+  """Adapted vs from-scratch vs random encoders staging from wearables: see
+  `sleepjax.bench.wearable`."""
+  from sleepjax.bench import wearable  # pylint: disable=g-import-not-at-top
+  return wearable.bench_wearable(config, workdir)
+
+
 BENCHMARKS = {"prep": bench_prep, "read": bench_read, "data": bench_data, "step": bench_step,
-              "ssl": bench_ssl}
+              "ssl": bench_ssl, "wearable": bench_wearable}
 
 
 def run(what: str, config, workdir: str) -> pathlib.Path:

@@ -53,8 +53,8 @@ def table(manifest: dict, split: str, config, modality: str = "eeg") -> dict | N
 
 def baseline(ctx) -> dict:
   """`few_shot` and `site` (same probes, label draws and splits) on band-power features."""
-  if "eeg" not in ctx.modalities:
-    return {"skipped": "no EEG in this run's modalities"}
+  if "eeg" not in ctx.shown():
+    return {"skipped": "no EEG in the modalities evaluated"}
   sub = tasks_lib.Context(ctx.config, ctx.manifest, ctx.modalities, ["bandpower"],
                           lambda name, split, subset: table(ctx.manifest, split, ctx.config))
   return {"few_shot": tasks_lib.few_shot(sub), "site": tasks_lib.site(sub)}

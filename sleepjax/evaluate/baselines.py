@@ -44,9 +44,9 @@ def yasa(ctx) -> dict:
     import yasa as yasa_lib  # pylint: disable=g-import-not-at-top
   except ImportError:
     return {"skipped": "yasa/mne not installed (pip install yasa mne, or the `test` extra)"}
-  if "eeg" not in ctx.modalities:
-    return {"skipped": "no EEG in this run's modalities"}
-  use = tuple(m for m in ("eeg", "eog", "emg") if m in ctx.modalities)
+  if "eeg" not in ctx.shown():
+    return {"skipped": "no EEG in the modalities evaluated"}
+  use = tuple(m for m in ("eeg", "eog", "emg") if m in ctx.shown())
   rate = ctx.manifest["modalities"]["eeg"]["rate"]
   y_true, y_pred, nights = [], [], 0
   for rid, (stages, sig) in _nights(ctx.manifest, ctx.split("test"), use).items():

@@ -38,6 +38,7 @@ def restore(config, workdir: str):
   restore path (`sleepjax.train.restore.restore_workdir`): the checkpoint's own config with the
   eval-side keys as given, EMA parameters on the current mesh, the split hash checked."""
   r = restore_lib.restore_workdir(config, workdir)
+  check_shown(r.config, r.modalities)
   init = state_lib.init_state(r.config, r.modalities, r.tx, r.shardings, r.config.seed)
   embed = embed_function(r.config)
   return (r.config, (r.mesh, r.manifest, r.modalities),
@@ -45,7 +46,22 @@ def restore(config, workdir: str):
           Encoder("random_init", r.graphdef, init.params, embed), r.step)
 
 
-def _with_subset(batch: dict, modalities: list[str], subset) -> dict:
+def check_shown(config, modalities):
+  """Refuses `eval.modalities` naming a modality the model was not built with (it has no
+  tokenizer for it: the night would be embedded from nothing)."""
+  if unknown := [m for m in config.eval.modalities if m not in modalities]:
+    raise ValueError(f"eval.modalities: {unknown} not in the checkpoint's modalities "
+                     f"({', '.join(modalities)}); the model has no tokenizer for them")
+
+
+def shown(config, modalities, subset=None) -> list[str] | None:
+  """The modalities the encoder sees: `subset` (None: every one) within `eval.modalities`."""
+  if not config.eval.modalities:
+    return None if subset is None else list(subset)
+  return [m for m in (modalities if subset is None else subset) if m in config.eval.modalities]
+
+
+def with_subset(batch: dict, modalities: list[str], subset) -> dict:
   """Keep only `subset`'s signals/masks (absent modalities: zero signal, all-False mask, for models
   that need every key)."""
   if subset is None:
@@ -76,7 +92,9 @@ def _forward(encoder: Encoder, keep: tuple, out_sharding):
 def embed_split(encoder: Encoder, manifest: dict, split: str, modalities: list[str], config, mesh,
                 *, subset=None, keep=("epoch", "per_modality", "present", "z", "signal")) -> dict:
   """Every whole segment of `split`: embeddings (`keep` of what the family returns) and LABELS,
-  one row per segment, ordered by (recording, first epoch)."""
+  one row per segment, ordered by (recording, first epoch). Only `subset` (None: every modality)
+  within `eval.modalities` is shown to the encoder."""
+  subset = shown(config, modalities, subset)
   local_batch = check_batch(config.data.global_batch, mesh)
   n_records = manifest["splits"][split]["records"]
   P, p = jax.process_count(), jax.process_index()
@@ -98,7 +116,7 @@ def embed_split(encoder: Encoder, manifest: dict, split: str, modalities: list[s
         local = {k: np.zeros_like(v) for k, v in template.items()}
         n = 0
       else:
-        local = _with_subset(local, modalities, subset)
+        local = with_subset(local, modalities, subset)
         n = len(local["stage"])
         if n < local_batch:
           local = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)])

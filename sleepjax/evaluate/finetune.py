@@ -20,7 +20,7 @@ from flax import nnx
 
 from sleepjax import sharding
 from sleepjax.data import pipeline
-from sleepjax.evaluate import metrics, tasks as tasks_lib
+from sleepjax.evaluate import embed, metrics, tasks as tasks_lib
 from sleepjax.modalities import STAGES
 from sleepjax.train import lora as lora_lib
 from sleepjax.train.trainer import check_batch
@@ -40,6 +40,7 @@ def local_batches(ctx, split: str) -> list[dict]:
   for local in ds:
     n = len(local["stage"])
     local = {k: v for k, v in local.items() if not k.startswith("caption")}
+    local = embed.with_subset(local, ctx.modalities, embed.shown(config, ctx.modalities))
     if n < local_batch:
       local = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)])
                for k, v in local.items()}

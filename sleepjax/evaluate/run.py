@@ -27,29 +27,20 @@ def _task_names(config) -> list[str]:
   return names
 
 
-def eval_modalities(config, modalities) -> tuple[str, ...] | None:
-  """`eval.modalities` checked against the checkpoint's; None: every modality present."""
-  present = tuple(config.eval.modalities)
-  if unknown := [m for m in present if m not in modalities]:
-    raise ValueError(f"eval.modalities: {unknown} not among the checkpoint's modalities "
-                     f"({', '.join(modalities)})")
-  return present or None
-
-
 def evaluate(config, workdir: str) -> dict:
   names = _task_names(config)
   config, (mesh, manifest, modalities), pretrained, random_init, step = embed.restore(config, workdir)
   logging.info("restored step %d", step)
   encoders = {e.name: e for e in (pretrained, random_init)}
-  present = eval_modalities(config, modalities)
+  present = embed.shown(config, list(modalities))  # eval.modalities, checked on restore
 
   def embed_fn(name, split, subset):
     return embed.embed_split(encoders[name], manifest, split, list(modalities), config, mesh,
-                             subset=present if subset is None else subset)
+                             subset=subset)
 
   def embed_encoder(encoder, split):
     return embed.embed_split(encoder, manifest, split, list(modalities), config, mesh,
-                             subset=present, keep=("epoch",))
+                             keep=("epoch",))
 
   ctx = tasks_lib.Context(config, manifest, list(modalities), encoders, embed_fn, mesh=mesh,
                           embed_encoder=embed_encoder,

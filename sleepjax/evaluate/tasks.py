@@ -46,6 +46,10 @@ class Context:
       raise ValueError(f"site task: sites {sorted(set(train) & set(test))} on both sides")
     return (train, test) if test else (None, None)
 
+  def shown(self) -> list[str]:
+    """The modalities the encoders are shown: `eval.modalities` (else all), in model order."""
+    return [m for m in self.modalities if m in self.opt("modalities")] or self.modalities
+
   def opt(self, key):
     return self.config.eval[key]
 
@@ -194,9 +198,10 @@ def subsets(modalities: list[str], cap: int, seed: int) -> list[tuple[str, ...]]
 def robustness(ctx) -> dict:
   """Staging from every (or a sampled set of) non-empty modality subset(s): probe trained and
   tested with only that subset present."""
-  chosen = subsets(ctx.modalities, ctx.opt("robustness_max_subsets"), ctx.opt("robustness_seed"))
-  out = {"modalities": ctx.modalities, "subsets": ["+".join(c) for c in chosen],
-         "total_subsets": 2 ** len(ctx.modalities) - 1}
+  names = ctx.shown()
+  chosen = subsets(names, ctx.opt("robustness_max_subsets"), ctx.opt("robustness_seed"))
+  out = {"modalities": names, "subsets": ["+".join(c) for c in chosen],
+         "total_subsets": 2 ** len(names) - 1}
   for enc in ctx.encoders:
     rows = []
     for c in chosen:

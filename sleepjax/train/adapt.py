@@ -12,10 +12,13 @@ their fresh initialisation. Then, on this workdir's data (pair_first sampling):
            `adapt.tokenizer_lr_scale`, new `adapt.new_lr_scale`), while the share of pairs with a
            new modality anneals (`adapt.new_pair_share` at `adapt.new_pair_share_at` of stage 2).
 
-Checkpoints go to <workdir>/train/checkpoints at the end of each stage (steps S1 and S1 + S2) with
-the extended config (data.modalities, pair_first, train.steps = S1 + S2), so `sleepjax eval` and
-`sleepjax.api.load` open the adapted model like any other. A rerun resumes at the last finished
-stage. Batches and parameters are sharded over the mesh as in training.
+Checkpoints (train state, iterator position, the extended config: data.modalities, pair_first,
+train.steps = S1 + S2) go to <workdir>/train/checkpoints every `train.checkpoint_every` steps, at
+the end of each stage (steps S1 and S1 + S2) and when the run stops early (`train.stop_after_steps`,
+SIGTERM/SIGINT as in training), so `sleepjax eval` and `sleepjax.api.load` open the adapted model
+like any other. A rerun resumes from the newest checkpoint: inside a stage, its optimizer state,
+step, rng and batches continue where they stopped; at a stage's end, the next stage starts.
+Batches and parameters are sharded over the mesh as in training.
 """
 
 import jax
@@ -24,6 +27,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from sleepjax import sharding
 from sleepjax.data import sampling
 from sleepjax.train import checkpoint, optim, restore as restore_lib, state as state_lib, trainer
 from sleepjax.train.step import make_train_step
@@ -140,10 +144,12 @@ def adapt(config, workdir: str) -> dict:
   if done >= s1 + s2:
     logging.info("adapt: %s is already at step %d", ckpt, done)
     return {}
-  if done >= s1:  # resume at the last finished stage
+  if done:
+    checkpoint.check_resume_config(checkpoint.saved_config(ckpt, done), config, ckpt)
+  if done == s1:  # stage 1 finished: stage 2 starts from its parameters
     params, _ = checkpoint.restore_params(ckpt, abstract, done, "params")
     ema, _ = checkpoint.restore_params(ckpt, abstract, done, "ema_params")
-  else:
+  else:  # a fresh start, or the target a mid-stage checkpoint restores onto
     fresh = state_lib.init_state(config, modalities, tx_plain, state_sh, config.seed).params
     params = graft(fresh, pre.params, list(pre.modalities), names)
     ema = jax.tree.map(jnp.copy, params)  # own buffers: the step donates the state
@@ -156,37 +162,65 @@ def adapt(config, workdir: str) -> dict:
             (s1, s2, {"encoder": a.encoder_lr_scale, "tokenizers": a.tokenizer_lr_scale,
                       "new": a.new_lr_scale},
              sampling.PairShare(new, tuple(a.new_pair_share_at), tuple(a.new_pair_share), s2))]
-  last = {}
+  # this run's step budget (a requeued job's chunk); a signal stops it sooner
+  stop = s1 + s2 if not config.train.stop_after_steps else min(
+      s1 + s2, done + config.train.stop_after_steps)
+  last, step = {}, done
   try:
-    for start, steps, scales, share in stages:
-      if start < done or not steps:
-        continue
-      params, ema, last = _stage(config, manifest, modalities, mesh, graphdef, manager,
-                                 (params, ema), new, scales, share, start, steps)
+    with trainer.Preemption() as preempt:
+      for start, steps, scales, share in stages:
+        if start + steps <= done or not steps:
+          continue
+        if step >= stop or preempt.requested:
+          break
+        resume = done if start < done else 0  # inside this stage: its checkpoint
+        params, ema, last, step = _stage(config, manifest, modalities, mesh, graphdef, manager,
+                                         (params, ema), new, scales, share, (start, steps),
+                                         resume, stop, preempt)
   finally:
     manager.wait_until_finished()
     manager.close()
+  if step < s1 + s2:
+    logging.warning("adapt stopped at step %d: checkpoint saved in %s; run the same command to "
+                    "resume", step, ckpt)
   return last
 
 
 def _stage(config, manifest, modalities, mesh, graphdef, manager, params_ema, new, scales, share,
-           start: int, steps: int):
-  params, ema = params_ema
+           span: tuple[int, int], resume: int, stop: int, preempt):
+  """Runs steps span[0] + 1 .. span[0] + span[1] (from `resume` when > 0), stopping after step
+  `stop` or a signal; returns (params, EMA params, the last step's metrics, the step reached)."""
+  (start, steps), (params, ema) = span, params_ema
   tx, schedule = make_optimizer(config, params, new, list(modalities), scales, start, steps)
   state = state_lib.TrainState(
       step=jnp.asarray(start, jnp.int32), params=params, opt_state=jax.jit(tx.init)(params),
       rng=jax.random.key_data(jax.random.key(config.seed + 1 + start)), ema_params=ema)
   step_fn = jax.jit(make_train_step(graphdef, tx, schedule, config), donate_argnums=0)
   it = trainer.batches(config, manifest, modalities, mesh, pair_share=share)
-  logging.info("adapt stage from step %d: %d steps, LR scales %s", start, steps, scales)
+  if resume:  # the fresh stage state is the target: its shapes and shardings (scalars: replicated)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=(
+        x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding)
+        else sharding.replicated(mesh))), state)
+    state = checkpoint.restore(manager, resume, target, it)
+  step = int(state.step)
+  logging.info("adapt stage from step %d: %d steps, LR scales %s, at step %d", start, steps,
+               scales, step)
+  meta = {"schedule": [[0, config.train.steps]], "split_hash": manifest.get("split_hash")}
   metrics = {}
   try:
     with jax.set_mesh(mesh):
-      for _ in range(steps):
+      while step < start + steps:
         state, metrics = step_fn(state, next(it))
-    checkpoint.save(manager, start + steps, state, it, config, force=True,
-                    meta={"schedule": [[0, config.train.steps]], "adapt_stage_end": start + steps,
-                          "split_hash": manifest.get("split_hash")})
+        step += 1
+        end = step == start + steps
+        stopping = end or step >= stop or preempt.should_stop(step)
+        if step % config.train.log_every == 0 or stopping:
+          logging.info("adapt step %d: %s", step, ", ".join(
+              f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
+        checkpoint.save(manager, step, state, it, config, force=stopping,
+                        meta={**meta, "adapt_stage_end": step} if end else meta)
+        if stopping:
+          break
   finally:
     it.close()
-  return state.params, state.ema_params, {k: float(v) for k, v in metrics.items()}
+  return state.params, state.ema_params, {k: float(v) for k, v in metrics.items()}, step
