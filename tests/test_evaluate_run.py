@@ -108,5 +108,5 @@ def test_eval_modalities_mask_the_others(checkpoint, tiny_config):
   assert "(at evaluation only ecg, spo2)" in run.format_report(subset)
   assert "(at evaluation only" not in run.format_report(full)
   config.eval.modalities = ("eog",)
-  with pytest.raises(ValueError, match=r"eval.modalities: \['eog'\] not among"):
+  with pytest.raises(ValueError, match=r"eval.modalities: \['eog'\] not in the checkpoint"):
     run.evaluate(config, str(checkpoint))
