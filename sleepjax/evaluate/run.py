@@ -32,7 +32,6 @@ def evaluate(config, workdir: str) -> dict:
   config, (mesh, manifest, modalities), pretrained, random_init, step = embed.restore(config, workdir)
   logging.info("restored step %d", step)
   encoders = {e.name: e for e in (pretrained, random_init)}
-  present = embed.shown(config, list(modalities))  # eval.modalities, checked on restore
 
   def embed_fn(name, split, subset):
     return embed.embed_split(encoders[name], manifest, split, list(modalities), config, mesh,
@@ -47,7 +46,7 @@ def evaluate(config, workdir: str) -> dict:
                           batches=lambda split: finetune.local_batches(ctx, split))
   report = {"checkpoint_step": step, "workdir": os.fspath(storage_path(workdir)),
             "family": config.model.family, "modalities": list(modalities),
-            "eval_modalities": list(present or modalities),
+            "eval_modalities": ctx.shown(),  # eval.modalities (checked on restore), else all
             "stages": list(tasks_lib.STAGES), "encoders": list(encoders),
             "splits": reports.split_summary(manifest), "tasks": {}, "seconds": {}}
   for name in names:
