@@ -112,3 +112,56 @@ def test_aligned_pairs_have_low_loss_and_perfect_retrieval():
                              _objective(temperature=0.05, pair_strategy="pair_first"))
   shuffled = dash_info_nce(z, z[::-1], *plain_weights(16), 0.05, 0.1)
   assert m["retrieval_top1"] == 1.0 and loss < 0.1 < shuffled
+
+
+@pytest.mark.parametrize("negatives", ["per_step", "all_tokens", "within_window", "every_token"])
+@pytest.mark.parametrize("strategy", ["all_pairs", "leave_one_out"])
+def test_pairs_computed_together_equal_one_pair_at_a_time(strategy, negatives):
+  """Every pair goes through one traced body (batched or looped): loss and retrieval equal the
+  mean over pairs of each pair's own loss, with partly missing modalities."""
+  from sleepjax.objectives import dash, infonce  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(6)
+  B, M, W = 4, 4, 3
+  z = jnp.asarray(_unit(rng.normal(size=(B, M, W, 8))))
+  present = rng.random((B, M, W)) > 0.3
+  present[:, 3] = False  # a modality absent everywhere: its pairs are unusable
+  meta = {"age": rng.uniform(20, 70, B), "sex": rng.integers(0, 2, B),
+          "site": rng.integers(0, 2, B), "recording": np.array([0, 0, 1, 2])}
+  objective = _objective(negatives=negatives, pair_strategy=strategy,
+                         loss="dash" if negatives in ("per_step", "all_tokens") else "info_nce")
+  loss, metrics = contrastive_loss(z, jnp.asarray(present), meta, objective)
+
+  w, h = infonce.negative_weights(meta, B, W, objective)
+  def one(za, zb, valid):
+    if negatives in ("all_tokens", "every_token"):
+      za, zb, valid = za.reshape(B * W, 1, 8), zb.reshape(B * W, 1, 8), valid.reshape(B * W, 1)
+    elif negatives == "within_window":
+      za, zb, valid = za.swapaxes(0, 1), zb.swapaxes(0, 1), valid.T
+    return (*dash.dash_info_nce_with_accuracy(za, zb, w, h, 0.2, 0.1, valid), valid.any())
+  weight = present.astype(np.float32)
+  if strategy == "all_pairs":
+    terms = [one(z[:, a], z[:, b], present[:, a] & present[:, b])
+             for a in range(M) for b in range(a + 1, M)]
+  else:
+    others = weight.sum(1, keepdims=True) - weight
+    terms = [one(z[:, m], (np.einsum("bmwp,bmw->bwp", np.asarray(z), weight)
+                           - np.asarray(z[:, m]) * weight[:, m, :, None])
+                 / np.maximum(others[:, m], 1)[..., None], present[:, m] & (others[:, m] > 0))
+             for m in range(M)]
+  usable = np.array([bool(t[2]) for t in terms])
+  assert 0 < usable.sum() < len(terms)
+  np.testing.assert_allclose(float(loss), np.mean([float(t[0]) for t in terms if t[2]]), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["retrieval_top1"]),
+                             np.mean([float(t[1]) for t in terms if t[2]]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("negatives", ["per_step", "all_tokens"])
+def test_the_loss_program_does_not_grow_with_the_pairs(negatives):
+  """21 pairs at seven modalities trace to the program of 3 pairs at three: compile time and
+  kernel count stay those of one pair."""
+  def equations(M):
+    z = jnp.ones((4, M, 3, 8))
+    jaxpr = jax.make_jaxpr(lambda z: contrastive_loss(
+        z, jnp.ones((4, M, 3), bool), _meta(4), _objective(negatives=negatives)))(z)
+    return len(jaxpr.jaxpr.eqns)
+  assert equations(7) == equations(3)

@@ -95,23 +95,30 @@ def contrastive_loss(z_BxMxWxP: jax.Array, present_BxMxW: jax.Array, batch: dict
   if strategy == "pair_first":
     if M != 2:
       raise ValueError(f"pair_first needs exactly the two encoded modalities, got {M}")
-    terms = [pair(z_BxMxWxP[:, 0], z_BxMxWxP[:, 1], present_BxMxW[:, 0] & present_BxMxW[:, 1])]
+    a_A, b_BxAxWxP, valid_BxAxW = [0], z_BxMxWxP[:, 1:], present_BxMxW[:, 0:1] & present_BxMxW[:, 1:]
   elif strategy == "all_pairs":
-    terms = [pair(z_BxMxWxP[:, a], z_BxMxWxP[:, b], present_BxMxW[:, a] & present_BxMxW[:, b])
-             for a, b in itertools.combinations(range(M), 2)]
-  elif strategy == "leave_one_out":
+    a_A, b_A = (list(x) for x in zip(*itertools.combinations(range(M), 2)))
+    b_BxAxWxP = z_BxMxWxP[:, b_A]
+    valid_BxAxW = present_BxMxW[:, a_A] & present_BxMxW[:, b_A]
+  elif strategy == "leave_one_out":  # each modality against the mean of the other present ones
     weight_BxMxW = present_BxMxW.astype(jnp.float32)
+    others_BxMxW = weight_BxMxW.sum(1, keepdims=True) - weight_BxMxW
     total_BxWxP = (z_BxMxWxP * weight_BxMxW[..., None]).sum(1)
-    count_BxW = weight_BxMxW.sum(1)
-    terms = []
-    for m in range(M):
-      others_BxW = count_BxW - weight_BxMxW[:, m]
-      rest_BxWxP = (total_BxWxP - z_BxMxWxP[:, m] * weight_BxMxW[:, m, :, None]) / jnp.maximum(
-          others_BxW, 1.0)[..., None]
-      terms.append(pair(z_BxMxWxP[:, m], rest_BxWxP, present_BxMxW[:, m] & (others_BxW > 0)))
+    b_BxAxWxP = (total_BxWxP[:, None] - z_BxMxWxP * weight_BxMxW[..., None]) / jnp.maximum(
+        others_BxMxW, 1.0)[..., None]
+    a_A, valid_BxAxW = list(range(M)), present_BxMxW & (others_BxMxW > 0)
   else:
     raise ValueError(f"objective.pair_strategy={strategy!r}; choose from {STRATEGIES}")
-  loss_A, acc_A = jnp.stack([t[0] for t in terms]), jnp.stack([t[1] for t in terms])
-  usable_A = jnp.stack([t[2] for t in terms]).astype(jnp.float32)
+  # One traced body for every pair (not one copy per pair: 21 at seven modalities, most of the
+  # step's compile time and as many kernels). Per-step negatives keep A small B x B matrices per
+  # epoch position, so the pairs run as one batched computation; the token-level negatives'
+  # [B*W, B*W] matrices would be A times the memory, so those pairs run one after another.
+  inputs = (z_BxMxWxP[:, a_A], b_BxAxWxP, valid_BxAxW)
+  if objective.negatives in ("all_tokens", "every_token"):
+    loss_A, acc_A, usable_A = jax.lax.map(lambda x: pair(*x), jax.tree.map(
+        lambda t: jnp.moveaxis(t, 1, 0), inputs))
+  else:
+    loss_A, acc_A, usable_A = jax.vmap(pair, in_axes=1)(*inputs)
+  usable_A = usable_A.astype(jnp.float32)
   denom = jnp.maximum(usable_A.sum(), 1.0)
   return (loss_A * usable_A).sum() / denom, {"retrieval_top1": (acc_A * usable_A).sum() / denom}
