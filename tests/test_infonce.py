@@ -129,9 +129,12 @@ def test_pairs_computed_together_equal_one_pair_at_a_time(strategy, negatives):
           "site": rng.integers(0, 2, B), "recording": np.array([0, 0, 1, 2])}
   objective = _objective(negatives=negatives, pair_strategy=strategy,
                          loss="dash" if negatives in ("per_step", "all_tokens") else "info_nce")
-  loss, metrics = contrastive_loss(z, jnp.asarray(present), meta, objective)
+  # jitted, both sides: eager, every op of the loss compiles on its own (most of the test's time)
+  loss, metrics = jax.jit(lambda z, p: contrastive_loss(z, p, meta, objective))(
+      z, jnp.asarray(present))
 
   w, h = infonce.negative_weights(meta, B, W, objective)
+  @jax.jit
   def one(za, zb, valid):
     if negatives in ("all_tokens", "every_token"):
       za, zb, valid = za.reshape(B * W, 1, 8), zb.reshape(B * W, 1, 8), valid.reshape(B * W, 1)
