@@ -126,10 +126,11 @@ class ReadBatch(grain.transforms.RandomMap):
 
   Keys: signals/<m> [B, W, C, S] and masks/<m> [B, W, C] for the batch's modalities (a pair-first
   batch: its pair only; with `pair_keys="all"` every modality, the others zero and absent, and
-  pair [B, 2], the pair's indices into `modalities`), then only the requested `fields`: stage [B, W], events [B, W, 30],
-  features [B, W, F], epoch_index [B, W], age/sex/site/recording [B], captions/caption_mask
-  [B, W, G, L]. W = `window` epochs or the segment. A window starts in its anchor record (the
-  index) and may run on into the recording's next segments, up to the whole night.
+  pair [B, 2], the pair's indices into `modalities`), then only the requested `fields`: stage
+  [B, W], events [B, W, 30], features [B, W, F], epoch_index [B, W], age/sex/site/recording [B],
+  captions/caption_mask [B, W, G, L]. W = `window` epochs or the segment. A window starts in its
+  anchor record (the index) and may run on into the recording's next segments, up to the whole
+  night.
   """
   source: object  # shard_index.Shards or _Decoded
   modalities: tuple[str, ...]

@@ -17,11 +17,12 @@ and encoded), so each stage compiles one train step, whatever pairs it draws (it
 the stage's LR scales and schedule, is the other half of that program).
 
 Checkpoints (train state, iterator position, the extended config: data.modalities, pair_first,
-pair_keys="all", train.steps = S1 + S2) go to <workdir>/train/checkpoints every `train.checkpoint_every` steps, at
-the end of each stage (steps S1 and S1 + S2) and when the run stops early (`train.stop_after_steps`,
-SIGTERM/SIGINT as in training), so `sleepjax eval` and `sleepjax.api.load` open the adapted model
-like any other. A rerun resumes from the newest checkpoint: inside a stage, its optimizer state,
-step, rng and batches continue where they stopped; at a stage's end, the next stage starts.
+pair_keys="all", train.steps = S1 + S2) go to <workdir>/train/checkpoints every
+`train.checkpoint_every` steps, at the end of each stage (steps S1 and S1 + S2) and when the run
+stops early (`train.stop_after_steps`, SIGTERM/SIGINT as in training), so `sleepjax eval` and
+`sleepjax.api.load` open the adapted model like any other. A rerun resumes from the newest
+checkpoint: inside a stage, its optimizer state, step, rng and batches continue where they
+stopped; at a stage's end, the next stage starts.
 Batches and parameters are sharded over the mesh as in training.
 """
 
