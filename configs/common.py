@@ -55,6 +55,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.subject_fraction = 1.0  # < 1: train on a fixed subset of the training subjects (sweeps)
   c.data.modality_sampling = "all"  # all | all_present | pair_first | dropout
   c.data.pair_weights = {}  # pair_first: {"eeg+ecg": 2.0, ...}; empty = uniform over usable pairs
+  c.data.pair_keys = "pair"  # pair_first batches carry "pair": its 2 modalities (least IO, one compiled step per pair) or "all": every modality (the others zero, absent, unread) + batch["pair"] (one compiled step)
   c.data.modality_dropout = 0.25  # dropout sampling: probability of masking a present modality
   c.data.min_modalities = 2  # dropout sampling: modalities always kept per record
   c.data.verify_shards = "stamp"  # full | stamp (hash once, then on size/mtime change) | size

@@ -24,7 +24,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.prep.split_fractions = dict(train=0.5, val=0.17, test=0.33)
   c.data.modalities = PSG  # pretraining; adaptation and the from-scratch runs set their own
   c.adapt.new_modalities = WEARABLE
-  c.adapt.stage2_steps = 50  # 100 + 50 adaptation steps: what this CPU could run (BENCHMARKS.md)
+  c.wearable.seeds = (0, 1, 2)
   c.eval.tasks = ("few_shot",)
   c.eval.modalities = WEARABLE
   if arg == "tiny":
@@ -34,6 +34,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.stem_features, c.model.proj_dim = 16, 32
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 2, 1, 2
     c.adapt.stage1_steps = c.adapt.stage2_steps = 1
+    c.wearable.seeds = (0,)
     c.optim.warmup_steps = 1
     c.eval.probe_steps = 20
     c.eval.probe_l2_grid = (1e-3,)

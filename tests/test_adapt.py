@@ -1,7 +1,10 @@
 """`sleepjax adapt`: new modalities grafted onto a pretrained sleep2vec model. Stage 1 leaves every
 pretrained parameter bitwise; stage 2's per-group learning-rate scales show in the updates; the
 pair sampler anneals the share of pairs with a new modality; the adapted checkpoint restores and
-embeds a night that has only the new modality."""
+embeds a night that has only the new modality; each stage compiles one train step, whatever pairs
+it draws, and its batches (every modality's keys + the pair) train as the pair's own batches."""
+
+import collections
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +13,10 @@ import optax
 import pytest
 from flax import nnx
 
-from sleepjax.data import sampling
-from sleepjax.train import adapt, checkpoint, state as state_lib, trainer
+from sleepjax.data import pipeline, sampling
+from sleepjax.data.manifest import read_manifest
+from sleepjax.families import get_family
+from sleepjax.train import adapt, checkpoint, gradcache, state as state_lib, trainer
 
 OLD = {"eeg": (128, 2), "ecg": (128, 1)}
 NEW = ("ppg",)
@@ -121,14 +126,66 @@ def adapted(sleep2vec_trained, tiny_config, tmp_path_factory):
   config.adapt.pretrained = str(pretrained)
   config.adapt.new_modalities = ("ppg", "actigraphy")
   config.adapt.stage1_steps = config.adapt.stage2_steps = 2
-  last = adapt.adapt(config, str(workdir))
-  return pretrained, workdir, config, last
+  lowered = collections.Counter()  # programs lowered for XLA (compiled, or read from a cache)
+
+  def count(event, _, fun_name="", **__):
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+      lowered[fun_name] += 1
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    last = adapt.adapt(config, str(workdir))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  return pretrained, workdir, config, last, lowered
+
+
+def test_adapt_compiles_one_train_step_per_stage(adapted):
+  """Over 2 + 2 steps, whatever pairs they draw (the previous code, pair-only batches and a jit
+  without the state's shardings, lowered 4 train steps here)."""
+  *_, lowered = adapted
+  assert lowered["jit(train_step)"] == 2, lowered
+
+
+def test_one_program_batch_trains_as_the_pair_only_batch(adapted):
+  """The same records, windows and pair as a batch of every modality (`data.pair_keys="all"`)
+  and as the pair's own batch: the same loss and gradients."""
+  _, workdir, config, *_ = adapted
+  manifest = read_manifest(workdir / "data")
+  names = list(manifest["modalities"])
+  modalities = state_lib.model_modalities(manifest, names)
+
+  def batch(pair_keys):
+    ds = pipeline.make_dataset(manifest, "train", names, local_batch=8, seed=3, train=True,
+                               window=config.data.window_epochs, sampling="pair_first",
+                               pair_keys=pair_keys)
+    return pipeline.nest(next(iter(ds)))
+  pair_only, every = batch("pair"), batch("all")
+  assert len(pair_only["masks"]) == 2 and set(every["masks"]) == set(names)
+  assert [names[i] for i in every["pair"][0]] == list(pair_only["masks"])
+  assert (every["pair"] == every["pair"][:1]).all()
+  for m in set(names) - set(pair_only["masks"]):
+    assert not every["masks"][m].any() and not every["signals"][m].any()
+  for m in pair_only["masks"]:
+    np.testing.assert_array_equal(every["signals"][m], pair_only["signals"][m])
+  graphdef, params = nnx.split(state_lib.build_model(config, modalities, 0), nnx.Param)
+  family, rng = get_family(config), jax.random.key(0)
+  (loss_a, _), grads_a = gradcache.value_and_grad(family, graphdef, params, pair_only, rng, 1)
+  (loss_b, _), grads_b = gradcache.value_and_grad(family, graphdef, params, every, rng, 1)
+  np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+  # two programs, fused differently: float32 rounding apart, relative to the largest gradient
+  # (the tokenizers of modalities outside the pair: exactly zero in both)
+  scale = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(grads_a))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads_a), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * scale,
+                               err_msg=jax.tree_util.keystr(path))
+    if "tokenizers" in jax.tree_util.keystr(path) and not float(jnp.abs(a).max()):
+      assert not float(jnp.abs(b).max()), jax.tree_util.keystr(path)
 
 
 def test_adapted_checkpoint_restores_and_embeds_a_wearable_night(adapted):
   from sleepjax import api  # pylint: disable=g-import-not-at-top
   from data_prep import synthetic  # pylint: disable=g-import-not-at-top
-  pretrained, workdir, config, last = adapted
+  pretrained, workdir, config, last, _ = adapted
   assert np.isfinite(last["loss"])
   ckpt = trainer.checkpoint_dir(str(workdir))
   assert checkpoint.all_steps(ckpt) == [2, 3, 4]  # stage ends and train.checkpoint_every (3)
@@ -145,7 +202,7 @@ def test_adapted_checkpoint_restores_and_embeds_a_wearable_night(adapted):
 
 
 def test_adapt_stage1_checkpoint_keeps_the_pretrained_parameters(adapted):
-  pretrained, workdir, config, _ = adapted
+  pretrained, workdir, config, *_ = adapted
   from sleepjax.train import restore as restore_lib  # pylint: disable=g-import-not-at-top
   pre = restore_lib.restore(trainer.checkpoint_dir(str(pretrained)))
   stage1 = restore_lib.restore(trainer.checkpoint_dir(str(workdir)), step=2)
@@ -162,7 +219,7 @@ def test_adapt_stage1_checkpoint_keeps_the_pretrained_parameters(adapted):
 
 def test_adapt_resumes_after_stage1_to_the_same_model(adapted, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
-  _, workdir, config, _ = adapted
+  _, workdir, config, *_ = adapted
   (tmp_path / "data").symlink_to(workdir / "data")
   ckpt = trainer.checkpoint_dir(str(tmp_path))
   shutil.copytree(f"{trainer.checkpoint_dir(str(workdir))}/2", f"{ckpt}/2")
@@ -179,7 +236,7 @@ def test_adapt_resumes_inside_each_stage_to_the_same_model(adapted, tmp_path):
   """Stopped after step 1 (inside stage 1), then after step 3 (inside stage 2), then run to the
   end: each rerun continues from its checkpoint's step, optimizer state and batches, and the
   model equals the uninterrupted run's bitwise."""
-  _, workdir, config, _ = adapted
+  _, workdir, config, *_ = adapted
   (tmp_path / "data").symlink_to(workdir / "data")
   ckpt = trainer.checkpoint_dir(str(tmp_path))
   for budget, reached in ((1, [1]), (2, [1, 2, 3]), (0, [1, 2, 3, 4])):

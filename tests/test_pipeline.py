@@ -148,6 +148,27 @@ def test_pair_first_batch_reads_only_its_pair(prepared):
   assert set(b) == {"signals/eeg", "signals/spo2", "masks/eeg", "masks/spo2"}
 
 
+def test_pair_first_batch_with_every_key(prepared):
+  """`pair_keys="all"`: every modality's keys (the pair's as read, the other zero and absent) and
+  the pair; refused where no pair is drawn, or for a form that does not exist."""
+  manifest = read_manifest(prepared / "data")
+  make = lambda **kw: next(iter(pipeline.make_dataset(
+      manifest, "train", ["eeg", "ecg", "spo2"], window=4, local_batch=2, seed=0, train=True,
+      fields=(), **kw)))
+  pair_only = make(sampling="pair_first", pair_weights={"eeg+spo2": 1.0})
+  b = make(sampling="pair_first", pair_weights={"eeg+spo2": 1.0}, pair_keys="all")
+  assert set(b) == {f"{k}/{m}" for k in ("signals", "masks") for m in ("eeg", "ecg", "spo2")} | {
+      "pair"}
+  assert b["pair"].tolist() == [[0, 2], [0, 2]]
+  assert not b["signals/ecg"].any() and not b["masks/ecg"].any()
+  for k, x in pair_only.items():
+    np.testing.assert_array_equal(b[k], x)
+  with pytest.raises(ValueError, match="pair_keys='all' is for pair-first batches"):
+    make(sampling="all", pair_keys="all")
+  with pytest.raises(ValueError, match="unknown data.pair_keys"):
+    make(sampling="pair_first", pair_keys="both")
+
+
 def test_window_across_segments_equals_one_long_segment(prepared, tmp_path, tiny_config):
   """The same cohort prepared with 10- and 40-epoch segments: 20-epoch windows read across
   segments equal those read inside one segment, field by field; so do reads of shards without

@@ -6,7 +6,7 @@ and fields) -> prefetch (threads, optionally worker processes) -> `prefetch.Devi
 
 Work happens per batch, not per record, and only on the bytes the step uses: each window of each
 array the step asked for is `pread` from the shard straight into its place in the batch (byte
-ranges from the shard's index, `shard_index`), outside the GIL; a pair-first batch touches its two
+ranges from the shard's index, `shard_index`), outside the GIL; a pair-first batch reads its two
 modalities only, and fields an objective does not request are never read. Shards without an index
 (compressed) are read whole through ArrayRecord and cropped, with the same result.
 """
@@ -27,6 +27,7 @@ from sleepjax.data import shard_index
 from sleepjax.data.manifest import shard_paths, verify_shards
 
 SAMPLINGS = ("all", "all_present", "pair_first", "dropout")
+PAIR_KEYS = ("pair", "all")  # `data.pair_keys`: what a pair-first batch carries
 # Fields a step may request beyond signals/masks (`make_dataset(fields=...)`, `Family.fields`).
 FIELDS = ("stage", "events", "features", "epoch_index", "age", "sex", "site", "recording",
           "captions", "caption_mask")
@@ -124,10 +125,12 @@ class ReadBatch(grain.transforms.RandomMap):
   """Record indices [B] (and, pair-first, pair ids [B]) -> one batch of flat numpy arrays.
 
   Keys: signals/<m> [B, W, C, S] and masks/<m> [B, W, C] for the batch's modalities (a pair-first
-  batch: its pair only), then only the requested `fields`: stage [B, W], events [B, W, 30],
-  features [B, W, F], epoch_index [B, W], age/sex/site/recording [B], captions/caption_mask
-  [B, W, G, L]. W = `window` epochs or the segment. A window starts in its anchor record (the
-  index) and may run on into the recording's next segments, up to the whole night.
+  batch: its pair only; with `pair_keys="all"` every modality, the others zero and absent, and
+  pair [B, 2], the pair's indices into `modalities`), then only the requested `fields`: stage
+  [B, W], events [B, W, 30], features [B, W, F], epoch_index [B, W], age/sex/site/recording [B],
+  captions/caption_mask [B, W, G, L]. W = `window` epochs or the segment. A window starts in its
+  anchor record (the index) and may run on into the recording's next segments, up to the whole
+  night.
   """
   source: object  # shard_index.Shards or _Decoded
   modalities: tuple[str, ...]
@@ -141,6 +144,7 @@ class ReadBatch(grain.transforms.RandomMap):
   window: int | None = None
   train: bool = True
   pairs: tuple = ()  # pair-first: (a, b) modality indices per pair id
+  pair_keys: str = "pair"  # pair-first: the pair's keys only, or "all" (`data.pair_keys`)
   dropout: float = 0.0
   min_modalities: int = 1
   caption_groups: tuple[str, ...] = ()
@@ -172,8 +176,9 @@ class ReadBatch(grain.transforms.RandomMap):
                       max(s, k * E) - s) for k in range(s // E, (s + W - 1) // E + 1)])
     reader = self.source.batch([p[0] for row in pieces for p in row])
     modalities = self.modalities
-    if pair_B is not None:  # pair-first: the batch trains one pair and carries only that pair
-      modalities = tuple(self.modalities[i] for i in self.pairs[int(pair_B[0])])
+    if pair_B is not None:  # pair-first: the batch trains one pair and reads only that pair
+      pair = self.pairs[int(pair_B[0])]
+      modalities = tuple(self.modalities[i] for i in pair)
     names = [(f"signals/{m}", f"sig/{m}") for m in modalities]
     names += [(f"masks/{m}", f"mask/{m}") for m in modalities]
     names += [(f, f) for f in _PER_EPOCH if f in self.fields]
@@ -185,6 +190,15 @@ class ReadBatch(grain.transforms.RandomMap):
       dtype, shape = reader.array(pieces[0][0][0], name)
       x = out[key] = alloc((B, W, *shape[1:]), dtype)
       reader.read(name, j_Z, e0_Z, e1_Z, x, (b_Z * W + at_Z) * (x.nbytes // (B * W)))
+    if pair_B is not None and self.pair_keys == "all":
+      # The same keys every step, so one compiled step serves every pair; the others stay unread.
+      for m in self.modalities:
+        for key, name in ((f"signals/{m}", f"sig/{m}"), (f"masks/{m}", f"mask/{m}")):
+          if key not in out:
+            dtype, shape = reader.array(pieces[0][0][0], name)
+            out[key] = alloc((B, W, *shape[1:]), dtype)
+            out[key].fill(0)
+      out["pair"] = np.tile(np.asarray(pair, np.int32), (B, 1))
     if "epoch_index" in self.fields:
       out["epoch_index"] = start_B.astype(np.int32)[:, None] + np.arange(W, dtype=np.int32)
     if "age" in self.fields:
@@ -258,7 +272,8 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  workers: int = 0, verify: str = "stamp",
                  subject_fraction: float = 1.0,
                  fields: tuple[str, ...] | None = None,
-                 pair_share: sampling_lib.PairShare | None = None) -> grain.IterDataset:
+                 pair_share: sampling_lib.PairShare | None = None,
+                 pair_keys: str = "pair") -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
   train: this process's slice in a new seeded order every pass (or pair-first draws), repeated
@@ -269,6 +284,9 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   `workers` > 0 moves batch assembly into worker processes (see BENCHMARKS.md);
   `subject_fraction` < 1 keeps a fixed subset of the split's subjects (`sampling.subject_subset`).
   `pair_share` (pair_first only): the annealed share of pairs with a new modality (`sleepjax adapt`).
+  `pair_keys` (pair_first only): "pair" (a batch carries its pair's modalities) or "all" (every
+  modality's keys, the pair's read, the others zero and absent, plus "pair": the step's program
+  is the same for every pair; `ReadBatch`).
   `fields`: what the step reads beyond signals/masks (`FIELDS`; None = `DEFAULT_FIELDS`, plus
   captions when `caption_len` > 0). `window` may exceed the segment length (up to the shortest recording);
   without `train`, a window starts at each record's first epoch (or earlier, to fit the night).
@@ -278,6 +296,11 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   if pair_weights and sampling != "pair_first":  # they would be ignored without a word
     raise ValueError(f"data.pair_weights is set but data.modality_sampling={sampling!r} draws no "
                      "pairs; use modality_sampling='pair_first' or empty pair_weights")
+  if pair_keys not in PAIR_KEYS:
+    raise ValueError(f"unknown data.pair_keys {pair_keys!r}; choose from {PAIR_KEYS}")
+  if pair_keys != "pair" and sampling != "pair_first":  # there is no pair to carry
+    raise ValueError(f"data.pair_keys={pair_keys!r} is for pair-first batches, but "
+                     f"data.modality_sampling={sampling!r}; use pair_keys='pair'")
   records.check_version(manifest.get("schema_version"), f"{manifest['dir']}: the data's record")
   fields = _fields(fields, caption_len)
   verify_shards(manifest, split, verify, process_index, process_count)
@@ -320,7 +343,7 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
     new_P = tuple(bool({modalities[a], modalities[b]} & new) for a, b in pairs)
     ds = grain.MapDataset.range(len(source)).repeat().map_with_index(sampling_lib.PairFirstIndex(
         tuple(pairs), probs, tuple(members), local_batch, seed, process_index, pair_share, new_P))
-    read["pairs"] = tuple(pairs)
+    read.update(pairs=tuple(pairs), pair_keys=pair_keys)
   else:
     index = np.flatnonzero(keep_R)
     if train and sampling == "all_present":

@@ -4,7 +4,8 @@ Strategies (`data.modality_sampling`):
   all          every record, masks as recorded
   all_present  only records whose recording has every requested modality
   pair_first   sleep2vec: each global batch picks a modality pair (uniform or `data.pair_weights`),
-               then draws records that have both; the batch carries only that pair's keys;
+               then draws records that have both; the batch carries only that pair's keys
+               (`data.pair_keys="all"`: every modality's, only the pair read, + the pair);
                a `PairShare` (`sleepjax adapt`) sets, step by step, the share of pairs that
                involve the newly added modalities
   dropout      every record; each present modality is masked with prob `data.modality_dropout`,

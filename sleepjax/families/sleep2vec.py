@@ -53,10 +53,11 @@ def draw_pair(model: Sleep2Vec, batch: dict, rng: jax.Array) -> dict:
   It runs on the global batch before any micro-batch split (`train/gradcache.py`), so every
   micro-batch and device encodes the same two modalities. The pair rides in the batch as int
   [B, 2] (every row the same, so it splits with the batch): `batch["pair"]`. A batch of two
-  modalities, or another pair strategy, is returned unchanged.
+  modalities, one that carries its pair already (`data.pair_keys="all"`), or another pair
+  strategy is returned unchanged.
   """
   names = [m for m in model.names if m in batch["masks"]]
-  if model.objective.pair_strategy != "pair_first" or len(names) <= 2:
+  if model.objective.pair_strategy != "pair_first" or len(names) <= 2 or "pair" in batch:
     return batch
   present_MxBxW = jnp.stack([batch["masks"][m].any(-1) for m in names])
   pairs = list(itertools.combinations(range(len(names)), 2))
@@ -69,14 +70,16 @@ def draw_pair(model: Sleep2Vec, batch: dict, rng: jax.Array) -> dict:
 
 def encode(model: Sleep2Vec, batch: dict, rng: jax.Array) -> dict:
   """Per-example part of the loss: the transformer's tokens [B, M, W, D] and presence [B, M, W].
-  pair_first over more than two modalities encodes `batch["pair"]` (`draw_pair`)."""
+  A batch with a pair (`draw_pair`, or pair-first batches with `data.pair_keys="all"`) encodes
+  only that pair, as a batch of the pair's modalities alone would; pair_first over more than two
+  modalities needs one."""
   objective = model.objective
   select = None
-  if objective.pair_strategy == "pair_first" and len(batch["masks"]) > 2:
-    if "pair" not in batch:
-      raise ValueError("pair_first over more than two modalities needs the batch's pair "
-                       "(`draw_pair` on the global batch before encoding)")
+  if "pair" in batch:
     select = batch["pair"][0]
+  elif objective.pair_strategy == "pair_first" and len(batch["masks"]) > 2:
+    raise ValueError("pair_first over more than two modalities needs the batch's pair "
+                     "(`draw_pair` on the global batch before encoding)")
   out = model.encode(batch["signals"], batch["masks"], rng=rng,
                      mask_fraction=objective.mask_fraction, select=select)
   return {"tokens": out["tokens"], "present": out["present"]}

@@ -12,12 +12,17 @@ their fresh initialisation. Then, on this workdir's data (pair_first sampling):
            `adapt.tokenizer_lr_scale`, new `adapt.new_lr_scale`), while the share of pairs with a
            new modality anneals (`adapt.new_pair_share` at `adapt.new_pair_share_at` of stage 2).
 
+Batches carry every modality's keys and their pair (`data.pair_keys="all"`; only the pair is read
+and encoded), so each stage compiles one train step, whatever pairs it draws (its optimizer, with
+the stage's LR scales and schedule, is the other half of that program).
+
 Checkpoints (train state, iterator position, the extended config: data.modalities, pair_first,
-train.steps = S1 + S2) go to <workdir>/train/checkpoints every `train.checkpoint_every` steps, at
-the end of each stage (steps S1 and S1 + S2) and when the run stops early (`train.stop_after_steps`,
-SIGTERM/SIGINT as in training), so `sleepjax eval` and `sleepjax.api.load` open the adapted model
-like any other. A rerun resumes from the newest checkpoint: inside a stage, its optimizer state,
-step, rng and batches continue where they stopped; at a stage's end, the next stage starts.
+pair_keys="all", train.steps = S1 + S2) go to <workdir>/train/checkpoints every
+`train.checkpoint_every` steps, at the end of each stage (steps S1 and S1 + S2) and when the run
+stops early (`train.stop_after_steps`, SIGTERM/SIGINT as in training), so `sleepjax eval` and
+`sleepjax.api.load` open the adapted model like any other. A rerun resumes from the newest
+checkpoint: inside a stage, its optimizer state, step, rng and batches continue where they
+stopped; at a stage's end, the next stage starts.
 Batches and parameters are sharded over the mesh as in training.
 """
 
@@ -111,6 +116,7 @@ def adapted_config(config, pretrained_config, new: tuple[str, ...]):
     old = tuple(pretrained_config.data.modalities)
     out.data.modalities = old + tuple(m for m in new if m not in old)
     out.data.modality_sampling = "pair_first"
+    out.data.pair_keys = "all"  # one compiled step per stage, not one per pair
     out.data.pair_weights = {}
     out.train.steps = config.adapt.stage1_steps + config.adapt.stage2_steps
   return out
@@ -195,12 +201,18 @@ def _stage(config, manifest, modalities, mesh, graphdef, manager, params_ema, ne
   state = state_lib.TrainState(
       step=jnp.asarray(start, jnp.int32), params=params, opt_state=jax.jit(tx.init)(params),
       rng=jax.random.key_data(jax.random.key(config.seed + 1 + start)), ema_params=ema)
-  step_fn = jax.jit(make_train_step(graphdef, tx, schedule, config), donate_argnums=0)
+  # The stage state's shardings (scalars: replicated) in and out of the step, as the trainer's:
+  # a first step fed other shardings than its outputs' would compile a second program.
+  state_sh = jax.tree.map(lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding)
+                          else sharding.replicated(mesh), state)
+  state = jax.device_put(state, state_sh)
+  step_fn = jax.jit(make_train_step(graphdef, tx, schedule, config),
+                    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   it = trainer.batches(config, manifest, modalities, mesh, pair_share=share)
-  if resume:  # the fresh stage state is the target: its shapes and shardings (scalars: replicated)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=(
-        x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding)
-        else sharding.replicated(mesh))), state)
+  if resume:  # the fresh stage state is the target: its shapes and shardings
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          state, state_sh)
     state = checkpoint.restore(manager, resume, target, it)
   step = int(state.step)
   logging.info("adapt stage from step %d: %d steps, LR scales %s, at step %d", start, steps,
