@@ -116,22 +116,26 @@ def test_an_older_checkpoint_config_gains_the_new_keys_from_the_base(spec):
   assert checkpoint.config_diff(restored.to_dict(), config.to_dict()) == {}
 
 
-def _old_sleeplm() -> tuple[dict, dict]:
-  """A SleepLM tiny config as saved before `model.signal.decoder_memory` and
+def _old_sleeplm(size: str = "tiny") -> tuple[dict, dict]:
+  """A SleepLM config of `size` as saved before `model.signal.decoder_memory` and
   `objective.caption_groups` existed, and the preset itself (both JSON-normalised)."""
-  config = config_tools.load_config("configs/sleeplm.py:tiny")
+  config = config_tools.load_config(f"configs/sleeplm.py:{size}")
   saved = checkpoint._normalise(config.to_dict())  # pylint: disable=protected-access
   del saved["model"]["signal"]["decoder_memory"], saved["objective"]["caption_groups"]
   return saved, config
 
 
-def test_an_older_sleeplm_config_gains_its_familys_keys():
-  """Keys only SleepLM's preset has come from configs/sleeplm.py (the shared base has none)."""
-  saved, config = _old_sleeplm()
+@pytest.mark.parametrize("size", ["tiny", "smoke"])
+def test_an_older_sleeplm_config_gains_its_familys_keys(size):
+  """Keys only SleepLM's preset has come from configs/sleeplm.py (the shared base has none), but
+  the memory the checkpoint trained with (pooled), not the preset's (config_tools.PREDATED)."""
+  saved, config = _old_sleeplm(size)
+  assert config.model.signal.decoder_memory == "pooled+tokens"
   restored = config_tools.from_dict(saved)
   assert restored.model.signal.decoder_memory == "pooled"
   assert restored.objective.caption_groups == "random"
-  assert config_tools.flatten(restored) == config_tools.flatten(config)
+  assert config_tools.flatten(restored) == {**config_tools.flatten(config),
+                                            "model.signal.decoder_memory": "pooled"}
 
 
 def test_an_older_sleeplm_config_keeps_its_behaviour_when_the_default_moves(monkeypatch):

@@ -78,8 +78,10 @@ def test_sleeplm_caption_loss_equals_the_plain_logits_loss(monkeypatch):
   (loss_p, metrics_p), g_p = grad(plain_loss)(params)
   np.testing.assert_allclose(loss, loss_p, rtol=1e-5)
   np.testing.assert_allclose(metrics["caption_token_acc"], metrics_p["caption_token_acc"])
+  # atol: float32 sums in another order, on gradients of order 1 (with the channel-patch tokens in
+  # the memory one element of 16,384 differs by 1.6e-6)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_p)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _rotate_before(x, angle, interleaved):

@@ -271,8 +271,10 @@ def test_epochs_next_to_an_absent_one_match_long_context_resampling(name, rate, 
   assert (got[1] == 0).all()
 
 
-def test_absent_channel_values_change_nothing():
+@pytest.mark.parametrize("memory", ["pooled+tokens", "pooled"])  # tiny's; the released model's
+def test_absent_channel_values_change_nothing(memory):
   c = config()
+  c.model.signal.decoder_memory = memory
   model = build(c)
   batch = make_batch(c)
   batch["masks"]["eeg"][:, :, 1] = False
