@@ -90,7 +90,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     # At this width the 32 pooled tokens are one vector to the decoder (their epoch-specific part is
     # 14 % of the norm), so captions ignore the signal; the channel-patch tokens are not, and with
     # 450 steps the captions name the epoch's stage (BENCHMARKS.md, SleepLM conditioning). tiny
-    # too, so the tests train the demo's memory (their CPU time moved within its run-to-run spread).
+    # too, so the tests train the demo's memory (~5 % more CPU for its tests: BENCHMARKS.md).
     c.model.signal.decoder_memory = "pooled+tokens"
     c.train.ema_momentum = 0.0  # no EMA: eval uses the weights trained last (short schedule)
     # The demo's eval: one probe and the text tasks (zero-shot, retrieval, captions).
