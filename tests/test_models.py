@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,10 +28,23 @@ def _config(tiny_config, **model):
   return config
 
 
+# The tests' model calls jitted: eager, each op of a forward compiles on its own, most of these
+# tests' time (`test_jit_matches_eager` holds that the two agree).
+@nnx.jit
+def _forward(model, signals, masks):
+  return {k: v for k, v in model(signals, masks).items() if k != "names"}
+
+
+@functools.partial(nnx.jit, static_argnames="mask_fraction")
+def _encode(model, signals, masks, rng=None, mask_fraction=0.0):
+  out = model.encode(signals, masks, rng=rng, mask_fraction=mask_fraction)
+  return {k: v for k, v in out.items() if k != "names"}
+
+
 def test_shapes_and_unit_projections(tiny_config):
   model = build_model(tiny_config, MODALITIES, seed=0)
   signals, masks = _batch(np.random.default_rng(0))
-  out = model(signals, masks)
+  out = _forward(model, signals, masks)
   d, p = tiny_config.model.width, tiny_config.model.proj_dim
   assert out["tokens"].shape == (2, 2, 3, d) and out["fused"].shape == (2, 3, d)
   assert out["z"].shape == (2, 2, 3, p) and out["present"].shape == (2, 2, 3)
@@ -42,9 +57,9 @@ def test_absent_channels_and_modalities_are_masked(tiny_config):
   signals, masks = _batch(rng)
   masks["eeg"] = masks["eeg"].at[:, :, 1].set(False)  # second EEG channel missing
   masks["spo2"] = jnp.zeros_like(masks["spo2"])  # SpO2 missing altogether
-  out = model(signals, masks)
+  out = _forward(model, signals, masks)
   noisy = dict(signals, eeg=signals["eeg"].at[:, :, 1].set(100.0), spo2=signals["spo2"] + 50.0)
-  out2 = model(noisy, masks)
+  out2 = _forward(model, noisy, masks)
   # Whatever the absent sensors hold cannot reach any output.
   np.testing.assert_allclose(out["fused"], out2["fused"], atol=1e-5)
   assert not out["present"][:, 1].any()
@@ -61,17 +76,17 @@ def test_masked_epochs_change_nothing_in_present_tokens(tiny_config, norm, token
   absent_BxW = np.zeros((2, 6), bool)
   absent_BxW[0, [1, 4]] = absent_BxW[1, 0] = True
   masks = {m: jnp.where(absent_BxW[..., None], False, v) for m, v in masks.items()}
-  out = model.encode(signals, masks)
+  out = _encode(model, signals, masks)
   noisy = {m: jnp.where(absent_BxW[..., None, None], 1e3 * rng.normal(size=v.shape), v)
            for m, v in signals.items()}
-  out2 = model.encode(noisy, masks)
+  out2 = _encode(model, noisy, masks)
   present = ~absent_BxW
   for i in range(len(MODALITIES)):
     np.testing.assert_allclose(out["tokens"][:, i][present], out2["tokens"][:, i][present],
                                atol=1e-5)
   # The same change in a present epoch does move the other present tokens (attention is live).
   moved = {m: v.at[0, 2].set(3.0) for m, v in signals.items()}
-  out3 = model.encode(moved, masks)
+  out3 = _encode(model, moved, masks)
   assert np.abs(np.asarray(out3["tokens"][0, 0, 3] - out["tokens"][0, 0, 3])).max() > 1e-4
 
 
@@ -93,17 +108,17 @@ def test_options_build_and_train(tiny_config, options):
   batch = {"signals": signals, "masks": masks, "age": np.array([30.0, 40, 50, 60]),
            "sex": np.array([0, 1, 0, 1]), "site": np.array([0, 0, 1, 1]),
            "recording": np.arange(4)}
-  loss, metrics = get_family(config).loss(model, batch, jax.random.key(0))
+  loss, metrics = nnx.jit(get_family(config).loss)(model, batch, jax.random.key(0))
   assert np.isfinite(loss) and 0 <= metrics["retrieval_top1"] <= 1
 
 
 def test_mask_token_only_in_training(tiny_config):
   model = build_model(tiny_config, MODALITIES, seed=0)
   signals, masks = _batch(np.random.default_rng(5), B=8, W=20)
-  plain = np.asarray(model.encode(signals, masks)["tokens"])
-  masked = model.encode(signals, masks, rng=jax.random.key(0), mask_fraction=0.15)["tokens"]
+  plain = np.asarray(_encode(model, signals, masks)["tokens"])
+  masked = _encode(model, signals, masks, rng=jax.random.key(0), mask_fraction=0.15)["tokens"]
   assert np.abs(np.asarray(masked) - plain).max() > 1e-3
-  unmasked = model.encode(signals, masks, rng=jax.random.key(0), mask_fraction=0.0)["tokens"]
+  unmasked = _encode(model, signals, masks, rng=jax.random.key(0), mask_fraction=0.0)["tokens"]
   np.testing.assert_array_equal(np.asarray(unmasked), plain)
 
 
@@ -146,7 +161,7 @@ def test_bfloat16_residual_stream_stays_close_to_float32(tiny_config):
   for residual in ("float32", "compute"):
     model = build_model(_config(tiny_config, dtype="bfloat16", residual_dtype=residual),
                         MODALITIES, seed=0)
-    out[residual] = model.encode(signals, masks)["tokens"]
+    out[residual] = _encode(model, signals, masks)["tokens"]
   assert out["float32"].dtype == jnp.float32 and out["compute"].dtype == jnp.bfloat16
   a, b = np.asarray(out["float32"]), np.asarray(out["compute"], np.float32)
   assert not np.array_equal(a, b)  # the option does change the arithmetic
