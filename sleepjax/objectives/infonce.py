@@ -95,7 +95,8 @@ def contrastive_loss(z_BxMxWxP: jax.Array, present_BxMxW: jax.Array, batch: dict
   if strategy == "pair_first":
     if M != 2:
       raise ValueError(f"pair_first needs exactly the two encoded modalities, got {M}")
-    a_A, b_BxAxWxP, valid_BxAxW = [0], z_BxMxWxP[:, 1:], present_BxMxW[:, 0:1] & present_BxMxW[:, 1:]
+    a_A, b_BxAxWxP = [0], z_BxMxWxP[:, 1:]
+    valid_BxAxW = present_BxMxW[:, :1] & present_BxMxW[:, 1:]
   elif strategy == "all_pairs":
     a_A, b_A = (list(x) for x in zip(*itertools.combinations(range(M), 2)))
     b_BxAxWxP = z_BxMxWxP[:, b_A]
