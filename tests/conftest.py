@@ -8,7 +8,8 @@ import tempfile
 # XLA's CPU back end at its lowest optimisation level compiles the tests' tiny programs about
 # twice as fast and runs them no slower that matters; compiling, not running, is most of the
 # suite's time. Subprocesses inherit the flags (launch/local.py keeps them, resetting the count).
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
+                "--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = " ".join(("--xla_force_host_platform_device_count=8",) + FAST_COMPILE)
 os.environ["JAX_PLATFORMS"] = "cpu"
 # One scratch directory per test run, shared by every pytest-xdist worker (the controller makes it

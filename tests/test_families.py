@@ -221,3 +221,30 @@ def test_cpu_smoke_run_of_each_strategy(prepared, tiny_config, tmp_path, strateg
   config.train.steps, config.train.log_every = 2, 1
   last = trainer.train(config, str(tmp_path))
   assert np.isfinite(last["loss"]) and last["loss"] > 0
+
+
+def test_tracing_a_model_build_never_walks_the_trace(monkeypatch):
+  """NNX probes `value.sharding` on every Variable assignment; a JAX tracer's AttributeError for
+  it walks every equation traced so far (quadratic tracing: SleepLM-Base's abstract state took
+  26 CPU-s). Building a model traced (abstract state, jitted init) must never take that walk, and
+  JAX's own property is back afterwards."""
+  from jax._src import core  # pylint: disable=g-import-not-at-top
+  from jax._src.interpreters import partial_eval  # pylint: disable=g-import-not-at-top
+  walks = []
+  walk = partial_eval.JaxprStackFrame.find_progenitors
+  monkeypatch.setattr(partial_eval.JaxprStackFrame, "find_progenitors",
+                      lambda self, tracer: walks.append(1) or walk(self, tracer))
+  config = load_config(f"{REPO / 'configs' / 'sleeplm.py'}:tiny")
+  config.data.modalities = ("eeg", "ecg")
+  modalities = {"eeg": (128, 2), "ecg": (128, 1)}
+  tx, _ = make_optimizer(config.optim, 10)
+  original = core.Tracer.sharding
+  jax.eval_shape(lambda: nnx.state(state_lib.build_model(config, modalities, 0)))
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(8, 1, 1), ("data", "fsdp", "tensor"))
+  state_lib.abstract_state(config, modalities, tx, mesh, 0)
+  assert walks == []
+  # outside a build, JAX's own property (and its walk) is back; getattr's default works
+  assert core.Tracer.sharding is original
+  probed = []
+  jax.eval_shape(lambda: probed.append(getattr(jnp.zeros(()) + 1, "sharding", "absent")))
+  assert probed == ["absent"] and len(walks) == 1

@@ -12,6 +12,7 @@ from sleepjax.families import sleeplm as family
 from sleepjax.models.sleeplm import inputs
 from sleepjax.models.sleeplm.text import causal_mask
 from sleepjax.objectives import sleeplm as objectives
+from sleepjax.train import state as state_lib
 from tests.conftest import REPO
 
 MODALITIES = {"eeg": (128, 2), "eog": (128, 2), "emg": (128, 1), "ecg": (128, 1),
@@ -57,8 +58,7 @@ memory_fn = nnx.jit(lambda m, b: m.encode_signal(*family.flat_inputs(m, b))["mem
 
 
 def build(c, seed=0):
-  with nnx.use_eager_sharding(False):
-    return family.build(c, MODALITIES, nnx.Rngs(seed))
+  return state_lib.build_model(c, MODALITIES, seed)  # family.build, as training builds it
 
 
 # ------------------------------------------------------------------------------- parameter count
@@ -92,8 +92,7 @@ def count(module) -> int:
 @pytest.mark.parametrize("size", ["tiny", "base"])
 def test_parameter_count_matches_architecture(size):
   c = config(size)
-  with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: build(c))
+  model = nnx.eval_shape(lambda: build(c))
   want = expected_counts(c)
   got = {"signal": count(model.signal), "text": count(model.text), "decoder": count(model.decoder),
          "recon": count(model.recon)}

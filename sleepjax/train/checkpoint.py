@@ -11,6 +11,7 @@ explicitly requested step is never swapped for another.
 """
 
 import contextlib
+import functools
 import json
 from typing import Callable, TypeVar
 
@@ -21,6 +22,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+# Orbax 0.12 exports no public name for the store its default array handler keeps.
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from sleepjax import config_tools
 from sleepjax.config_tools import storage_path
@@ -151,7 +154,23 @@ def restore_newest(directory, read: Callable[[int], T], step: int | None = None,
       "in a new --workdir.")
 
 
+@functools.cache
+def _one_writer_per_array():
+  """Orbax's replica-parallel save (on by default off GPU) splits every replicated array into one
+  slice per device so that processes holding replicas write a part each. With one process it buys
+  nothing and costs a sliced device-to-host copy per device and leaf (8 x 276 leaves at the tiny
+  preset: 2.6 CPU-s a save against 1.0, BENCHMARKS.md "The test suite"), so a single-process run
+  writes each array from one replica. Orbax's handler table is process-wide: set once, where
+  saving starts (Orbax logs the override once)."""
+  if jax.process_count() == 1:
+    # Orbax's default handler otherwise (its array-metadata store: the same files on disk).
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()),
+                                            override=True)
+
+
 def make_manager(directory: str, config) -> ocp.CheckpointManager:
+  _one_writer_per_array()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints,
       save_interval_steps=config.train.checkpoint_every,

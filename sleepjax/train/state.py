@@ -3,13 +3,16 @@
 Family-agnostic: the model comes from `FAMILIES[config.model.family].build`.
 """
 
+import contextlib
 import functools
+import threading
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax._src import core as jax_core  # Tracer.sharding: see _cheap_sharding_probes
 
 from sleepjax import sharding
 from sleepjax.families import get_family
@@ -30,10 +33,36 @@ def model_modalities(manifest: dict, names: list[str]) -> dict[str, tuple[int, i
           for m in names}
 
 
+def _no_sharding_on_tracers(tracer):
+  raise AttributeError(f"The 'sharding' attribute is not available on {type(tracer).__name__}")
+
+
+_PROBE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _cheap_sharding_probes():
+  """NNX's `Variable.set_value` probes `getattr(value, "sharding", None)` on every assignment
+  (each `rngs.params()` bumps a counter), and a JAX 0.10 tracer answers with an AttributeError
+  whose message first walks every equation traced so far, so tracing a model's construction
+  (`abstract_state`, the jitted init) is quadratic in its size: SleepLM-Base 26 CPU-s, of which
+  the construction itself is ~2. While a model is built the probe raises the same AttributeError
+  (getattr's default, as before) without the walk. JAX's own fix (its Tracer.sharding without
+  the origin message) makes this a no-op; the lock keeps concurrent builds from restoring each
+  other's property."""
+  with _PROBE_LOCK:
+    original = jax_core.Tracer.sharding
+    jax_core.Tracer.sharding = property(_no_sharding_on_tracers)
+    try:
+      yield
+    finally:
+      jax_core.Tracer.sharding = original
+
+
 def build_model(config, modalities: dict[str, tuple[int, int]], seed: int) -> nnx.Module:
   # Placement comes from jit's out_shardings (see `create`), not from NNX's eager sharding, so the
   # same code builds the model inside or outside a mesh context.
-  with nnx.use_eager_sharding(False):
+  with nnx.use_eager_sharding(False), _cheap_sharding_probes():
     return get_family(config).build(config, modalities, nnx.Rngs(seed))
 
 
@@ -66,6 +95,10 @@ def _first_moment_in(opt_state, dtype):
 
 def _init(config, modalities, tx, seed: int) -> TrainState:
   _, params = nnx.split(build_model(config, modalities, seed))
+  return _state_around(params, config, tx, seed)
+
+
+def _state_around(params, config, tx, seed: int) -> TrainState:
   # The parameters are always a float32 master copy: what AdamW updates, the EMA follows and
   # checkpoints hold. Stored in bfloat16, an update below half a bf16 ulp (2^-9 relative) rounds
   # away: at lr 5e-5 two thirds of a fresh 768x3072 kernel never moved and weight decay never
@@ -92,8 +125,11 @@ def abstract_state(config, modalities, tx, mesh, seed: int):
   The abstract state is the target for restoring a checkpoint onto this mesh, whatever mesh wrote
   it; the shardings are the out_shardings of a fresh init.
   """
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, modalities, seed)))
-  abstract = jax.eval_shape(functools.partial(_init, config, modalities, tx, seed))
+  # The model is traced once (building it is most of the cost of this function): its abstract
+  # parameters give the rest of the state without building it again.
+  graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config, modalities, seed)))
+  abstract = jax.eval_shape(functools.partial(_state_around, config=config, tx=tx, seed=seed),
+                            params)
   shardings = sharding.logical_to_mesh(abstract, mesh)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
