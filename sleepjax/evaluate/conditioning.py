@@ -38,14 +38,16 @@ def named_stage(text: str) -> int:
   return found.pop() if len(found) == 1 else -1
 
 
+@nnx.jit  # at module level: traced once per segment length, not once per call
+def _memory(model, signals, masks):
+  x, present = model.inputs(signals, masks)
+  return model.encode_signal(x[0], present[0])["memory"]
+
+
 def memories(model, signals: dict, masks: dict) -> jax.Array:
   """Decoder memory [E, M, D] of one continuous segment: signals[m] [E, C, S], masks[m] [E, C]."""
-  @nnx.jit
-  def run(m, s, k):
-    x, present = m.inputs(s, k)
-    return m.encode_signal(x[0], present[0])["memory"]
-  return run(model, {m: jnp.asarray(s, jnp.float32)[None] for m, s in signals.items()},
-             {m: jnp.asarray(k)[None] for m, k in masks.items()})
+  return _memory(model, {m: jnp.asarray(s, jnp.float32)[None] for m, s in signals.items()},
+                 {m: jnp.asarray(k)[None] for m, k in masks.items()})
 
 
 def next_token_logprobs(model, tokenizer, memory_NxMxD, prefix: str = PREFIX) -> np.ndarray:

@@ -89,10 +89,15 @@ def stage_prompts() -> dict[int, tuple[str, ...]]:
   return dict(STAGE_TEMPLATES)
 
 
+@nnx.jit  # at module level: traced once per shape, not once per call
+def _text_latent(model, ids, mask):
+  return model.encode_text(ids, mask)["latent"]
+
+
 def text_embeddings(model, tokenizer, texts, max_len: int) -> np.ndarray:
   """Unit text embeddings [len(texts), P]."""
   ids, mask = tokenizer.encode(list(texts), max_len)
-  latent = nnx.jit(lambda m, i, k: m.encode_text(i, k)["latent"])(model, ids, mask)
+  latent = _text_latent(model, ids, mask)
   return np.asarray(l2_normalize(latent))
 
 

@@ -150,13 +150,17 @@ def _groups(group: str) -> list[int]:
   return [GROUPS.index(group)]
 
 
+@nnx.jit  # at module level: traced once per chunk shape, not once per call
+def _assemble(model, signals, masks):
+  return model.inputs(signals, masks)
+
+
 def caption_epochs(model, tokenizer, signals: dict, masks: dict, group: str = "stage_event", *,
                    max_len: int = 48, beams: int = 1, chunk: int = 10,
                    epochs: list[int] | None = None) -> list[dict[str, str]]:
   """Generated captions of consecutive epochs: signals[m] [E, C, S], masks[m] [E, C] ->
   one {group: text} per epoch of `epochs` (default all). The input stage resamples windows of
   `chunk` consecutive epochs as one continuous recording, whichever of their epochs are captioned."""
-  assemble = nnx.jit(lambda m, s, k: m.inputs(s, k))
   n = len(next(iter(masks.values())))
   wanted = list(range(n)) if epochs is None else sorted(epochs)
   out = {e: {} for e in wanted}
@@ -165,8 +169,9 @@ def caption_epochs(model, tokenizer, signals: dict, masks: dict, group: str = "s
     if not rows:
       continue
     sl = slice(start, min(start + chunk, n))
-    x, present = assemble(model, {m: jnp.asarray(s[sl], jnp.float32)[None] for m, s in signals.items()},
-                          {m: jnp.asarray(k[sl])[None] for m, k in masks.items()})
+    x, present = _assemble(
+        model, {m: jnp.asarray(s[sl], jnp.float32)[None] for m, s in signals.items()},
+        {m: jnp.asarray(k[sl])[None] for m, k in masks.items()})
     x, present = x[0][np.array(rows)], present[0][np.array(rows)]
     for g in _groups(group):
       ids = caption(model, x, present, jnp.full((x.shape[0],), g), max_len=max_len, beams=beams)
