@@ -86,6 +86,34 @@ def test_probe_learns_a_separable_problem():
   assert metrics.accuracy(y[400:], predict(x[400:])) > 0.95
 
 
+def test_probe_fits_of_an_evaluation_share_compiled_programs():
+  """Fits on 100, 110 and 120 labelled rows (label fractions and seeds of one evaluation) and
+  three regularisations compile one program (zero-weight padding rows, data as arguments: the
+  former fit compiled a program per call with the data inside); padding changes no prediction."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sleepjax.evaluate import probes  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(5, 16)) * 3
+  y = rng.integers(0, 5, 200)
+  x = centers[y] + rng.normal(size=(200, 16))
+  lowered = []
+  listen = lambda event, _, fun_name="", **__: lowered.append(fun_name) if event.endswith(
+      "jaxpr_to_mlir_module_duration") else None
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    fits = [fit_linear_probe(x[:n], y[:n], 5, steps=50, lr=0.05, l2=l2)
+            for n in (100, 110, 120) for l2 in (1e-4, 1e-3, 1e-2)]
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert lowered.count("jit(_fit_softmax)") == 1, lowered
+  # the same fit on 120 rows, unpadded: the same predictions
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(probes, "_rows", lambda n: n)
+    plain = fit_linear_probe(x[:120], y[:120], 5, steps=50, lr=0.05, l2=1e-2)
+  np.testing.assert_array_equal(fits[-1](x[120:]), plain(x[120:]))
+  np.testing.assert_allclose(fits[-1].proba(x[120:]), plain.proba(x[120:]), atol=1e-5)
+
+
 def test_ridge_and_label_fractions():
   x = np.array([[0.0], [1.0], [2.0], [3.0]])
   np.testing.assert_allclose(fit_ridge(x, 2 * x[:, 0] + 1, 1e-9)(np.array([[4.0]])), [9.0])

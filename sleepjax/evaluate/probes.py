@@ -5,6 +5,8 @@ Every fit standardises features with the training rows' mean and sd and is deter
 seed; predictions are numpy.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,21 +20,45 @@ def _standardise(x_NxD: np.ndarray):
   return norm
 
 
-def _fit_adam(loss_fn, shape, *, steps: int, lr: float, seed: int):
+def _adam(loss_fn, shape, *, steps: int, lr, seed):
   params = {"w": 0.01 * jax.random.normal(jax.random.key(seed), shape),
             "b": jnp.zeros(shape[1])}
   tx = optax.adam(lr)
 
-  @jax.jit
-  def fit(p):
-    def body(carry, _):
-      p, opt = carry
-      updates, opt = tx.update(jax.grad(loss_fn)(p), opt)
-      return (optax.apply_updates(p, updates), opt), None
-    (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=steps)
-    return p
+  def body(carry, _):
+    p, opt = carry
+    updates, opt = tx.update(jax.grad(loss_fn)(p), opt)
+    return (optax.apply_updates(p, updates), opt), None
+  (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=steps)
+  return params
 
-  return jax.device_get(fit(params))
+
+def _rows(n: int) -> int:
+  """Rows a fit is padded to (weight 0): a power of two, so the fits of an evaluation (every label
+  fraction, seed and regularisation) share a few compiled programs instead of one each."""
+  return max(64, 1 << (n - 1).bit_length())
+
+
+def _padded(a: np.ndarray, n: int) -> jax.Array:
+  return jnp.asarray(np.concatenate([a, np.zeros((n - len(a),) + a.shape[1:], a.dtype)]))
+
+
+@functools.partial(jax.jit, static_argnames=("n_classes", "steps"))
+def _fit_softmax(xs_NxD, y_N, w_N, l2, lr, seed, *, n_classes: int, steps: int):
+  def loss_fn(p):
+    ce = optax.softmax_cross_entropy_with_integer_labels(xs_NxD @ p["w"] + p["b"], y_N)
+    return (ce * w_N).sum() / w_N.sum() + l2 * jnp.sum(p["w"] ** 2)
+  return _adam(loss_fn, (xs_NxD.shape[1], n_classes), steps=steps, lr=lr, seed=seed)
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _fit_sigmoid(xs_NxD, y_NxY, row_N, w_pos_Y, w_neg_Y, l2, lr, seed, *, steps: int):
+  def loss_fn(p):
+    z = xs_NxD @ p["w"] + p["b"]
+    bce = -(y_NxY * w_pos_Y * jax.nn.log_sigmoid(z)
+            + (1 - y_NxY) * w_neg_Y * jax.nn.log_sigmoid(-z))
+    return (bce * row_N[:, None]).sum() / (row_N.sum() * y_NxY.shape[1]) + l2 * jnp.sum(p["w"] ** 2)
+  return _adam(loss_fn, (xs_NxD.shape[1], y_NxY.shape[1]), steps=steps, lr=lr, seed=seed)
 
 
 def fit_linear_probe(x_NxD: np.ndarray, y_N: np.ndarray, n_classes: int, *, steps: int, lr: float,
@@ -43,14 +69,11 @@ def fit_linear_probe(x_NxD: np.ndarray, y_N: np.ndarray, n_classes: int, *, step
   x_NxD, y_N = x_NxD[keep], y_N[keep]
   norm = _standardise(x_NxD)
   counts_Y = np.bincount(y_N, minlength=n_classes)
-  weight_Y = jnp.asarray(np.where(counts_Y > 0, len(y_N) / (n_classes * np.maximum(counts_Y, 1)), 0))
-  xs, ys = jnp.asarray(norm(x_NxD)), jnp.asarray(y_N)
-
-  def loss_fn(p):
-    ce = optax.softmax_cross_entropy_with_integer_labels(xs @ p["w"] + p["b"], ys)
-    return (ce * weight_Y[ys]).sum() / weight_Y[ys].sum() + l2 * jnp.sum(p["w"] ** 2)
-
-  params = _fit_adam(loss_fn, (x_NxD.shape[1], n_classes), steps=steps, lr=lr, seed=seed)
+  weight_Y = np.where(counts_Y > 0, len(y_N) / (n_classes * np.maximum(counts_Y, 1)), 0)
+  n = _rows(len(y_N))
+  params = jax.device_get(_fit_softmax(
+      _padded(norm(x_NxD), n), _padded(y_N, n), _padded(weight_Y[y_N].astype(np.float32), n),
+      l2, lr, seed, n_classes=n_classes, steps=steps))
 
   def logits(x):
     return norm(x) @ params["w"] + params["b"]
@@ -69,16 +92,12 @@ def fit_sigmoid_probe(x_NxD: np.ndarray, y_NxY: np.ndarray, *, steps: int, lr: f
   """Independent logistic outputs (multi-label, positives re-weighted to balance each output);
   returns scores(x) -> probabilities [N, Y]."""
   norm = _standardise(x_NxD)
-  xs, ys = jnp.asarray(norm(x_NxD)), jnp.asarray(y_NxY, jnp.float32)
-  pos_Y = jnp.asarray(np.clip(y_NxY.mean(0), 1e-3, 1 - 1e-3), jnp.float32)
-  w_pos, w_neg = 0.5 / pos_Y, 0.5 / (1 - pos_Y)
-
-  def loss_fn(p):
-    z = xs @ p["w"] + p["b"]
-    bce = -(ys * w_pos * jax.nn.log_sigmoid(z) + (1 - ys) * w_neg * jax.nn.log_sigmoid(-z))
-    return bce.mean() + l2 * jnp.sum(p["w"] ** 2)
-
-  params = _fit_adam(loss_fn, (x_NxD.shape[1], y_NxY.shape[1]), steps=steps, lr=lr, seed=seed)
+  pos_Y = np.clip(y_NxY.mean(0), 1e-3, 1 - 1e-3).astype(np.float32)
+  n = _rows(len(y_NxY))
+  params = jax.device_get(_fit_sigmoid(
+      _padded(norm(x_NxD), n), _padded(y_NxY.astype(np.float32), n),
+      _padded(np.ones(len(y_NxY), np.float32), n), 0.5 / pos_Y, 0.5 / (1 - pos_Y), l2, lr, seed,
+      steps=steps))
   return lambda x: np.asarray(jax.nn.sigmoid(norm(x) @ params["w"] + params["b"]))
 
 
