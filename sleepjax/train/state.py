@@ -45,11 +45,11 @@ def _cheap_sharding_probes():
   """NNX's `Variable.set_value` probes `getattr(value, "sharding", None)` on every assignment
   (each `rngs.params()` bumps a counter), and a JAX 0.10 tracer answers with an AttributeError
   whose message first walks every equation traced so far, so tracing a model's construction
-  (`abstract_state`, the jitted init) is quadratic in its size: SleepLM-Base 26 CPU-s, of which
-  the construction itself is ~2. While a model is built the probe raises the same AttributeError
-  (getattr's default, as before) without the walk. JAX's own fix (its Tracer.sharding without
-  the origin message) makes this a no-op; the lock keeps concurrent builds from restoring each
-  other's property."""
+  (`abstract_state`, the jitted init) is quadratic in its size: SleepLM-Base's abstract state
+  took 43 CPU-s; traced once and without the walk 3.6 (BENCHMARKS.md "The test suite"). While a
+  model is built, the probe raises the same AttributeError (getattr's default, as before) without
+  the walk. JAX's own fix (Tracer.sharding without the origin message) makes this a no-op; the
+  lock keeps concurrent builds from restoring each other's property."""
   with _PROBE_LOCK:
     original = jax_core.Tracer.sharding
     jax_core.Tracer.sharding = property(_no_sharding_on_tracers)
