@@ -7,7 +7,10 @@ import tempfile
 
 # XLA's CPU back end at its lowest optimisation level compiles the tests' tiny programs about
 # twice as fast and runs them no slower that matters; compiling, not running, is most of the
-# suite's time. Subprocesses inherit the flags (launch/local.py keeps them, resetting the count).
+# suite's time. Its older fusion emitters (LLVM IR, not the MLIR ones) halve the compile again
+# (tiny train step 11.7 -> 5.9 CPU-s) and one codegen thread per program suits two busy workers
+# (-> 5.0; BENCHMARKS.md "The test suite"). Subprocesses inherit the flags (launch/local.py keeps
+# them, resetting the count).
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
                 "--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = " ".join(("--xla_force_host_platform_device_count=8",) + FAST_COMPILE)
