@@ -64,6 +64,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.prefetch = 4  # batches prefetched per process
   c.data.workers = 0  # grain worker processes (mp_prefetch); 0 = threads in the trainer process
   c.data.device_prefetch = 2  # batches placed on the devices ahead of the step
+  c.data.gain_augment = 1.0  # training batches only: each modality of each window times a gain log-uniform in [1/this, this]; 1 = off
 
   c.text = ml_collections.ConfigDict()
   c.text.vocab_size = 512  # caption tokenizer (SentencePiece); digits are split one by one

@@ -10,7 +10,7 @@ import pytest
 
 from sleepjax.bench import ssl
 from sleepjax.cli import load_config
-from sleepjax.evaluate import bandpower
+from sleepjax.evaluate import audit, bandpower
 
 from tests.conftest import REPO
 
@@ -83,6 +83,25 @@ def test_summary_and_targets():
   assert t["held_out_site_beats_random_by_0.10"] and t["held_out_site_beats_bandpower"]
   assert t["all_labels_beats_random"] is False  # in-site, all labels: 0.75 vs 0.8
   assert "held-out site" in ssl.format_rows(rows)
+
+
+def test_table_of_runs_pairs_each_run_with_its_random_init(tmp_path):
+  """`python -m sleepjax.bench.ssl <workdirs>` (benchmarks/ssl_recipe.sh): pretrained - random
+  init per run, in the runs' order, beside the table and the audit."""
+  dirs = []
+  for i, (p, r) in enumerate([(0.7, 0.5), (0.4, 0.6)]):
+    tasks = {"few_shot": {"pretrained": _task({"0.01": [p]}), "random_init": _task({"0.01": [r]})},
+             "site": {e: {"curve": _task({"0.01": [v]})} for e, v in
+                      (("pretrained", p), ("random_init", r))},
+             "audit": {e: {t: {"balanced_accuracy": 0.5} for t in audit.TARGETS}
+                       for e in ("pretrained", "random_init")}}
+    (tmp_path / f"r{i}" / "eval").mkdir(parents=True)
+    (tmp_path / f"r{i}" / "eval" / "report.json").write_text(json.dumps({"tasks": tasks}))
+    dirs.append(str(tmp_path / f"r{i}"))
+  out = ssl.table_of_runs(dirs)
+  assert "pretrained - random, per run: held-out site 1% +0.200 / -0.200" in out
+  assert "pretrained - random, per run: in-site 1% +0.200 / -0.200" in out
+  assert "audit pretrained" in out
 
 
 @pytest.mark.slow

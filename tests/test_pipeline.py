@@ -169,6 +169,29 @@ def test_pair_first_batch_with_every_key(prepared):
     make(sampling="pair_first", pair_keys="both")
 
 
+def test_gain_augment_scales_each_modality_of_each_training_window(prepared):
+  """`data.gain_augment`: the same training windows, each modality of each window times its own
+  gain in [1/g, g]; evaluation batches untouched."""
+  manifest = read_manifest(prepared / "data")
+  make = lambda train, **kw: next(iter(pipeline.make_dataset(
+      manifest, "train", MODS, window=4 if train else None, local_batch=8, seed=0, train=train,
+      fields=(), **kw)))
+  plain, scaled = make(True), make(True, gain=2.0)
+  gains = []
+  for m in MODS:
+    x, y = (b[f"signals/{m}"].astype(np.float32) for b in (plain, scaled))
+    big = (np.abs(x) > 0.1).reshape(len(x), -1)  # well above float16 rounding
+    ratio = np.where(big, y.reshape(big.shape) / np.where(big, x.reshape(big.shape), 1), np.nan)
+    g_B = np.nanmedian(ratio, 1)  # one gain per window
+    np.testing.assert_allclose(ratio[big], np.broadcast_to(g_B[:, None], big.shape)[big], rtol=2e-3)
+    gains += list(g_B[~np.isnan(g_B)])
+  assert len(gains) > 8 and min(gains) >= 0.5 and max(gains) <= 2.0
+  assert len(set(np.round(gains, 3))) == len(gains)  # drawn per modality and window
+  evaluation, evaluation_gain = make(False), make(False, gain=2.0)
+  for m in MODS:
+    np.testing.assert_array_equal(evaluation[f"signals/{m}"], evaluation_gain[f"signals/{m}"])
+
+
 def test_window_across_segments_equals_one_long_segment(prepared, tmp_path, tiny_config):
   """The same cohort prepared with 10- and 40-epoch segments: 20-epoch windows read across
   segments equal those read inside one segment, field by field; so do reads of shards without

@@ -154,12 +154,19 @@ def bench_ssl(config, workdir: str) -> dict:
 
 
 def table_of_runs(run_dirs: list[str]) -> str:
-  """The rows and the final-checkpoint audit (mean ± sd over runs) of some evaluated workdirs,
-  one pretraining seed each (`benchmarks/ssl_recipe.sh`)."""
+  """The rows, pretrained - random init per run (the pairing: a run's random init is its seed's) and
+  the final-checkpoint audit (mean ± sd over runs) of some evaluated workdirs, one pretraining seed
+  each (`benchmarks/ssl_recipe.sh`)."""
   import json  # pylint: disable=g-import-not-at-top
   reports = [json.loads(open(os.path.join(d, "eval", "report.json")).read()) for d in run_dirs]
   fractions = sorted({float(f) for r in reports for f in r["tasks"]["few_shot"]["pretrained"]})
-  lines = [format_rows(summarise([r["tasks"] for r in reports], {}, fractions))]
+  rows = summarise([r["tasks"] for r in reports], {}, fractions)
+  lines = [format_rows(rows)]
+  per_seed = {(r["probe"], r["labels"], r["encoder"]): r["per_seed"] for r in rows}
+  for probe, labels in sorted({(r["probe"], r["labels"]) for r in rows}):
+    diffs = np.subtract(*(per_seed[(probe, labels, e)] for e in ("pretrained", "random_init")))
+    lines.append(f"pretrained - random, per run: {probe} {labels:.0%} "
+                 + " / ".join(f"{d:+.3f}" for d in diffs))
   for enc in ("pretrained", "random_init"):
     cells = []
     for t in audit.TARGETS:

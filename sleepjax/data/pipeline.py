@@ -151,6 +151,7 @@ class ReadBatch(grain.transforms.RandomMap):
   tokenizer_path: str = ""
   caption_len: int = 0
   shared_memory: bool = False  # in worker processes: batches built in place in shared memory
+  gain: float = 1.0  # training only: amplitude gain per modality per window, log-uniform [1/g, g]
 
   def starts(self, index_B: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """First epoch (in its recording) of each window anchored at records `index_B`."""
@@ -190,6 +191,13 @@ class ReadBatch(grain.transforms.RandomMap):
       dtype, shape = reader.array(pieces[0][0][0], name)
       x = out[key] = alloc((B, W, *shape[1:]), dtype)
       reader.read(name, j_Z, e0_Z, e1_Z, x, (b_Z * W + at_Z) * (x.nbytes // (B * W)))
+    if self.train and self.gain != 1:
+      # Electrode impedance and amplifier gain differ between nights and sensors; a probe should
+      # read the signal's shape, not its scale.
+      for m in modalities:
+        x = out[f"signals/{m}"]
+        g_B = np.exp(rng.uniform(-1, 1, B) * abs(np.log(self.gain))).astype(x.dtype)
+        x *= g_B[:, None, None, None]
     if pair_B is not None and self.pair_keys == "all":
       # The same keys every step, so one compiled step serves every pair; the others stay unread.
       for m in self.modalities:
@@ -273,7 +281,7 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                  subject_fraction: float = 1.0,
                  fields: tuple[str, ...] | None = None,
                  pair_share: sampling_lib.PairShare | None = None,
-                 pair_keys: str = "pair") -> grain.IterDataset:
+                 pair_keys: str = "pair", gain: float = 1.0) -> grain.IterDataset:
   """Batches of `local_batch` records for this process.
 
   train: this process's slice in a new seeded order every pass (or pair-first draws), repeated
@@ -287,6 +295,8 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
   `pair_keys` (pair_first only): "pair" (a batch carries its pair's modalities) or "all" (every
   modality's keys, the pair's read, the others zero and absent, plus "pair": the step's program
   is the same for every pair; `ReadBatch`).
+  `gain` != 1 (train only): each modality of each window scaled by exp(U(-|log gain|, |log gain|)),
+  an amplitude augmentation (`data.gain_augment`).
   `fields`: what the step reads beyond signals/masks (`FIELDS`; None = `DEFAULT_FIELDS`, plus
   captions when `caption_len` > 0). `window` may exceed the segment length (up to the shortest recording);
   without `train`, a window starts at each record's first epoch (or earlier, to fit the night).
@@ -326,7 +336,7 @@ def make_dataset(manifest: dict, split: str, modalities: list[str], *, local_bat
                      f"({shortest} epochs in segments)")
   read = dict(source=source, modalities=tuple(modalities), fields=fields, **table,
               segment_epochs=manifest["segment_epochs"], window=window, train=train,
-              shared_memory=workers > 0)
+              shared_memory=workers > 0, gain=gain)
   if "captions" in fields:
     if "tokenizer" not in manifest:
       raise ValueError(f"{manifest['dir']}: captions requested but the manifest names no "

@@ -33,7 +33,7 @@ T = TypeVar("T")
 # Keys (or key prefixes) that define shapes or the data a run sees: a resume may not change them.
 FROZEN_KEYS = ("model", "objective", "data.modalities", "data.global_batch", "data.window_epochs",
                "data.modality_sampling", "data.pair_weights", "data.modality_dropout",
-               "data.min_modalities", "data.caption_len", "seed")
+               "data.min_modalities", "data.caption_len", "data.gain_augment", "seed")
 # Model keys that change how a step computes, not what the parameters are: free to change on resume
 # and taken from the command line by `eval` (e.g. evaluating a bf16/cuDNN-trained model on a CPU).
 RUNTIME_MODEL_KEYS = ("dtype", "residual_dtype", "attention", "remat")

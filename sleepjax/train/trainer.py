@@ -143,7 +143,7 @@ def batches(config, manifest, modalities, mesh, pair_share=None) -> prefetch.Dev
       read_threads=config.data.read_threads, prefetch=config.data.prefetch,
       workers=config.data.workers, verify=config.data.verify_shards,
       subject_fraction=config.data.subject_fraction, fields=_fields(config),
-      pair_share=pair_share, pair_keys=config.data.pair_keys)),
+      pair_share=pair_share, pair_keys=config.data.pair_keys, gain=config.data.gain_augment)),
       lambda local: pipeline.to_global(local, batch_sh),
       depth=config.data.device_prefetch)
 
