@@ -73,7 +73,8 @@ def step(directory: pathlib.Path, preset: str) -> dict:
 def save(directory: pathlib.Path, preset: str, replica_parallel: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from sleepjax.train import checkpoint, state as state_lib, trainer  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from sleepjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   config, mesh, manifest, modalities, tx, _ = _setup(directory, preset)
   _, _, shardings = state_lib.abstract_state(config, modalities, tx, mesh, 0)
   state = state_lib.init_state(config, modalities, tx, shardings, 0)

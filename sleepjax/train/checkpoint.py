@@ -159,7 +159,7 @@ def _one_writer_per_array():
   """Orbax's replica-parallel save (on by default off GPU) splits every replicated array into one
   slice per device so that processes holding replicas write a part each. With one process it buys
   nothing and costs a sliced device-to-host copy per device and leaf (8 x 276 leaves at the tiny
-  preset: 2.6 CPU-s a save against 1.0, BENCHMARKS.md "The test suite"), so a single-process run
+  preset: 2.2 CPU-s a save against 0.8, BENCHMARKS.md "The test suite"), so a single-process run
   writes each array from one replica. Orbax's handler table is process-wide: set once, where
   saving starts (Orbax logs the override once)."""
   if jax.process_count() == 1:
