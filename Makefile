@@ -26,10 +26,10 @@ demo: $(VENV)/.installed
 # The workers share one compilation cache and the session fixtures (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Refresh the pinned versions (constraints for every install) from a clean environment.
 lock:

@@ -299,9 +299,12 @@ def _run_pool(raw, out, todo, config, stamps, summaries):
   """Stages `todo` in spawned worker processes. A worker that dies (a crash in a native reader,
   the kernel's OOM killer) breaks the pool: what was in flight is retried one per process, so the
   recording that kills its process is the one reported."""
-  # Spawned, not forked, workers: the caller may have JAX (multithreaded) loaded, and forking a
-  # multithreaded process can deadlock.
-  context = multiprocessing.get_context("spawn")
+  # Not forked from the caller, which may have JAX (multithreaded) loaded: forking a multithreaded
+  # process can deadlock. Forked from a fork server (a fresh single-threaded process, one per
+  # caller, started on first use) that imported this module once, not spawned: a spawned worker
+  # imports scipy and the readers itself, ~2.8 CPU-s each (BENCHMARKS.md "The test suite").
+  context = multiprocessing.get_context("forkserver")
+  context.set_forkserver_preload([__name__])
   retry = []
   with cf.ProcessPoolExecutor(max_workers=config.workers or None, mp_context=context) as pool:
     futures = {pool.submit(_stage_recording, raw, out, m, config, stamps[m["recording_id"]]): m

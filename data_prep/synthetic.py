@@ -533,7 +533,9 @@ def write_cohort(
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+    context = mp.get_context("forkserver")  # as data_prep/prep.py's workers, and why
+    context.set_forkserver_preload([__name__])
+    with cf.ProcessPoolExecutor(workers, mp_context=context) as ex:
       ahis = list(ex.map(_simulate_and_write, jobs))
   else:
     ahis = [_simulate_and_write(j) for j in jobs]
