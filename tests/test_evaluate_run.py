@@ -36,10 +36,18 @@ def _eval_config(tiny_config, tasks):
   return config
 
 
-def test_every_task_on_a_tiny_checkpoint(checkpoint, tiny_config):
-  tasks = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval", "sequence",
-           "yasa", "sleeplm")
-  report = run.evaluate(_eval_config(tiny_config, tasks), str(checkpoint))
+EVERY_TASK = ("staging", "few_shot", "site", "robustness", "events", "clinical", "retrieval",
+              "sequence", "yasa", "sleeplm")
+
+
+@pytest.fixture(scope="module")
+def every_task(checkpoint, tiny_config):
+  """One evaluation with every task (written to the checkpoint's eval/), its report shared."""
+  return run.evaluate(_eval_config(tiny_config, EVERY_TASK), str(checkpoint))
+
+
+def test_every_task_on_a_tiny_checkpoint(checkpoint, every_task, tiny_config):
+  tasks, report = EVERY_TASK, every_task
   assert report["checkpoint_step"] == 2 and report["modalities"] == list(MODALITIES)
   t = report["tasks"]
   assert set(t) == set(tasks)
@@ -72,17 +80,19 @@ def test_every_task_on_a_tiny_checkpoint(checkpoint, tiny_config):
   assert head["w"].shape == (tiny_config.model.width, 5) and int(head["step"]) == 2
 
 
-def test_two_processes_equal_one(checkpoint, tiny_config, monkeypatch):
-  """Each of two processes embeds its own slice; the numbers equal a single process's."""
-  single = run.evaluate(_eval_config(tiny_config, ("staging", "clinical", "sequence")),
-                        str(checkpoint))
+def test_two_processes_equal_one(checkpoint, every_task, tmp_path, monkeypatch):
+  """Each of two processes embeds its own slice; the numbers equal a single process's (the
+  every-task evaluation's: each task's numbers do not depend on the others run beside it)."""
+  single = every_task
+  for d in ("train", "data"):  # the same run, its report written beside it, not over the shared one
+    (tmp_path / d).symlink_to(checkpoint / d)
   monkeypatch.chdir(REPO)
   code = launch(["eval", f"--config={REPO}/configs/smoke.py:tiny", "--config.eval.probe_steps=30",
                  "--config.eval.sequence_steps=10", "--config.eval.sequence_eval_every=10",
-                 "--config.eval.tasks=('staging','clinical','sequence')", f"--workdir={checkpoint}"],
+                 "--config.eval.tasks=('staging','clinical','sequence')", f"--workdir={tmp_path}"],
                 num_processes=2, devices_per_process=4, timeout_s=900)
   assert code == 0
-  multi = json.loads((checkpoint / "eval" / "report.json").read_text())
+  multi = json.loads((tmp_path / "eval" / "report.json").read_text())
   for enc in ("pretrained", "random_init"):
     a, b = single["tasks"]["staging"][enc], multi["tasks"]["staging"][enc]
     assert a["confusion"] == b["confusion"] and a["hypnogram"] == b["hypnogram"]

@@ -168,22 +168,22 @@ def test_val_loss_every_n_steps_is_the_eval_mode_family_loss(prepared, tiny_conf
   assert abs(swept["val_loss"] - want) <= 1e-4 * abs(want), (swept["val_loss"], want)
 
 
-def test_eval_config_comes_from_the_checkpoint(prepared, tiny_config, tmp_path, monkeypatch):
-  """A model trained at a non-default width restores with no model flags on the command line."""
+def test_eval_config_comes_from_the_checkpoint(sleep2vec_trained, tiny_config, monkeypatch):
+  """A model restores at its checkpoint's width whatever width the command line names (the shared
+  tiny run, read only: width 32, 6 steps)."""
   from sleepjax.train import checkpoint, state as state_lib, trainer  # pylint: disable=g-import-not-at-top
-  workdir = _workdir(prepared, tmp_path, "eval")
-  config = _config(tiny_config, steps=2)
-  config.model.width, config.model.heads = 48, 4
-  trainer.train(config, str(workdir))
-  cli_config = _config(tiny_config, steps=2)  # default width 32, another mesh, another probe
+  workdir, _ = sleep2vec_trained
+  cli_config = _config(tiny_config, steps=2)  # another width, another mesh, another probe
+  cli_config.model.width, cli_config.model.heads = 48, 4
   cli_config.mesh = {"data": 2, "fsdp": 2, "tensor": 2, "dcn_data": -1}
   cli_config.eval.probe_steps = 7
   merged = checkpoint.config_for_eval(cli_config, trainer.checkpoint_dir(str(workdir)))
-  assert merged.model.width == 48 and merged.eval.probe_steps == 7 and merged.mesh.tensor == 2
+  assert tiny_config.model.width == 32 and tiny_config.train.steps == 6
+  assert merged.model.width == 32 and merged.eval.probe_steps == 7 and merged.mesh.tensor == 2
   mesh, _, modalities, tx, _ = trainer.setup(merged, str(workdir))
   _, abstract, _ = state_lib.abstract_state(merged, modalities, tx, mesh, merged.seed)
   params, step = checkpoint.restore_params(trainer.checkpoint_dir(str(workdir)), abstract)
-  assert step == 2
+  assert step == 6
   leaves = jax.tree.leaves(params)
   assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
 
@@ -194,7 +194,7 @@ def test_eval_config_comes_from_the_checkpoint(prepared, tiny_config, tmp_path, 
     raise AssertionError("eval restored the whole train state")
   monkeypatch.setattr(checkpoint, "restore", refuse)
   _, _, pretrained, _, step = embed.restore(cli_config, str(workdir))
-  assert step == 2
+  assert step == 6
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                pretrained.params, params)
 
