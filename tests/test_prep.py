@@ -109,8 +109,9 @@ def _run_prep(raw, out):
 
 
 def test_killed_run_resumes_to_identical_shards(prepared, tmp_path):
+  """Killed mid-run and rerun, prep writes the shards the shared cohort's uninterrupted prep
+  (tests/conftest.py: the same raw data and config, two workers instead of one) wrote."""
   raw = prepared / "raw"
-  assert _run_prep(raw, tmp_path / "whole").wait(timeout=300) == 0
   proc = _run_prep(raw, tmp_path / "killed")
   staging = tmp_path / "killed" / STAGING
   deadline = time.time() + 300
@@ -122,7 +123,7 @@ def test_killed_run_resumes_to_identical_shards(prepared, tmp_path):
   assert 0 < done < 6, "the kill should land mid-run"
   assert not (tmp_path / "killed" / "manifest.json").exists()
   assert _run_prep(raw, tmp_path / "killed").wait(timeout=300) == 0
-  whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+  whole = json.loads((prepared / "data" / "manifest.json").read_text())
   resumed = json.loads((tmp_path / "killed" / "manifest.json").read_text())
   sums = lambda m: {s["path"]: s["sha256"] for v in m["splits"].values() for s in v["shards"]}
   assert sums(resumed) == sums(whole) and sums(whole)
