@@ -296,9 +296,9 @@ def _inventory(raw: pathlib.Path, listed: set[str], rejected_ids: set[str]) -> l
 
 
 def _run_pool(raw, out, todo, config, stamps, summaries):
-  """Stages `todo` in spawned worker processes. A worker that dies (a crash in a native reader,
-  the kernel's OOM killer) breaks the pool: what was in flight is retried one per process, so the
-  recording that kills its process is the one reported."""
+  """Stages `todo` in worker processes (a fork server's, see below). A worker that dies (a crash
+  in a native reader, the kernel's OOM killer) breaks the pool: what was in flight is retried one
+  per process, so the recording that kills its process is the one reported."""
   # Not forked from the caller, which may have JAX (multithreaded) loaded: forking a multithreaded
   # process can deadlock. Forked from a fork server (a fresh single-threaded process, one per
   # caller, started on first use) that imported this module once, not spawned: a spawned worker

@@ -516,9 +516,9 @@ def write_cohort(
   """Write out_dir/edf/<rid>.edf, out_dir/annotations/<rid>.xml and out_dir/metadata.csv.
 
   Returns the metadata.csv path.  ``workers > 1`` simulates subjects in that
-  many spawned processes (the caller then needs an ``if __name__ == "__main__"``
-  guard); it changes speed only, never the output. ``hard``: the hard benchmark cohort,
-  ``wearables``: PPG and actigraphy channels too (module docstring).
+  many worker processes, forked from a fork server (the caller then needs an
+  ``if __name__ == "__main__"`` guard); it changes speed only, never the output. ``hard``: the
+  hard benchmark cohort, ``wearables``: PPG and actigraphy channels too (module docstring).
   """
   out = pathlib.Path(out_dir)
   edf_dir, xml_dir = out / "edf", out / "annotations"
