@@ -117,16 +117,24 @@ def test_pair_share_anneals_on_sampled_pairs():
 
 
 @pytest.fixture(scope="module")
-def adapted(sleep2vec_trained, tiny_config, tmp_path_factory):
-  """The shared tiny sleep2vec adapted to PPG + actigraphy on a wearable cohort (2 + 2 steps)."""
+def adapted(tiny_config, tmp_path_factory):
+  """An EEG + ECG model pretrained on a wearable cohort (2 steps), then adapted to its PPG +
+  actigraphy (2 + 2 steps): 4 modalities, so the one-program step switches over 6 pairs (grafted
+  onto the shared 7-modality run, 36)."""
   from data_prep import prep, synthetic  # pylint: disable=g-import-not-at-top
-  pretrained, _ = sleep2vec_trained
   workdir = tmp_path_factory.mktemp("adapt")
   config = tiny_config.copy_and_resolve_references()
   config.synthetic.wearables, config.synthetic.hours = True, 0.5  # half the preset's nights
   synthetic.write_cohort(workdir / "raw", **config.synthetic)
-  config.prep.modalities = tuple(config.prep.modalities) + ("ppg", "actigraphy")
+  config.prep.modalities = ("eeg", "ecg", "ppg", "actigraphy")
   prep.prepare(workdir / "raw", workdir / "data", config.prep)
+  pretrained = workdir / "pretrained"
+  pretrained.mkdir()
+  (pretrained / "data").symlink_to(workdir / "data")
+  psg = tiny_config.copy_and_resolve_references()
+  psg.data.modalities = ("eeg", "ecg")
+  psg.train.steps = psg.train.checkpoint_every = 2
+  trainer.train(psg, str(pretrained))
   config.adapt.pretrained = str(pretrained)
   config.adapt.new_modalities = ("ppg", "actigraphy")
   config.adapt.stage1_steps = config.adapt.stage2_steps = 2
@@ -145,7 +153,7 @@ def adapted(sleep2vec_trained, tiny_config, tmp_path_factory):
 
 def test_adapt_compiles_one_train_step_per_stage(adapted):
   """Over 2 + 2 steps, whatever pairs they draw (the previous code, pair-only batches and a jit
-  without the state's shardings, lowered 4 train steps here)."""
+  without the state's shardings, lowered one train step per pair drawn: 4 here with 36 pairs)."""
   *_, lowered = adapted
   assert lowered["jit(train_step)"] == 2, lowered
 
