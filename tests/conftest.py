@@ -39,8 +39,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # The longest test files (BENCHMARKS.md "The test suite"), handed to the pytest-xdist workers first
 # (`make test` passes --no-loadscope-reorder, which keeps this order; xdist's own puts files with
 # the most tests first): a long file that starts last keeps one worker busy while the other idles.
-# test_sleeplm.py, which needs no shared fixture, comes second, so the second worker compiles
-# while the first builds the shared cohort. The other files keep their collection order.
+# The first two need no shared fixture (test_adapt.py builds its own cohort), so neither worker
+# starts by waiting on the shared cohort's lock. The other files keep their collection order.
 LONGEST_FIRST = ("test_adapt.py", "test_sleeplm.py", "test_evaluate_sleeplm.py", "test_trainer.py",
                  "test_evaluate_run.py", "test_families.py", "test_end_to_end.py", "test_sweep.py",
                  "test_models.py", "test_sharding.py", "test_gradcache.py",

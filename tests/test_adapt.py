@@ -153,7 +153,7 @@ def adapted(tiny_config, tmp_path_factory):
 
 def test_adapt_compiles_one_train_step_per_stage(adapted):
   """Over 2 + 2 steps, whatever pairs they draw (the previous code, pair-only batches and a jit
-  without the state's shardings, lowered one train step per pair drawn: 4 here with 36 pairs)."""
+  without the state's shardings, lowered one train step per pair drawn)."""
   *_, lowered = adapted
   assert lowered["jit(train_step)"] == 2, lowered
 
