@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import string
 
 import numpy as np
 
-from data_prep.features import DERIVATIONS, INDEX, POSITIONS
+from data_prep.features import DERIVATIONS, FEATURE_NAMES, INDEX, POSITIONS
 from sleepjax.modalities import EVENTS
 
 GROUPS = ("stage_event", "brain", "cardiac", "respiratory", "somatic")
@@ -45,6 +46,33 @@ FORMATS = {
     "rem_pct": ("%.1f", 1.0), "ahi": ("%.1f", 1.0), "odi": ("%.1f", 1.0),
     "arousal_index": ("%.1f", 1.0), "spo2_min_night": ("%.0f", 1.0),
 }
+
+# the per-epoch quantities a caption can state (FORMATS also holds the night summary's keys)
+EPOCH_QUANTITIES = tuple(k for k in FORMATS if k in INDEX)
+
+# the features each group's captions are written from; two epochs' captions of a group say the
+# same thing (`content`) when these agree at the printed precision (`content_grid`)
+GROUP_FEATURES = {
+    "stage_event": ("stage", *(f"{k}_{s}" for k in EVENTS for s in ("count", "onset_s", "offset_s"))),
+    "brain": (*(f"eeg_{d}_{b}" for d in DERIVATIONS for b in ("delta", "theta", "alpha", "sigma",
+                                                              "beta", "spindles", "slow_waves")),
+              "eog_slow_power", "eog_rapid_power", "eog_rems"),
+    "cardiac": ("hr_mean", "hr_min", "hr_max", "hr_trend", "hr_rmssd"),
+    "respiratory": ("airflow_rate", "effort_rate", "airflow_ibi_cv", "effort_ibi_cv", "spo2_mean",
+                    "spo2_min", "spo2_desats", "flow_flatness"),
+    "somatic": ("emg_rms", "emg_median_freq", "emg_bursts", "position"),
+}
+
+
+def content_grid() -> tuple[np.ndarray, np.ndarray]:
+  """(stated [groups, F]: the feature is part of the group's content; per_unit [F]: steps of the
+  printed precision per unit of the feature (scale x 10^decimals; 1 for codes)), F in
+  `FEATURE_NAMES` order: round(value x per_unit) is what a caption can say about a feature."""
+  stated = np.array([[n in GROUP_FEATURES[g] for n in FEATURE_NAMES] for g in GROUPS])
+  per_unit = np.array([FORMATS[n][1] * 10.0**int(FORMATS[n][0][2]) if n in FORMATS else 1.0
+                       for n in FEATURE_NAMES], np.float32)
+  return stated, per_unit
+
 
 STAGE_TEMPLATES = {
     0: ("Wake.", "The subject is awake.", "Stage W (wakefulness).", "Scored as wake."),
@@ -264,6 +292,77 @@ def render_epoch(row: np.ndarray, epoch_index: int, seed: int) -> dict[str, Capt
     _GROUP_FNS[g](w, row)
     out[g] = w.done()
   return out
+
+
+class _Slots(_Writer):
+  """Records every statement a feature row supports, with all its templates, instead of writing
+  one: what `stated_numbers` matches a generated caption against."""
+
+  def __init__(self):
+    super().__init__(np.random.default_rng(0))
+    self.slots = []  # (templates, {field: (feature, true value x scale, decimals)}, words)
+
+  def say(self, templates, values=None, words=None):
+    fields = {}
+    for field, spec in (values or {}).items():
+      name, value = spec[0], spec[1]
+      scale = spec[2] if len(spec) > 2 else FORMATS[name][1]
+      fields[field] = (name, value * scale, int(FORMATS[name][0][2]))  # "%.1f" -> 1
+    self.slots.append((templates, fields, dict(words or {})))
+
+
+_NUM = r"(-?\d+(?:\.\d+)?)"
+# word fields that depend on the stated number or on the band values (plural, dominant band): any
+# word may stand there; the others (event kind, derivation, source) name what the number is about
+_FREE_WORDS = {"spw": r"[a-z ]+?", "sww": r"[a-z ]+?", "remw": r"[a-z ]+?", "bw": r"[a-z]+",
+               "dw": r"[a-z]+", "dom": r"[a-z]+"}
+
+
+def _pattern(template: str, fields: dict, words: dict):
+  """Regex of one template: numbers captured in field order, words as the row says them."""
+  out, order = [], []
+  for literal, field, _, _ in string.Formatter().parse(template):
+    out.append(re.escape(literal))
+    if field is None:
+      continue
+    if field in fields:
+      out.append(_NUM)
+      order.append(field)
+    else:
+      out.append(_FREE_WORDS.get(field) or re.escape(words[field]))
+  return re.compile("".join(out), re.IGNORECASE), order
+
+
+def stated_numbers(text: str, row: np.ndarray, group: str) -> list[tuple[str, float, float, int]]:
+  """The numbers a (generated) caption of `group` states about quantities the epoch's feature row
+  has, each as (feature, stated, true value at the caption's scale, decimals printed): every
+  statement the row supports is matched in `text` in any of its paraphrases. A number in a
+  statement the row does not support (an event the epoch lacks, a trend of the wrong sign) is not
+  returned."""
+  w = _Slots()
+  _GROUP_FNS[group](w, [float(v) for v in np.asarray(row, np.float64)])
+  out = []
+  for templates, fields, words in w.slots:
+    if not fields:
+      continue
+    for t in templates:
+      pattern, order = _pattern(t, fields, words)
+      hit = pattern.search(text)
+      if hit:
+        out += [(fields[f][0], float(x), fields[f][1], fields[f][2])
+                for f, x in zip(order, hit.groups())]
+        break
+  return out
+
+
+def content(row: np.ndarray, group: str) -> str:
+  """What a caption of `group` says about the epoch, whatever its wording: the caption written with
+  the first paraphrase of every statement. Two captions of one group say the same thing exactly
+  when their epochs' contents are equal (the seeded choice of paraphrase is not the signal's)."""
+  w = _Slots()
+  _GROUP_FNS[group](w, [float(v) for v in np.asarray(row, np.float64)])
+  return " ".join(t[0].format(**{k: _fmt(n, v, 1.0) for k, (n, v, _) in fields.items()}, **words)
+                  for t, fields, words in w.slots)
 
 
 def epoch_captions(features: np.ndarray, seed: int) -> list[dict[str, str]]:

@@ -168,3 +168,54 @@ def test_number_check_catches_mistakes():
   extra = C.Caption(good.text + " 5 more.", good.numbers, good.statements)
   with pytest.raises(AssertionError):
     _check_numbers(extra, value_of)
+
+
+def test_stated_numbers_reads_every_paraphrase_back():
+  f = _features()
+  seen = set()
+  for seed in range(3):  # other seeds choose other paraphrases
+    for i, row in enumerate(f):
+      for g, cap in C.render_epoch(row, i, seed).items():
+        got = C.stated_numbers(cap.text, row, g)
+        assert [(n, float(p)) for n, _, p in cap.numbers] == [(n, v) for n, v, _, _ in got], cap.text
+        for (name, scale, printed), (_, value, truth, decimals) in zip(cap.numbers, got):
+          assert truth == pytest.approx(float(row[I[name]]) * scale)
+          assert decimals == (len(printed.split(".")[1]) if "." in printed else 0)
+        seen |= set(cap.statements)
+  assert len(seen) > 100  # many paraphrases, not one template per statement
+
+
+def test_stated_numbers_pairs_a_wrong_number_with_its_quantity():
+  f = _features()
+  i = next(i for i, row in enumerate(f) if np.isfinite(row[I["hr_mean"]]))
+  row = f[i]
+  mean = round(float(row[I["hr_mean"]]))
+  lo, hi = round(float(row[I["hr_min"]])), round(float(row[I["hr_max"]]))
+  text = f"Mean heart rate {mean + 7} bpm (minimum {lo}, maximum {hi} bpm). RMSSD 3 ms."
+  got = {n: (v, t) for n, v, t, _ in C.stated_numbers(text, row, "cardiac")}
+  assert got["hr_mean"][0] == mean + 7 and abs(got["hr_mean"][1] - (mean + 7)) > 6
+  assert got["hr_min"][0] == lo and got["hr_max"][0] == hi
+  # an event the epoch does not have, or another group's sentence, is not read as a stated number
+  calm = next(r for r in f if r[I["apnea_count"]] == 0)
+  assert C.stated_numbers("Apnea from 3 s to 9 s.", calm, "stage_event") == []
+  apnea = calm.copy()
+  apnea[[I["apnea_count"], I["apnea_onset_s"], I["apnea_offset_s"]]] = 1, 3.2, 8.9
+  assert [(n, v) for n, v, _, _ in C.stated_numbers("Apnea from 3 s to 9 s.", apnea, "stage_event")
+          ] == [("apnea_onset_s", 3.0), ("apnea_offset_s", 9.0)]
+  assert C.stated_numbers(text, row, "somatic") == []
+
+
+def test_content_is_the_wording_free_caption():
+  f = _features()
+  i = next(i for i, row in enumerate(f) if np.isfinite(row[I["hr_mean"]]))
+  row = f[i]
+  for g in C.GROUPS:
+    caps = [C.render_epoch(row, i, seed)[g] for seed in range(8)]
+    assert len({c.text for c in caps}) > 1  # other seeds, other words: one content
+    said = C.content(row, g)  # states the numbers every caption states, as the captions do
+    assert sorted((n, v) for n, v, _, _ in C.stated_numbers(said, row, g)) == sorted(
+        (n, float(p)) for n, _, p in caps[0].numbers)
+  other = row.copy()
+  other[I["hr_mean"]] += 3
+  assert C.content(other, "cardiac") != C.content(row, "cardiac")
+  assert C.content(other, "brain") == C.content(row, "brain")

@@ -54,6 +54,17 @@ def test_sleeplm_rows_from_a_tiny_checkpoint(workdir):
       for d in ("signal->text", "text->signal"):
         assert v[d]["R@1"] <= v[d]["R@5"] <= v[d]["R@10"]
       assert v["n"] == 24 and 1 <= v["distinct_texts"] <= 24 and 0 < v["chance_R@1"] <= 1
+      # the same text says the same thing: same-content hits include the same-text ones
+      assert v["distinct_contents"] <= v["distinct_texts"]
+      assert v["chance_R@1 same content"] >= v["chance_R@1"]
+      assert v["chance_R@1"] <= v["content_oracle_R@1"] <= 1
+      for d in ("signal->text", "text->signal"):
+        assert all(v[f"{d} same content"][k] >= v[d][k] for k in v[d])
+    # paraphrases of one stage collapse into one content
+    assert groups["stage_event"]["distinct_contents"] < groups["stage_event"]["distinct_texts"]
+    numbers = r["captioning"]["stated_vs_true"]
+    assert numbers["numbers"] >= 0 and set(numbers["quantities"]) <= set(r["readout"])
+    assert r["readout"]["hr_mean"]["n"] > 20 and np.isfinite(r["readout"]["hr_mean"]["r2"])
     k = r["conditioning"]
     assert k["epochs"] > 20 and k["kl_different_stage"] > 0 and 1 <= k["decoder_stage_rank"] <= 5
     assert 0 <= k["caption_names_stage"] <= 1 and 0 < k["majority_class"] <= 1

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from data_prep.features import FEATURE_NAMES
 from sleepjax.config_tools import load_config
 from sleepjax.families import sleeplm as family
 from sleepjax.models.sleeplm import inputs
@@ -47,6 +48,8 @@ def make_batch(c, B=2, W=2, seed=0):
   caps = np.where(pos == lengths[..., None], 3, caps)
   caps = np.where(pos > lengths[..., None], 0, caps)
   batch["captions"], batch["caption_mask"] = caps, caps != 0
+  # features of no real epoch: no two epochs' captions say the same thing
+  batch["features"] = rng.normal(size=(B, W, len(FEATURE_NAMES))).astype(np.float32) * 100
   return batch
 
 
@@ -352,7 +355,8 @@ def test_logit_scale_is_bounded_with_a_gradient_everywhere():
   graphdef, scale, rest = nnx.split(model, lambda path, _: path[-1] == "logit_scale", ...)
 
   def con(s):  # the contrastive term as the loss computes it, differentiated w.r.t. the scale
-    terms = family.group_terms(nnx.merge(graphdef, s, rest), sig, tokens, tokens != 0, group, row)
+    terms = family.group_terms(nnx.merge(graphdef, s, rest), sig, tokens, tokens != 0, group, row,
+                               jnp.asarray(batch["features"].reshape(4, -1)))
     return terms["con"]
 
   loss_con, grads = jax.jit(jax.value_and_grad(con))(scale)
@@ -393,6 +397,56 @@ def test_identical_captions_are_not_negatives():
   np.testing.assert_allclose(metrics["loss_con"], want, rtol=1e-4)
   same = np.asarray(objectives.same_caption(tokens))
   np.testing.assert_array_equal(same, ~negative)
+
+
+def test_captions_saying_the_same_are_not_negatives():
+  """Epochs 0 and 2 have other captions (token ids) but the same features: whichever group is
+  drawn, their captions say the same thing in other words, so (0, 2) are not negatives; with
+  `objective.content_positives=False` they are."""
+  c = config()
+  batch = make_batch(c, B=2, W=2)
+  batch["features"][1, 0] = batch["features"][0, 0]
+  # a key for which the loss draws one group for epochs 0 and 2 (other groups: other contents)
+  key = next(k for k in map(jax.random.key, range(100))
+             if len(set(np.asarray(jax.random.categorical(k, jnp.zeros((4, 5))))[[0, 2]])) == 1)
+  losses = {}
+  for content in (True, False):
+    c.objective.content_positives = content
+    assert ("features" in family.fields(c)) == content  # the pipeline reads them only then
+    model = build(c)
+    _, metrics = loss_fn(model, batch, key)
+    x, present = nnx.jit(family.flat_inputs)(model, batch)
+    signal = nnx.jit(lambda m, x, p: m.encode_signal(x, p)["latent"])(model, x, present)
+    group = jax.random.categorical(key, jnp.zeros((4, 5)))  # the loss's draw
+    tokens = jnp.asarray(batch["captions"].reshape(4, 5, -1)[jnp.arange(4), group])
+    text = nnx.jit(lambda m, t: m.encode_text(t, t != 0)["latent"])(model, tokens)
+    negative = ~np.eye(4, dtype=bool)
+    if content:
+      negative[0, 2] = negative[2, 0] = False
+    want = np_clip(np.asarray(signal), np.asarray(text), float(metrics["logit_scale"]), negative)
+    np.testing.assert_allclose(metrics["loss_con"], want, rtol=1e-4)
+    losses[content] = float(metrics["loss_con"])
+  assert abs(losses[True] - losses[False]) > 1e-3  # the fixture can tell the two apart
+
+
+def test_content_key_equal_only_for_captions_saying_the_same():
+  from data_prep import captions as C  # pylint: disable=g-import-not-at-top
+  from tests.test_features import synthetic_night  # pylint: disable=g-import-not-at-top
+  f = synthetic_night()[-1]
+  stated, per_unit = C.content_grid()
+  equal_pairs = 0
+  for g, name in enumerate(C.GROUPS):
+    keys = np.asarray(objectives.content_key(jnp.asarray(f), jnp.full(len(f), g), stated, per_unit))
+    said = [C.content(row, name) for row in f]
+    for i in range(len(f)):
+      for j in range(i):
+        if (keys[i] == keys[j]).all():
+          assert said[i] == said[j], (name, said[i], said[j])
+          equal_pairs += 1
+  assert equal_pairs > 100  # the night has epochs that say the same (stage sentences, positions)
+  other = np.asarray(objectives.content_key(jnp.asarray(f[:1]), jnp.ones(1, jnp.int32), stated,
+                                            per_unit))
+  assert other[0, 0] == 1 and not (other == keys[:1]).all()  # another group: another key
 
 
 def test_caption_loss_matches_numpy():

@@ -200,14 +200,14 @@ def rouge_l(candidate: str, reference: str) -> float:
 
 
 # numbers, not digits inside words ("SpO2") or exponents ("uV^2")
-_NUMBER = re.compile(r"(?<![\w.^])-?\d+(?:\.\d+)?")
+NUMBER = re.compile(r"(?<![\w.^])-?\d+(?:\.\d+)?")
 
 
 def numeric_faithfulness(caption: str, truths: list[float]) -> float:
   """Fraction of the numbers in `caption` that agree with some true value at the caption's
   precision: "12.3" agrees with x when round(x, 1) == 12.3, "12" when round(x) == 12. `truths` are
   the epoch's feature values (NaN ignored). NaN when the caption holds no number."""
-  found = _NUMBER.findall(caption)
+  found = NUMBER.findall(caption)
   if not found:
     return float("nan")
   values = [t for t in truths if t is not None and np.isfinite(t)]

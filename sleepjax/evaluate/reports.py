@@ -232,11 +232,17 @@ def sleeplm_markdown(report: dict, images: dict[str, str]) -> str:
     return _section("SleepLM", f"skipped: {s['skipped']}")
   encs = [e for e in report["encoders"] if e in s]
   rows = [{"group": g, "encoder": e, "direction": d, **v[d], "n": v["n"],
-           "distinct texts": v["distinct_texts"], "chance R@1": v["chance_R@1"]}
+           "distinct": v["distinct_contents" if same else "distinct_texts"],
+           "chance R@1": v["chance_R@1 same content" if same else "chance_R@1"],
+           "content-oracle R@1": v.get("content_oracle_R@1", "") if d == "signal->text" else ""}
           for e in encs for g, v in s[e]["retrieval"]["groups"].items()
-          for d in ("signal->text", "text->signal")]
+          for d in ("signal->text", "text->signal", "signal->text same content",
+                    "text->signal same content") if d in v for same in [d.endswith("content")]]
   body = (f"Signal <-> text retrieval on a pool of up to {s['pool']} {s['split']} epochs per "
-          "caption group (identical caption texts all count as right).\n\n"
+          "caption group (identical caption texts all count as right; `same content`: any "
+          "caption saying the same in other words counts as right; `distinct`: texts, or "
+          "contents; `content-oracle R@1`: the same-text R@1 of a model that knows each epoch's "
+          "content but not the wording its caption was drawn in).\n\n"
           + markdown_table(rows))
   if "text_retrieval" in images:
     body += f"\n\n![text retrieval]({images['text_retrieval']})"
@@ -253,6 +259,22 @@ def sleeplm_markdown(report: dict, images: dict[str, str]) -> str:
            "epochs' features (numeric faithfulness: the fraction of stated numbers that agree "
            "with a feature at the caption's precision; `with_numbers`: captions stating any):"
            "\n\n" + markdown_table(rows))
+  rows = []
+  for e in encs:
+    stated = s[e]["captioning"].get("stated_vs_true", {}).get("quantities", {})
+    for name, r in s[e].get("readout", {}).items():
+      q = stated.get(name, {})
+      rows.append({"encoder": e, "quantity": name, "stated n": q.get("n", 0),
+                   "stated exact": q.get("exact", ""), "stated MAE": q.get("mae", ""),
+                   "constant MAE": q.get("constant_mae", ""), "stated r": q.get("r", ""),
+                   "read-out R^2": r["r2"], "read-out MAE": r["mae"],
+                   "read-out constant MAE": r["constant_mae"]})
+  if rows:
+    body += ("\n\nThe numbers, per quantity (`evaluate.numbers`, caption units): the generated "
+             "captions' stated values against the epoch's (exact at the printed precision, mean "
+             "absolute error beside the best constant's, r) and a ridge read-out of the quantity "
+             "from the signal embedding (trained on the training epochs):\n\n"
+             + markdown_table(rows))
   keys = ("epochs", "majority_class", "caption_names_stage", "caption_names_no_single_stage",
           "kl_different_stage", "kl_same_stage", "decoder_stage_rank", "decoder_stage_accuracy",
           "decoder_stage_macro_f1")

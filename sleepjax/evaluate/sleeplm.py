@@ -5,7 +5,9 @@
 - zero-shot staging: each test epoch's signal embedding against the stage prompts' (no labels);
 - captioning of test epochs (whole segments, spread over the nights) scored against the reference
   captions (sentence BLEU, ROUGE-L) and against the epoch's own features (numeric faithfulness:
-  the fraction of stated numbers that agree with a feature at the caption's precision);
+  the fraction of stated numbers that agree with a feature at the caption's precision), and per
+  quantity how far the stated numbers are from the epoch's and whether the signal embedding carries
+  the quantity at all (`evaluate.numbers`);
 - whether the decoder reads the signal at all (`evaluate.conditioning`: the dependence of its
   next-token distribution on the epoch, the stage it scores and the stage its captions name).
 
@@ -22,7 +24,7 @@ from flax import nnx
 
 from sleepjax import records, sharding
 from sleepjax.data.manifest import shard_paths
-from sleepjax.evaluate import conditioning, metrics
+from sleepjax.evaluate import conditioning, metrics, numbers
 from sleepjax.modalities import STAGES
 from sleepjax.models.sleeplm.decode import caption_epochs
 from sleepjax.objectives.sleeplm import l2_normalize
@@ -79,6 +81,7 @@ def _rows(ctx, table, refs) -> dict:
   rids = [ctx.recording_ids[r] for r in np.repeat(table["recording"], W)]
   epochs = table["epoch_index"].reshape(-1)
   return {"signal": table["signal"].reshape(-1, table["signal"].shape[-1]),
+          "features": table["features"].reshape(-1, table["features"].shape[-1]),
           "stage": table["stage"].reshape(-1), "present": table["present"].reshape(-1),
           "captions": [refs[(r, int(e))][0] for r, e in zip(rids, epochs)]}
 
@@ -118,7 +121,11 @@ def zero_shot_stage(signal_NxP: np.ndarray, classifier_YxP: np.ndarray) -> np.nd
 
 
 def text_retrieval(ctx, model, tokenizer, rows) -> dict:
-  """R@k signal->text and text->signal for each caption group with something to say."""
+  """R@k signal->text and text->signal for each caption group with something to say: right is the
+  same text, and (`... same content`) any caption saying what the epoch's own says in other words
+  (`data_prep.captions.content`: the paraphrase a caption was written in is a seeded draw, which
+  no signal can tell)."""
+  from data_prep.captions import content  # pylint: disable=g-import-not-at-top
   ks, out = tuple(ctx.opt("retrieval_ks")), {}
   for g in rows["captions"][0]:
     ok = np.flatnonzero(rows["present"] & np.array([bool(c[g]) for c in rows["captions"]]))
@@ -132,12 +139,20 @@ def text_retrieval(ctx, model, tokenizer, rows) -> dict:
     txt = emb[[unique.index(t) for t in texts]]
     sim = rows["signal"][pick] @ txt.T
     same = np.array(texts)[:, None] == np.array(texts)[None, :]
+    said = np.array([content(rows["features"][i], g) for i in pick])
+    alike = said[:, None] == said[None, :]
     out[g] = {"signal->text": metrics.recall_at_k_sets(sim, same, ks),
               "text->signal": metrics.recall_at_k_sets(sim.T, same.T, ks),
-              "n": len(pick), "distinct_texts": len(unique),
-              "chance_R@1": float(same.mean())}  # a random pick's chance of a right candidate
+              "signal->text same content": metrics.recall_at_k_sets(sim, alike, ks),
+              "text->signal same content": metrics.recall_at_k_sets(sim.T, alike.T, ks),
+              "n": len(pick), "distinct_texts": len(unique), "distinct_contents": len(set(said)),
+              "chance_R@1": float(same.mean()),  # a random pick's chance of a right candidate
+              "chance_R@1 same content": float(alike.mean()),
+              # same-text R@1 of a model that knows each epoch's content but not its wording
+              "content_oracle_R@1": float((same.sum(1) / alike.sum(1)).mean())}
   mean = {f"{d} R@{k}": float(np.mean([v[d][f"R@{k}"] for v in out.values()]))
-          for d in ("signal->text", "text->signal") for k in ks} if out else {}
+          for d in ("signal->text", "text->signal", "signal->text same content",
+                    "text->signal same content") for k in ks} if out else {}
   return {"groups": out, "mean": mean}
 
 
@@ -191,7 +206,7 @@ def captioning(ctx, model, tokenizer, refs, signals) -> dict:
       truths = feature_truths(ctx.manifest, features)
       for g, text in per_group.items():
         if captions[g]:  # the reference says something
-          rows.append({"epoch": f"{rid}:{first + i}", "group": g, "reference": captions[g],
+          rows.append({"features": features, "epoch": f"{rid}:{first + i}", "group": g, "reference": captions[g],
                        "generated": text, "bleu": metrics.bleu(text, [captions[g]]),
                        "rouge_l": metrics.rouge_l(text, captions[g]),
                        "numeric_faithfulness": metrics.numeric_faithfulness(text, truths),
@@ -202,6 +217,8 @@ def captioning(ctx, model, tokenizer, refs, signals) -> dict:
   examples = rows[::max(1, len(rows) // max(n, 1))][:n]  # spread over the captioned epochs
   return {**_summary(rows), "groups": {g: _summary([r for r in rows if r["group"] == g])
                                        for g in groups},
+          "stated_vs_true": numbers.stated_vs_true([(r["group"], r["generated"], r["features"])
+                                                    for r in rows]),
           "examples": [{k: r[k] for k in ("epoch", "group", "reference", "generated")}
                        for r in examples]}
 
@@ -234,6 +251,8 @@ def sleeplm(ctx) -> dict:
     out[enc] = {"retrieval": text_retrieval(ctx, model, tokenizer, rows),
                 "zero_shot": zero_shot(model, tokenizer, rows, int(ctx.config.data.caption_len)),
                 "captioning": captioning(ctx, model, tokenizer, refs, signals),
+                "readout": numbers.readout(ctx.table(enc, ctx.split("train")),
+                                           ctx.table(enc, split), ctx.manifest["features"]["names"]),
                 "conditioning": conditioning.conditioning(
                     model, tokenizer, probe, int(ctx.config.eval.max_caption_len))}
   out["examples"] = out[ctx.encoders[0]]["captioning"]["examples"]

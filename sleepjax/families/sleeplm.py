@@ -11,11 +11,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from data_prep.captions import content_grid
 from sleepjax.families.family import Family
 from sleepjax.models.sleeplm.inputs import parse_channels
 from sleepjax.models.sleeplm.model import GROUPS, SleepLM
 from sleepjax.modalities import EPOCH_SECONDS
 from sleepjax.objectives import sleeplm as objectives
+
+
+_CONTENT_GRID = content_grid()  # numpy: built once, a constant of every traced loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +29,7 @@ class Objective:
   lambda_cap: float = 2.0
   lambda_rec: float = 1.0
   caption_groups: str = "random"
+  content_positives: bool = False  # configs before it existed trained without
 
   @classmethod
   def from_config(cls, config) -> "Objective":
@@ -58,12 +63,25 @@ def available_groups(caption_mask_NxGxL: jax.Array) -> jax.Array:
   return caption_mask_NxGxL.sum(-1) > 2
 
 
-def group_terms(model: SleepLM, sig: dict, tokens_NxL, valid_NxL, group_N, row_N) -> dict:
+def same_NxN(model: SleepLM, tokens_NxL, group_N, features_NxF) -> jax.Array:
+  """Pairs that are not each other's negatives: identical captions and, with
+  `objective.content_positives`, captions saying the same thing in other words (their paraphrase
+  is a seeded draw no signal can tell)."""
+  same = objectives.same_caption(tokens_NxL)
+  if model.objective.content_positives:
+    stated_GxF, per_unit_F = _CONTENT_GRID
+    same |= objectives.same_caption(objectives.content_key(
+        features_NxF, group_N, jnp.asarray(stated_GxF), jnp.asarray(per_unit_F)))
+  return same
+
+
+def group_terms(model: SleepLM, sig: dict, tokens_NxL, valid_NxL, group_N, row_N,
+                features_NxF) -> dict:
   text = model.encode_text(tokens_NxL, valid_NxL)
   decoder = model.decoder
   h_NxLxD = decoder.features(decoder.hidden(text["states"], group_N, sig["memory"]))
   con, top1 = objectives.clip_loss(sig["latent"], text["latent"], row_N, model.log_scale(),
-                                   objectives.same_caption(tokens_NxL))
+                                   same_NxN(model, tokens_NxL, group_N, features_NxF))
   cap, acc = objectives.projected_caption_loss(h_NxLxD, decoder.out.kernel[...], tokens_NxL,
                                                valid_NxL, row_N)
   return {"con": con, "cap": cap, "retrieval_top1": top1, "caption_token_acc": acc}
@@ -77,14 +95,16 @@ def loss(model: SleepLM, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
   captions = jnp.asarray(batch["captions"]).reshape(N, *batch["captions"].shape[2:])
   cmask = jnp.asarray(batch["caption_mask"]).reshape(captions.shape)
   avail_NxG = available_groups(cmask) & present.any(-1)[:, None]
+  features = (jnp.asarray(batch["features"], jnp.float32).reshape(N, -1)
+              if obj.content_positives else None)
   if obj.caption_groups == "random":
     group = jax.random.categorical(rng, jnp.where(avail_NxG, 0.0, -1e9))
     rows = jnp.arange(N)
     terms = group_terms(model, sig, captions[rows, group], cmask[rows, group], group,
-                        avail_NxG[rows, group])
+                        avail_NxG[rows, group], features)
   else:
     per = [group_terms(model, sig, captions[:, g], cmask[:, g], jnp.full((N,), g),
-                       avail_NxG[:, g]) for g in range(captions.shape[1])]
+                       avail_NxG[:, g], features) for g in range(captions.shape[1])]
     terms = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *per)
   metrics = {"loss_con": terms["con"], "loss_cap": terms["cap"],
              "retrieval_top1": terms["retrieval_top1"],
@@ -148,8 +168,8 @@ def flops(config, modalities, global_batch: int, window: int) -> float:
 
 
 def fields(config) -> tuple[str, ...]:
-  del config
-  return ("captions", "caption_mask")
+  content = Objective.from_config(config).content_positives
+  return ("captions", "caption_mask") + (("features",) if content else ())
 
 
 FAMILY = Family(name="sleeplm", build=build, loss=loss, embed=embed, flops=flops, fields=fields)

@@ -26,7 +26,7 @@ def _fmix32(h: jax.Array) -> jax.Array:
 
 
 def same_caption(tokens_NxL: jax.Array) -> jax.Array:
-  """[N, N]: rows whose token ids are identical. Each row is hashed to two 32-bit words (token and
+  """[N, N]: rows whose token ids (or other int32 rows: `content_key`) are identical. Each row is hashed to two 32-bit words (token and
   position mixed, summed mod 2^32) so the pairwise test costs N^2, not N^2 L; distinct captions
   collide with probability ~2^-64."""
   L = tokens_NxL.shape[1]
@@ -36,6 +36,18 @@ def same_caption(tokens_NxL: jax.Array) -> jax.Array:
            for seed in (0x68E31DA4, 0xB5297A4D)]
   h_Nx2 = jnp.stack(words, -1)
   return (h_Nx2[:, None, :] == h_Nx2[None, :, :]).all(-1)
+
+
+def content_key(features_NxF: jax.Array, group_N: jax.Array, stated_GxF: jax.Array,
+                per_unit_F: jax.Array) -> jax.Array:
+  """[N, 1 + F] int32 rows, equal exactly when two epochs' captions of their groups say the same
+  thing: the group, then each feature the group states at the printed precision (NaN its own
+  value, the others 0). Rows for `same_caption`; `data_prep.captions.content_grid` gives the
+  grid."""
+  q = jnp.round(features_NxF * per_unit_F)
+  q = jnp.where(jnp.isnan(q), -(2**31) + 1, jnp.clip(q, -(2**30), 2**30)).astype(jnp.int32)
+  q = jnp.where(stated_GxF[group_N], q, 0)
+  return jnp.concatenate([group_N[:, None].astype(jnp.int32), q], 1)
 
 
 def clip_loss(signal_NxP: jax.Array, text_NxP: jax.Array, valid_N: jax.Array,
