@@ -77,10 +77,8 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
   c.objective.lambda_cap = 2.0  # SleepLM: weight of the caption loss
   c.objective.lambda_rec = 1.0  # SleepLM: weight of the reconstruction loss
   c.objective.caption_groups = "random"  # random: one group per epoch per step | all
-  # True: captions saying the same thing in other words (a seeded paraphrase) are not each other's
-  # negatives either, as identical captions never are; off, as it measured no gain on the smoke
-  # preset (BENCHMARKS.md, SleepLM conditioning)
-  c.objective.content_positives = False
+  # off: it measured no gain on the smoke preset (BENCHMARKS.md, SleepLM conditioning)
+  c.objective.content_positives = False  # True: captions saying the same in other words are not CLIP negatives
 
   c.optim.lr = 1e-3
   c.train.ema_momentum = 0.996

@@ -62,7 +62,8 @@ def test_sleeplm_caption_loss_equals_the_plain_logits_loss(monkeypatch):
   c.objective.lambda_con = c.objective.lambda_rec = 0.0  # the caption term alone
   model, batch, key = build(c), make_batch(c), jax.random.key(0)
 
-  def plain_group_terms(m, sig, tokens, valid, group, row):
+  def plain_group_terms(m, sig, tokens, valid, group, row, features):
+    del features  # the contrastive term is weighted 0 here
     logits = m.decoder(m.encode_text(tokens, valid)["states"], group, sig["memory"])
     cap, acc = objectives.caption_loss(logits, tokens, valid, row)
     return {"con": 0.0, "retrieval_top1": 0.0, "cap": cap, "caption_token_acc": acc}
