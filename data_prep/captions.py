@@ -53,7 +53,8 @@ EPOCH_QUANTITIES = tuple(k for k in FORMATS if k in INDEX)
 # the features each group's captions are written from; two epochs' captions of a group say the
 # same thing (`content`) when these agree at the printed precision (`content_grid`)
 GROUP_FEATURES = {
-    "stage_event": ("stage", *(f"{k}_{s}" for k in EVENTS for s in ("count", "onset_s", "offset_s"))),
+    "stage_event": ("stage",
+                    *(f"{k}_{s}" for k in EVENTS for s in ("count", "onset_s", "offset_s"))),
     "brain": (*(f"eeg_{d}_{b}" for d in DERIVATIONS for b in ("delta", "theta", "alpha", "sigma",
                                                               "beta", "spindles", "slow_waves")),
               "eog_slow_power", "eog_rapid_power", "eog_rems"),
@@ -69,7 +70,7 @@ def content_grid() -> tuple[np.ndarray, np.ndarray]:
   printed precision per unit of the feature (scale x 10^decimals; 1 for codes)), F in
   `FEATURE_NAMES` order: round(value x per_unit) is what a caption can say about a feature."""
   stated = np.array([[n in GROUP_FEATURES[g] for n in FEATURE_NAMES] for g in GROUPS])
-  per_unit = np.array([FORMATS[n][1] * 10.0**int(FORMATS[n][0][2]) if n in FORMATS else 1.0
+  per_unit = np.array([FORMATS[n][1] * 10.0**_decimals(n) if n in FORMATS else 1.0
                        for n in FEATURE_NAMES], np.float32)
   return stated, per_unit
 
@@ -103,6 +104,15 @@ class Caption:
   statements: list[str] = dataclasses.field(default_factory=list)  # the sentences, in order
 
 
+def _decimals(name: str) -> int:
+  return int(FORMATS[name][0][2])  # "%.1f" -> 1
+
+
+def _unpack(spec) -> tuple[str, float, float]:
+  """A statement's value spec (feature, value[, scale]) -> (feature, value, scale)."""
+  return spec[0], spec[1], spec[2] if len(spec) > 2 else FORMATS[spec[0]][1]
+
+
 def _fmt(name: str, value: float, scale: float | None = None) -> str:
   fmt, default_scale = FORMATS[name]
   s = fmt % (value * (default_scale if scale is None else scale) + 0.0)
@@ -122,8 +132,7 @@ class _Writer:
     template = templates[int(self.rng.integers(len(templates)))]
     printed = {}
     for field, spec in values.items():
-      name, value = spec[0], spec[1]
-      scale = spec[2] if len(spec) > 2 else FORMATS[name][1]
+      name, value, scale = _unpack(spec)
       printed[field] = (name, scale, _fmt(name, value, scale))
     order = [f for _, f, _, _ in string.Formatter().parse(template) if f]
     text = template.format(**{k: v[2] for k, v in printed.items()}, **words)
@@ -305,10 +314,15 @@ class _Slots(_Writer):
   def say(self, templates, values=None, words=None):
     fields = {}
     for field, spec in (values or {}).items():
-      name, value = spec[0], spec[1]
-      scale = spec[2] if len(spec) > 2 else FORMATS[name][1]
-      fields[field] = (name, value * scale, int(FORMATS[name][0][2]))  # "%.1f" -> 1
+      name, value, scale = _unpack(spec)
+      fields[field] = (name, value * scale, _decimals(name))
     self.slots.append((templates, fields, dict(words or {})))
+
+
+def _slots(row: np.ndarray, group: str) -> list:
+  w = _Slots()
+  _GROUP_FNS[group](w, [float(v) for v in np.asarray(row, np.float64)])
+  return w.slots
 
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
@@ -339,10 +353,8 @@ def stated_numbers(text: str, row: np.ndarray, group: str) -> list[tuple[str, fl
   statement the row supports is matched in `text` in any of its paraphrases. A number in a
   statement the row does not support (an event the epoch lacks, a trend of the wrong sign) is not
   returned."""
-  w = _Slots()
-  _GROUP_FNS[group](w, [float(v) for v in np.asarray(row, np.float64)])
   out = []
-  for templates, fields, words in w.slots:
+  for templates, fields, words in _slots(row, group):
     if not fields:
       continue
     for t in templates:
@@ -359,10 +371,8 @@ def content(row: np.ndarray, group: str) -> str:
   """What a caption of `group` says about the epoch, whatever its wording: the caption written with
   the first paraphrase of every statement. Two captions of one group say the same thing exactly
   when their epochs' contents are equal (the seeded choice of paraphrase is not the signal's)."""
-  w = _Slots()
-  _GROUP_FNS[group](w, [float(v) for v in np.asarray(row, np.float64)])
   return " ".join(t[0].format(**{k: _fmt(n, v, 1.0) for k, (n, v, _) in fields.items()}, **words)
-                  for t, fields, words in w.slots)
+                  for t, fields, words in _slots(row, group))
 
 
 def epoch_captions(features: np.ndarray, seed: int) -> list[dict[str, str]]:

@@ -177,7 +177,8 @@ def test_stated_numbers_reads_every_paraphrase_back():
     for i, row in enumerate(f):
       for g, cap in C.render_epoch(row, i, seed).items():
         got = C.stated_numbers(cap.text, row, g)
-        assert [(n, float(p)) for n, _, p in cap.numbers] == [(n, v) for n, v, _, _ in got], cap.text
+        want = [(n, float(p)) for n, _, p in cap.numbers]
+        assert want == [(n, v) for n, v, _, _ in got], cap.text
         for (name, scale, printed), (_, value, truth, decimals) in zip(cap.numbers, got):
           assert truth == pytest.approx(float(row[I[name]]) * scale)
           assert decimals == (len(printed.split(".")[1]) if "." in printed else 0)

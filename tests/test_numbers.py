@@ -45,11 +45,10 @@ def test_readout_finds_a_quantity_the_embedding_carries():
   carries = np.concatenate([hr[..., None] / 10 + rng.normal(0, 0.05, hr.shape + (1,)),
                             rng.normal(size=hr.shape + (7,))], -1)
   blind = rng.normal(size=hr.shape + (8,))
-  table = lambda sig: {"signal": sig, "features": feats, "present": np.ones(hr.shape, bool)}  # noqa: E731
-  split = lambda t, s: {k: v[s] for k, v in t.items()}  # noqa: E731
-  good = numbers.readout(split(table(carries), slice(0, 150)), split(table(carries), slice(150, None)),
-                         names)["hr_mean"]
-  bad = numbers.readout(split(table(blind), slice(0, 150)), split(table(blind), slice(150, None)),
-                        names)["hr_mean"]
+  def readout(signal):  # train on the first 150 segments, test on the other 50
+    table = {"signal": signal, "features": feats, "present": np.ones(hr.shape, bool)}
+    return numbers.readout({k: v[:150] for k, v in table.items()},
+                           {k: v[150:] for k, v in table.items()}, names)["hr_mean"]
+  good, bad = readout(carries), readout(blind)
   assert good["r2"] > 0.95 and good["mae"] < 0.2 * good["constant_mae"]
   assert bad["r2"] < 0.05 and bad["mae"] > 0.9 * bad["constant_mae"]

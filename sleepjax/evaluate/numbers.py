@@ -11,8 +11,9 @@
   scored on the test epochs (R^2, absolute error beside the training mean's): whether the encoder's
   summary of the epoch carries the quantity at all.
 
-Numeric faithfulness asks for the value at the printed precision ("61 bpm" right only for 60.5-61.5);
-these say how far from it the stated numbers are, and whether they follow the epoch or a prior.
+Numeric faithfulness asks for the value at the printed precision ("61 bpm" is right only for
+60.5-61.5); these say how far from it the stated numbers are, and whether they follow the epoch or
+a prior.
 """
 
 import numpy as np

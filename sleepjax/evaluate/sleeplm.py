@@ -206,8 +206,9 @@ def captioning(ctx, model, tokenizer, refs, signals) -> dict:
       truths = feature_truths(ctx.manifest, features)
       for g, text in per_group.items():
         if captions[g]:  # the reference says something
-          rows.append({"features": features, "epoch": f"{rid}:{first + i}", "group": g, "reference": captions[g],
-                       "generated": text, "bleu": metrics.bleu(text, [captions[g]]),
+          rows.append({"features": features, "epoch": f"{rid}:{first + i}", "group": g,
+                       "reference": captions[g], "generated": text,
+                       "bleu": metrics.bleu(text, [captions[g]]),
                        "rouge_l": metrics.rouge_l(text, captions[g]),
                        "numeric_faithfulness": metrics.numeric_faithfulness(text, truths),
                        "reference_numeric_faithfulness":
@@ -252,7 +253,8 @@ def sleeplm(ctx) -> dict:
                 "zero_shot": zero_shot(model, tokenizer, rows, int(ctx.config.data.caption_len)),
                 "captioning": captioning(ctx, model, tokenizer, refs, signals),
                 "readout": numbers.readout(ctx.table(enc, ctx.split("train")),
-                                           ctx.table(enc, split), ctx.manifest["features"]["names"]),
+                                           ctx.table(enc, split),
+                                           ctx.manifest["features"]["names"]),
                 "conditioning": conditioning.conditioning(
                     model, tokenizer, probe, int(ctx.config.eval.max_caption_len))}
   out["examples"] = out[ctx.encoders[0]]["captioning"]["examples"]

@@ -26,9 +26,9 @@ def _fmix32(h: jax.Array) -> jax.Array:
 
 
 def same_caption(tokens_NxL: jax.Array) -> jax.Array:
-  """[N, N]: rows whose token ids (or other int32 rows: `content_key`) are identical. Each row is hashed to two 32-bit words (token and
-  position mixed, summed mod 2^32) so the pairwise test costs N^2, not N^2 L; distinct captions
-  collide with probability ~2^-64."""
+  """[N, N]: rows whose token ids (or other int32 rows: `content_key`) are identical. Each row is
+  hashed to two 32-bit words (token and position mixed, summed mod 2^32) so the pairwise test costs
+  N^2, not N^2 L; distinct captions collide with probability ~2^-64."""
   L = tokens_NxL.shape[1]
   pos = jnp.arange(L, dtype=jnp.uint32)
   tok = tokens_NxL.astype(jnp.uint32)
